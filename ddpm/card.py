@@ -1,0 +1,64 @@
+"""The model card (weights/README.md) written with every export."""
+from __future__ import annotations
+
+CARD = """---
+license: cc-by-4.0
+library_name: ddpm-sprite-lab
+tags:
+- diffusion
+- ddpm
+- pixel-art
+- sprites
+- unconditional-image-generation
+pipeline_tag: unconditional-image-generation
+---
+
+# DDPM Sprite Lab: class-conditional sprite model
+
+A class-conditional DDPM (ContextUnet, {params:,} parameters) that draws {height}x{height} pixel-art
+sprites of {n_classes} classes: {classes}. Made with [DDPM Sprite Lab](../README.md); load it with
+`ddpm.checkpoint.load_model("weights")` or `ContextUnet.from_pretrained(...)`.
+
+![samples](samples.png)
+
+## Training
+
+- Data: the DawnLike 16x16 tileset by **DragonDePlatino**, palette by **DawnBringer**
+  (CC-BY 4.0), sliced into 16x16 cells, empty cells and exact duplicates dropped, transparency on
+  white. Sprites per class: {counts}.
+- Architecture: n_feat {n_feat}, norm {norm}, time embedding {time_embedding}.
+- Recipe: {recipe}.
+- Trained for {steps:,} steps ({images:,} images) in {hours:.2f} hours ({precision}).
+
+## Evaluation
+
+{evaluation}
+
+## Licence and credit
+
+The weights are derived from DawnLike and shared under CC-BY 4.0. Credit: DawnLike tileset by
+DragonDePlatino, DawnBringer palette by DawnBringer.
+"""
+
+
+def model_card(config: dict, info: dict, evaluation: str | None = None) -> str:
+    recipe = info.get("recipe", {})
+    keys = ["batch_size", "lr", "warmup", "steps", "ema", "p_uncond", "schedule", "T", "seed"]
+    params = sum_params(config)
+    return CARD.format(
+        params=params, height=config["height"], n_classes=config["n_classes"],
+        classes=", ".join(config["class_names"]),
+        counts=", ".join(f"{k} {v}" for k, v in info.get("data_counts", {}).items()) or "unknown",
+        n_feat=config["n_feat"], norm=config["norm"], time_embedding=config["time_embedding"],
+        recipe=", ".join(f"{k} {recipe[k]}" for k in keys if k in recipe) + "; Adam, MSE on the noise, "
+        "t ~ U{1..T}, horizontal flips, EMA weights shipped",
+        steps=info.get("steps", 0), images=info.get("images", 0), hours=info.get("seconds", 0) / 3600,
+        precision={"no": "fp32", "bf16": "bf16 autocast", "fp16": "fp16 autocast"}.get(info.get("precision"), "fp32"),
+        evaluation=evaluation or "Run `python -m ddpm.evaluate --model weights` for the table.",
+    )
+
+
+def sum_params(config: dict) -> int:
+    from .model import ContextUnet
+
+    return sum(p.numel() for p in ContextUnet(**config).parameters())

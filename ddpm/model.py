@@ -1,0 +1,202 @@
+"""ContextUnet: the course's class-conditional U-Net, with the seed's defects fixed.
+
+Changes from the seed notebook, and why:
+- the 1x1 shortcut conv of a residual block whose channel count changes is built in
+  __init__ (the seed built a fresh random one inside every forward call, so it never trained);
+- EmbedFC stores its input_dim (the seed used it in forward without ever setting it);
+- the depth follows the image height: one down level per halving down to a 4x4 bottleneck,
+  so 16 px gives the course's two levels and 256 px six, and every shape lines up;
+- norm ("batch" as in the seed, or "group") and the time embedding ("scalar" t/T through
+  EmbedFC as in the seed, or "sinusoidal") are config options; the seed's choice is the default.
+
+The network knows nothing about the noise schedule: it takes x_t, the normalised time t/T in
+[0, 1] and a context vector (one-hot class, a mix of classes, or zeros for unconditional).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from huggingface_hub import PyTorchModelHubMixin
+
+NORMS = ("batch", "group")
+TIME_EMBEDDINGS = ("scalar", "sinusoidal")
+MIN_HEIGHT, BOTTLENECK = 16, 4
+
+
+def _norm(kind: str, channels: int) -> nn.Module:
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    return nn.GroupNorm(min(8, channels), channels)
+
+
+class ResidualConvBlock(nn.Module):
+    """Two [conv3x3, norm, GELU]; with is_res the input is added back and the sum scaled by 1/1.414."""
+
+    def __init__(self, in_channels: int, out_channels: int, is_res: bool = False, norm: str = "batch"):
+        super().__init__()
+        self.is_res = is_res
+        self.conv1 = nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, 1, 1), _norm(norm, out_channels), nn.GELU())
+        self.conv2 = nn.Sequential(nn.Conv2d(out_channels, out_channels, 3, 1, 1), _norm(norm, out_channels), nn.GELU())
+        # Built once here so it trains (the seed created a random one inside forward()).
+        self.shortcut = nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv2(self.conv1(x))
+        if not self.is_res:
+            return h
+        # Dividing by 1.414 keeps the variance of the sum near that of one branch.
+        return (self.shortcut(x) + h) / 1.414
+
+
+class UnetDown(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, norm: str = "batch"):
+        super().__init__()
+        self.model = nn.Sequential(
+            ResidualConvBlock(in_channels, out_channels, norm=norm),
+            ResidualConvBlock(out_channels, out_channels, norm=norm),
+            nn.MaxPool2d(2),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+class UnetUp(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, norm: str = "batch"):
+        super().__init__()
+        self.model = nn.Sequential(
+            nn.ConvTranspose2d(in_channels, out_channels, 2, 2),
+            ResidualConvBlock(out_channels, out_channels, norm=norm),
+            ResidualConvBlock(out_channels, out_channels, norm=norm),
+        )
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return self.model(torch.cat((x, skip), 1))
+
+
+class EmbedFC(nn.Module):
+    """Linear-GELU-Linear from input_dim features to emb_dim."""
+
+    def __init__(self, input_dim: int, emb_dim: int):
+        super().__init__()
+        self.input_dim = input_dim  # the seed read this attribute without ever setting it
+        self.model = nn.Sequential(nn.Linear(input_dim, emb_dim), nn.GELU(), nn.Linear(emb_dim, emb_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.reshape(-1, self.input_dim))
+
+
+class SinusoidalTime(nn.Module):
+    """Transformer-style features of t/T, scaled to 0..1000 as in DDPM."""
+
+    def __init__(self, dim: int = 32):
+        super().__init__()
+        freqs = torch.exp(-math.log(10000.0) * torch.arange(dim // 2) / (dim // 2))
+        self.register_buffer("freqs", freqs, persistent=False)
+        self.dim = dim
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        angles = t.reshape(-1, 1) * 1000.0 * self.freqs
+        return torch.cat((angles.sin(), angles.cos()), 1)
+
+
+def level_channels(n_feat: int, height: int) -> list[int]:
+    """Channels after each down level: n_feat, 2 n_feat, then capped at 4 n_feat."""
+    levels = int(math.log2(height // BOTTLENECK))
+    return [n_feat * min(2 ** i, 4) for i in range(levels)]
+
+
+class ContextUnet(
+    nn.Module,
+    PyTorchModelHubMixin,
+    library_name="ddpm-sprite-lab",
+    tags=["diffusion", "ddpm", "pixel-art", "sprites", "unconditional-image-generation"],
+    license="cc-by-4.0",
+):
+    """Class-conditional U-Net predicting the noise in x_t.
+
+    forward(x, t, c): x (B, C, H, H) in [-1, 1]; t (B,) time as the fraction t/T; c (B, n_classes)
+    context weights (one-hot, a mix, or zeros for the unconditional model). Returns (B, C, H, H).
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        n_feat: int = 64,
+        n_classes: int = 5,
+        height: int = 16,
+        class_names: list[str] | None = None,
+        norm: str = "batch",
+        time_embedding: str = "scalar",
+    ):
+        super().__init__()
+        if height < MIN_HEIGHT or height & (height - 1):
+            raise ValueError(f"height must be a power of two and at least {MIN_HEIGHT}, got {height}")
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+        if time_embedding not in TIME_EMBEDDINGS:
+            raise ValueError(f"time_embedding must be one of {TIME_EMBEDDINGS}, got {time_embedding!r}")
+        class_names = list(class_names) if class_names else [f"class_{i}" for i in range(n_classes)]
+        if len(class_names) != n_classes:
+            raise ValueError(f"{len(class_names)} class names for {n_classes} classes")
+        self.in_channels, self.n_feat, self.n_classes, self.height = in_channels, n_feat, n_classes, height
+        self.class_names, self.norm, self.time_embedding = class_names, norm, time_embedding
+
+        channels = level_channels(n_feat, height)
+        self.init_conv = ResidualConvBlock(in_channels, n_feat, is_res=True, norm=norm)
+        self.downs = nn.ModuleList(UnetDown(c_in, c_out, norm) for c_in, c_out in zip([n_feat] + channels, channels))
+        self.to_vec = nn.Sequential(nn.AvgPool2d(BOTTLENECK), nn.GELU())
+        top = channels[-1]
+        self.up0 = nn.Sequential(
+            nn.ConvTranspose2d(top, top, BOTTLENECK, BOTTLENECK), nn.GroupNorm(8, top), nn.ReLU()
+        )
+        # Up level i takes the deeper activations (channels[i]) and the skip from down level i.
+        self.ups = nn.ModuleList(UnetUp(2 * c, c_out, norm) for c, c_out in zip(channels, [n_feat] + channels[:-1]))
+
+        if time_embedding == "sinusoidal":
+            self.time_features = SinusoidalTime(32)
+            t_dim = 32
+        else:
+            self.time_features = nn.Identity()
+            t_dim = 1
+        self.time_embeds = nn.ModuleList(EmbedFC(t_dim, c) for c in channels)
+        self.context_embeds = nn.ModuleList(EmbedFC(n_classes, c) for c in channels)
+        self.out = nn.Sequential(
+            nn.Conv2d(2 * n_feat, n_feat, 3, 1, 1), nn.GroupNorm(8, n_feat), nn.ReLU(),
+            nn.Conv2d(n_feat, in_channels, 3, 1, 1),
+        )
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        x = self.init_conv(x)
+        skips = []
+        h = x
+        for down in self.downs:
+            h = down(h)
+            skips.append(h)
+        h = self.up0(self.to_vec(h))
+        t_feat = self.time_features(t.to(x.dtype).reshape(-1, 1))
+        c = c.to(x.dtype)
+        for i in reversed(range(len(self.ups))):
+            channels = h.shape[1]
+            c_emb = self.context_embeds[i](c).view(-1, channels, 1, 1)
+            t_emb = self.time_embeds[i](t_feat).view(-1, channels, 1, 1)
+            # As in the course: the context scales the features, the time shifts them.
+            h = self.ups[i](c_emb * h + t_emb, skips[i])
+        return self.out(torch.cat((h, x), 1))
+
+    @property
+    def config_dict(self) -> dict:
+        return dict(
+            in_channels=self.in_channels, n_feat=self.n_feat, n_classes=self.n_classes, height=self.height,
+            class_names=self.class_names, norm=self.norm, time_embedding=self.time_embedding,
+        )
+
+    @classmethod
+    def _from_pretrained(cls, *, model_id: str, **kwargs):  # type: ignore[override]
+        # Route the mixin through our loader: strict, safetensors only, clear errors.
+        from .checkpoint import load_model
+
+        return load_model(model_id, revision=kwargs.get("revision"), cache_dir=kwargs.get("cache_dir"),
+                          local_files_only=kwargs.get("local_files_only", False), device=kwargs.get("map_location", "cpu"))

@@ -1,0 +1,294 @@
+"""Samplers for the reverse process, each a small step() over the model's noise prediction.
+
+A sampler turns (x_t, predicted noise) at time t into x at an earlier time t_prev. The
+generator `sample_steps` drives any sampler one step at a time and yields, for every step,
+t, x_t, the predicted x0 and the predicted noise, which is what the app's stepper streams.
+
+Classifier-free guidance (scale w): eps = eps_cond + w (eps_cond - eps_uncond), so w = 0 is the
+plain conditional model with a single network pass. The unconditional model is the same
+network with an all-zero context, learned by context dropout during training.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+
+from .schedule import NoiseSchedule
+
+SAMPLER_ALIASES = {"ddpm": "ddpm", "ddim": "ddim", "dpm++": "dpm++", "dpmpp": "dpm++", "dpm-solver++": "dpm++"}
+DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_GUIDANCE = "dpm++", 20, 2.0
+MAX_BATCH = 1024
+
+
+def make_timesteps(t_start: int, steps: int) -> list[int]:
+    """steps + 1 integer times from t_start down to 0, evenly spaced ("trailing" spacing).
+
+    Starting at t_start itself (rather than diffusers' default "leading" spacing, which starts
+    below T) means the first step sees the noise level it was trained on.
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    if steps > t_start:
+        raise ValueError(f"steps must be at most {t_start} (one per time step), got {steps}")
+    ts = torch.linspace(t_start, 0, steps + 1, dtype=torch.float64).round().long().tolist()
+    return ts
+
+
+class Sampler:
+    """Base class: holds the schedule; subclasses implement step()."""
+
+    name = "base"
+    stochastic = False
+
+    def __init__(self, schedule: NoiseSchedule):
+        self.schedule = schedule
+
+    def reset(self) -> None:
+        """Forget any state kept between steps (multistep solvers)."""
+
+    def _abar(self, t: int, like: torch.Tensor) -> torch.Tensor:
+        return self.schedule._gather(self.schedule.alpha_bars, t, like)
+
+    def step(self, eps: torch.Tensor, t: int, t_prev: int, x_t: torch.Tensor,
+             generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (x_{t_prev}, predicted x0)."""
+        raise NotImplementedError
+
+
+def _noise_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    # Drawn on the CPU so a seed gives the same numbers on every device.
+    return torch.randn(x.shape, generator=generator, dtype=torch.float32).to(x.device, x.dtype)
+
+
+class DDPMSampler(Sampler):
+    """Ancestral sampling (Ho et al. 2020), for any stride between t and t_prev.
+
+    variance "beta" is the seed's sigma_t^2 = beta_t; "posterior" is the posterior variance
+    beta_t (1 - abar_{t-1}) / (1 - abar_t) (diffusers' "fixed_small").
+    """
+
+    name, stochastic = "ddpm", True
+
+    def __init__(self, schedule: NoiseSchedule, variance: str = "beta"):
+        super().__init__(schedule)
+        if variance not in ("beta", "posterior"):
+            raise ValueError(f"variance must be 'beta' or 'posterior', got {variance!r}")
+        self.variance = variance
+
+    def step(self, eps, t, t_prev, x_t, generator=None):
+        abar_t, abar_prev = self._abar(t, x_t), self._abar(t_prev, x_t)
+        alpha = abar_t / abar_prev  # the alpha of the (possibly strided) step
+        beta = 1 - alpha
+        x0 = self.schedule.predict_x0(x_t, eps, t)
+        # posterior mean of q(x_prev | x_t, x0)
+        mean = (abar_prev.sqrt() * beta / (1 - abar_t)) * x0 + (alpha.sqrt() * (1 - abar_prev) / (1 - abar_t)) * x_t
+        if t_prev == 0:
+            return mean, x0
+        var = beta if self.variance == "beta" else beta * (1 - abar_prev) / (1 - abar_t)
+        return mean + var.sqrt() * _noise_like(x_t, generator), x0
+
+
+class DDIMSampler(Sampler):
+    """DDIM (Song et al. 2021); eta = 0 is deterministic, eta = 1 matches DDPM's posterior variance."""
+
+    name = "ddim"
+
+    def __init__(self, schedule: NoiseSchedule, eta: float = 0.0):
+        super().__init__(schedule)
+        if not (math.isfinite(eta) and 0 <= eta <= 1):
+            raise ValueError(f"eta must lie in [0, 1], got {eta}")
+        self.eta = eta
+        self.stochastic = eta > 0
+
+    def step(self, eps, t, t_prev, x_t, generator=None):
+        abar_t, abar_prev = self._abar(t, x_t), self._abar(t_prev, x_t)
+        x0 = self.schedule.predict_x0(x_t, eps, t)
+        sigma = self.eta * ((1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev)).sqrt()
+        x_prev = abar_prev.sqrt() * x0 + (1 - abar_prev - sigma ** 2).clamp(min=0).sqrt() * eps
+        if self.eta > 0 and t_prev > 0:
+            x_prev = x_prev + sigma * _noise_like(x_t, generator)
+        return x_prev, x0
+
+
+class DPMSolverPP2M(Sampler):
+    """DPM-Solver++(2M) (Lu et al. 2022), data prediction, midpoint form as in diffusers.
+
+    Second order from the second step on, using the previous step's x0 prediction; the final
+    step to t = 0 is first order (it returns the predicted x0).
+    """
+
+    name = "dpm++"
+
+    def __init__(self, schedule: NoiseSchedule):
+        super().__init__(schedule)
+        self.reset()
+
+    def reset(self) -> None:
+        self._prev_x0: torch.Tensor | None = None
+        self._prev_lambda: torch.Tensor | None = None
+
+    def _alpha_sigma_lambda(self, t: int, like: torch.Tensor):
+        abar = self._abar(t, like)
+        alpha, sigma = abar.sqrt(), (1 - abar).sqrt()
+        return alpha, sigma, torch.log(alpha) - torch.log(sigma)
+
+    def step(self, eps, t, t_prev, x_t, generator=None):
+        x0 = self.schedule.predict_x0(x_t, eps, t)
+        alpha_s, sigma_s, lambda_s = self._alpha_sigma_lambda(t, x_t)
+        if t_prev == 0:
+            self.reset()
+            return x0, x0
+        alpha_t, sigma_t, lambda_t = self._alpha_sigma_lambda(t_prev, x_t)
+        h = lambda_t - lambda_s
+        if self._prev_x0 is None:
+            d = x0
+        else:
+            r = (lambda_s - self._prev_lambda) / h
+            d = x0 + 0.5 / r * (x0 - self._prev_x0)
+        x_prev = (sigma_t / sigma_s) * x_t - alpha_t * torch.expm1(-h) * d
+        self._prev_x0, self._prev_lambda = x0, lambda_s
+        return x_prev, x0
+
+
+def make_sampler(name: str, schedule: NoiseSchedule, **kwargs) -> Sampler:
+    key = SAMPLER_ALIASES.get(str(name).lower())
+    if key is None:
+        raise ValueError(f"unknown sampler {name!r}; choose one of ddpm, ddim, dpm++")
+    return {"ddpm": DDPMSampler, "ddim": DDIMSampler, "dpm++": DPMSolverPP2M}[key](schedule, **kwargs)
+
+
+# --- conditioning ---------------------------------------------------------------------------------
+def class_weights(class_names: Sequence[str], choice: str | int | dict[str, float]) -> torch.Tensor:
+    """A context vector from a class name or index, or a mix {name: weight} (normalised to sum 1)."""
+    n = len(class_names)
+    if isinstance(choice, dict):
+        w = torch.zeros(n)
+        for name, weight in choice.items():
+            w[class_index(class_names, name)] += _check_weight(weight, name)
+        if w.sum() <= 0:
+            raise ValueError("a class mix needs at least one positive weight")
+        return w / w.sum()
+    w = torch.zeros(n)
+    w[class_index(class_names, choice)] = 1.0
+    return w
+
+
+def _check_weight(weight: float, name: str) -> float:
+    weight = float(weight)
+    if not math.isfinite(weight) or weight < 0:
+        raise ValueError(f"the weight of {name!r} must be a finite non-negative number, got {weight}")
+    return weight
+
+
+def class_index(class_names: Sequence[str], choice: str | int) -> int:
+    if isinstance(choice, (int,)) and not isinstance(choice, bool):
+        if 0 <= choice < len(class_names):
+            return choice
+        raise ValueError(f"class index {choice} out of range 0..{len(class_names) - 1}")
+    if choice in class_names:
+        return list(class_names).index(choice)
+    raise ValueError(f"unknown class {choice!r}; the classes are {', '.join(class_names)}")
+
+
+def predict_noise(model: torch.nn.Module, x_t: torch.Tensor, t: int, T: int, context: torch.Tensor,
+                  guidance: float = 0.0) -> torch.Tensor:
+    """The network's noise prediction at integer time t, with classifier-free guidance scale `guidance`."""
+    b = x_t.shape[0]
+    if guidance == 0:
+        t_in = torch.full((b,), t / T, device=x_t.device)
+        return model(x_t, t_in, context).float()
+    # One batched pass for the conditional and the unconditional (all-zero context) predictions.
+    t_in = torch.full((2 * b,), t / T, device=x_t.device)
+    eps = model(torch.cat([x_t, x_t]), t_in, torch.cat([context, torch.zeros_like(context)])).float()
+    eps_cond, eps_uncond = eps[:b], eps[b:]
+    return eps_cond + guidance * (eps_cond - eps_uncond)
+
+
+@dataclass
+class Step:
+    """One reverse step: x_t at time t went to x_prev at t_prev; x0 and eps are the predictions."""
+
+    index: int
+    steps: int
+    t: int
+    t_prev: int
+    x_t: torch.Tensor
+    x0: torch.Tensor
+    eps: torch.Tensor
+    x_prev: torch.Tensor
+
+
+def _check_guidance(guidance: float) -> float:
+    guidance = float(guidance)
+    if not math.isfinite(guidance) or guidance < 0 or guidance > 50:
+        raise ValueError(f"guidance must be a number from 0 to 50, got {guidance}")
+    return guidance
+
+
+def initial_noise(shape: Sequence[int], seed: int | None) -> tuple[torch.Tensor, torch.Generator]:
+    """x_T ~ N(0, I) from a CPU generator seeded with `seed` (a random seed when None)."""
+    g = torch.Generator("cpu")
+    if seed is None:
+        g.seed()
+    else:
+        g.manual_seed(int(seed))
+    return torch.randn(tuple(shape), generator=g), g
+
+
+@torch.inference_mode()
+def sample_steps(
+    model: torch.nn.Module,
+    schedule: NoiseSchedule,
+    context: torch.Tensor,
+    sampler: str | Sampler = DEFAULT_SAMPLER,
+    steps: int = DEFAULT_STEPS,
+    guidance: float = DEFAULT_GUIDANCE,
+    seed: int | None = 0,
+    x_start: torch.Tensor | None = None,
+    t_start: int | None = None,
+) -> Iterator[Step]:
+    """Run the reverse process one step at a time, yielding a Step for each.
+
+    context: (B, n_classes) class weights, one row per sprite. Starts from pure noise at T, or,
+    for SDEdit, from `x_start` (clean images in [-1, 1]) noised to `t_start`.
+    """
+    if context.ndim != 2 or not 1 <= context.shape[0] <= MAX_BATCH:
+        raise ValueError(f"context must be (B, classes) with 1 <= B <= {MAX_BATCH}, got {tuple(context.shape)}")
+    guidance = _check_guidance(guidance)
+    sampler = make_sampler(sampler, schedule) if isinstance(sampler, str) else sampler
+    sampler.reset()
+    t_start = schedule.T if t_start is None else int(t_start)
+    if not 1 <= t_start <= schedule.T:
+        raise ValueError(f"the start time must lie in 1..{schedule.T}, got {t_start}")
+    ts = make_timesteps(t_start, int(steps))
+    device = next(model.parameters()).device
+    b, h = context.shape[0], model.height
+    noise, generator = initial_noise((b, model.in_channels, h, h), seed)
+    if x_start is None:
+        x = noise
+    else:
+        x = schedule.add_noise(x_start.float().cpu(), noise, t_start)
+    x, context = x.to(device), context.to(device, torch.float32)
+    model.eval()
+    for i, (t, t_prev) in enumerate(zip(ts[:-1], ts[1:])):
+        eps = predict_noise(model, x, t, schedule.T, context, guidance)
+        x_prev, x0 = sampler.step(eps, t, t_prev, x, generator)
+        yield Step(i, len(ts) - 1, t, t_prev, x, x0, eps, x_prev)
+        x = x_prev
+
+
+def sample(model: torch.nn.Module, schedule: NoiseSchedule, context: torch.Tensor, **kwargs) -> torch.Tensor:
+    """Final images in [-1, 1] (B, C, H, W) on the CPU; kwargs as for sample_steps."""
+    last = None
+    for last in sample_steps(model, schedule, context, **kwargs):
+        pass
+    return last.x_prev.float().cpu()
+
+
+def to_uint8(x: torch.Tensor) -> "numpy.ndarray":  # noqa: F821
+    """(B, C, H, W) in [-1, 1] to (B, H, W, C) uint8."""
+    x = ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).numpy()

@@ -1,0 +1,404 @@
+"""Train a ContextUnet on sprites: python -m ddpm.train --data dawnlike --out runs/dawnlike
+
+Runs on HF Accelerate, so the same command works on the CPU, on one GPU, or under
+`accelerate launch` on several. The whole data set lives on the device as one tensor and
+batches are drawn with a seeded generator: no DataLoader workers, no per-sample Python.
+
+Files written to --out:
+  checkpoint.safetensors  model, EMA, optimizer and RNG state, written atomically
+  log.csv                 step, loss, learning rate, images/s, elapsed seconds
+  samples/step_*.png      one row per class from the EMA weights
+  model/                  the EMA weights in Hub format (what ships)
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import json
+import math
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .checkpoint import CheckpointError, load_model, save_model
+from .data import DataError, SpriteData, load_data
+from .model import NORMS, TIME_EMBEDDINGS, ContextUnet
+from .schedule import SCHEDULES, NoiseSchedule
+
+CHECKPOINT = "checkpoint.safetensors"
+TRAINING_INFO = "training.json"
+
+
+class TrainingError(RuntimeError):
+    pass
+
+
+# --- small named pieces ------------------------------------------------------------------------
+def learning_rate(step: int, base_lr: float, warmup: int, total: int, final_fraction: float = 0.1) -> float:
+    """Linear warm-up to base_lr, then linear decay to final_fraction * base_lr at `total` steps."""
+    if step < warmup:
+        return base_lr * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return base_lr * (1 - (1 - final_fraction) * progress)
+
+
+def ema_decay(step: int, max_decay: float) -> float:
+    """EMA decay warmed up from 0 so early EMA weights are not stuck at the initialisation."""
+    return min(max_decay, (1 + step) / (10 + step))
+
+
+@torch.no_grad()
+def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * model, over parameters and float buffers (BatchNorm statistics)."""
+    ema_state, model_state = ema.state_dict(), model.state_dict()
+    floats = [k for k, v in ema_state.items() if v.is_floating_point()]
+    torch._foreach_lerp_([ema_state[k] for k in floats], [model_state[k] for k in floats], 1 - decay)
+    for k, v in ema_state.items():
+        if not v.is_floating_point():
+            v.copy_(model_state[k])
+
+
+def training_batch(images: torch.Tensor, labels: torch.Tensor, n_classes: int, batch_size: int, T: int,
+                   p_uncond: float, generator: torch.Generator):
+    """Random sprites, flips, times t ~ U{1..T}, noise, and one-hot contexts with dropout, all from one generator."""
+    n = images.shape[0]
+    g = generator
+    idx = torch.randint(n, (batch_size,), generator=g)
+    flip = torch.rand(batch_size, generator=g) < 0.5
+    t = torch.randint(1, T + 1, (batch_size,), generator=g)
+    noise = torch.randn((batch_size, *images.shape[1:]), generator=g)
+    keep = (torch.rand(batch_size, generator=g) >= p_uncond).float()
+    x0 = images[idx.to(images.device)]
+    x0 = torch.where(flip.to(images.device).view(-1, 1, 1, 1), x0.flip(-1), x0)
+    context = F.one_hot(labels[idx.to(labels.device)], n_classes).float() * keep.to(images.device)[:, None]
+    return x0, t, noise.to(images.device), context
+
+
+def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list]:
+    sd = opt.state_dict()
+    tensors = {f"opt.{i}.{k}": v.contiguous() for i, st in sd["state"].items() for k, v in st.items()
+               if torch.is_tensor(v)}
+    return tensors, sd["param_groups"]
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], groups: list) -> dict:
+    state: dict[int, dict] = {}
+    for key, v in tensors.items():
+        _, i, k = key.split(".", 2)
+        state.setdefault(int(i), {})[k] = v
+    return {"state": state, "param_groups": groups}
+
+
+def save_checkpoint(path: Path, model, ema, opt, step: int, generator: torch.Generator, meta: dict) -> None:
+    """Everything needed to continue exactly, in one safetensors file, replaced atomically."""
+    from safetensors.torch import save_file
+
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tensors.update({f"ema.{k}": v.detach().cpu().contiguous() for k, v in ema.state_dict().items()})
+    opt_tensors, groups = _flatten_optimizer(opt)
+    tensors.update({k: v.cpu() for k, v in opt_tensors.items()})
+    tensors["rng.data"] = generator.get_state()
+    tensors["rng.torch"] = torch.get_rng_state()
+    meta = dict(meta, step=step, param_groups=groups)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={"training": json.dumps(meta)})
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)  # a kill before this line leaves the previous checkpoint intact
+
+
+def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = json.loads(f.metadata()["training"])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:
+        raise TrainingError(f"{path}: cannot resume from this checkpoint ({type(e).__name__}: {e})") from None
+    return tensors, meta
+
+
+def _sub(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+# --- the trainer -----------------------------------------------------------------------------------
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m ddpm.train", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data", default="dawnlike", help="'dawnlike', a folder with sprites.npy + labels.npy, or an image folder")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--steps", type=int, default=20000, help="total optimizer steps")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--ema", type=float, default=0.999, help="EMA decay")
+    p.add_argument("--p-uncond", type=float, default=0.1, help="context dropout for classifier-free guidance")
+    p.add_argument("--height", type=int, default=16)
+    p.add_argument("--n-feat", type=int, default=64)
+    p.add_argument("--norm", choices=NORMS, default="batch")
+    p.add_argument("--time-embedding", choices=TIME_EMBEDDINGS, default="scalar")
+    p.add_argument("--schedule", choices=SCHEDULES, default="linear")
+    p.add_argument("--T", type=int, default=500)
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                   help="auto: bf16 autocast where the CPU or GPU supports it, else fp32")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: all cores)")
+    p.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.safetensors")
+    p.add_argument("--init-from", help="start from these model weights (e.g. weights/) to keep improving them")
+    p.add_argument("--checkpoint-every", type=int, default=500)
+    p.add_argument("--sample-every", type=int, default=2000)
+    p.add_argument("--time-limit", type=float, default=0, help="stop (saving everything) after this many minutes")
+    p.add_argument("--export", help="also write the final EMA weights in Hub format here (e.g. weights)")
+    args = p.parse_args(argv)
+    for name in ("steps", "batch_size", "checkpoint_every", "sample_every", "T"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        p.error("--lr must be a positive number")
+    if not 0 <= args.ema < 1:
+        p.error("--ema must lie in [0, 1)")
+    if not 0 <= args.p_uncond < 1:
+        p.error("--p-uncond must lie in [0, 1)")
+    return args
+
+
+def pick_precision(requested: str, device: torch.device) -> str:
+    if requested != "auto":
+        return "no" if requested == "fp32" else requested
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    try:  # AVX512_BF16 / AMX CPUs run bf16 autocast much faster than fp32
+        return "bf16" if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() else "no"
+    except (AttributeError, RuntimeError):
+        return "no"
+
+
+class Trainer:
+    def __init__(self, args: argparse.Namespace):
+        from accelerate import Accelerator
+
+        self.args = args
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+        self.precision = pick_precision(args.precision, device)
+        self.accelerator = Accelerator(mixed_precision=self.precision, cpu=device.type == "cpu")
+        self.device = self.accelerator.device
+        self.out = Path(args.out)
+        self.is_main = self.accelerator.is_main_process
+
+        self.data: SpriteData = load_data(args.data, args.height)
+        self.schedule = NoiseSchedule(args.T, args.schedule)
+        self.history: dict = {"steps": 0, "images": 0, "seconds": 0.0, "runs": []}
+
+        ckpt_path = self.out / CHECKPOINT
+        resume = None
+        if args.resume:
+            if not ckpt_path.exists():
+                raise TrainingError(f"{ckpt_path}: no checkpoint to resume from")
+            resume = load_checkpoint(ckpt_path)
+            config = resume[1]["config"]
+            self.schedule = NoiseSchedule(**resume[1]["schedule"])
+            self.model = ContextUnet(**config)
+        elif args.init_from:
+            self.model = load_model(args.init_from)
+            self.schedule = NoiseSchedule(**json.loads((Path(args.init_from) / "scheduler_config.json").read_text())) \
+                if (Path(args.init_from) / "scheduler_config.json").exists() else self.schedule
+            info = Path(args.init_from) / TRAINING_INFO
+            if info.exists():
+                self.history = json.loads(info.read_text())
+        else:
+            self.model = ContextUnet(3, args.n_feat, len(self.data.class_names), args.height,
+                                     self.data.class_names, args.norm, args.time_embedding)
+        if self.model.class_names != self.data.class_names:
+            raise TrainingError(f"the model's classes {self.model.class_names} differ from the data's "
+                                f"{self.data.class_names}")
+        self.model.train()
+        if device.type == "cpu":
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=args.lr)
+        self.generator = torch.Generator().manual_seed(args.seed + self.accelerator.process_index)
+        self.step = 0
+        if resume is not None:
+            tensors, meta = resume
+            self.model.load_state_dict(_sub(tensors, "model."))
+            self.ema.load_state_dict(_sub(tensors, "ema."))
+            self.opt.load_state_dict(_unflatten_optimizer(_sub(tensors, ""), meta["param_groups"]) if False else
+                                     _unflatten_optimizer({k: v for k, v in tensors.items() if k.startswith("opt.")},
+                                                          meta["param_groups"]))
+            self.step = meta["step"]
+            self.history = meta["history"]
+            if self.accelerator.process_index == 0:
+                self.generator.set_state(tensors["rng.data"])
+            else:  # other processes: a fresh stream per (process, step)
+                self.generator.manual_seed(args.seed + 1000003 * self.step + self.accelerator.process_index)
+            torch.set_rng_state(tensors["rng.torch"])
+        self.model, self.opt = self.accelerator.prepare(self.model, self.opt)
+        self.ema.to(self.device)
+        images, labels = self.data.to_tensors()
+        self.images = images.to(self.device)
+        if device.type == "cpu":
+            self.images = self.images.contiguous(memory_format=torch.channels_last)
+        self.labels = labels.to(self.device)
+        self.started = time.time()
+        self.seconds_before = self.history["seconds"]
+        self.stop_requested = False
+
+    # -- outputs --
+    def meta(self) -> dict:
+        m = self.accelerator.unwrap_model(self.model)
+        return {"config": m.config_dict, "schedule": self.schedule.config(), "args": vars(self.args),
+                "history": self.current_history()}
+
+    def current_history(self) -> dict:
+        h = dict(self.history)
+        h["seconds"] = self.seconds_before + (time.time() - self.started)
+        return h
+
+    def save(self) -> None:
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            save_checkpoint(self.out / CHECKPOINT, self.accelerator.unwrap_model(self.model), self.ema, self.opt,
+                            self.step, self.generator, self.meta())
+
+    def export(self, folder: Path) -> None:
+        if not self.is_main:
+            return
+        from .card import model_card
+
+        model = copy.deepcopy(self.ema).cpu().to(memory_format=torch.contiguous_format)
+        history = self.current_history()
+        info = dict(history, recipe={k: v for k, v in vars(self.args).items()
+                                     if k not in ("out", "resume", "export", "init_from")},
+                    precision=self.precision, data_counts=self.data.counts())
+        card = model_card(model.config_dict, info)
+        save_model(model, self.schedule, folder, card)
+        (Path(folder) / TRAINING_INFO).write_text(json.dumps(info, indent=2) + "\n")
+
+    def sample_grid(self) -> None:
+        if not self.is_main:
+            return
+        from .images import sprite_sheet
+        from .sampling import sample, to_uint8
+
+        n, k = 8, len(self.data.class_names)
+        context = torch.eye(k).repeat_interleave(n, 0)
+        x = sample(self.ema, self.schedule, context, seed=0)
+        sprites = to_uint8(x).reshape(k, n, *x.shape[2:], 3)
+        (self.out / "samples").mkdir(parents=True, exist_ok=True)
+        sprite_sheet(list(sprites), scale=4, pad=1).save(self.out / "samples" / f"step_{self.step:07d}.png")
+
+    # -- the loop --
+    def train(self) -> int:
+        args, acc = self.args, self.accelerator
+        T = self.schedule.T
+        total = args.steps
+        if self.step >= total:
+            print(f"already at step {self.step} of {total}; nothing to train (raise --steps to continue)")
+        log_path = self.out / "log.csv"
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            counts = ", ".join(f"{k} {v}" for k, v in self.data.counts().items())
+            print(f"{len(self.data.images)} sprites ({counts}); device {self.device}, precision {self.precision}, "
+                  f"{torch.get_num_threads()} threads; steps {self.step}->{total}")
+        log_file = open(log_path, "a", newline="") if self.is_main else None
+        writer = csv.writer(log_file) if log_file else None
+        if log_file is not None and log_file.tell() == 0:
+            writer.writerow(["step", "loss", "lr", "images_per_s", "elapsed_s"])
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, initial=self.step, disable=not self.is_main, dynamic_ncols=True, mininterval=2)
+        deadline = self.started + args.time_limit * 60 if args.time_limit else math.inf
+        n_classes = len(self.data.class_names)
+        batch = args.batch_size // acc.num_processes
+        channels_last = self.device.type == "cpu"
+        tick, ticked = time.time(), self.step
+        rate = 0.0
+        status = 0
+        self.model.train()
+        while self.step < total and not self.stop_requested:
+            lr = learning_rate(self.step, args.lr, args.warmup, total)
+            for group in self.opt.param_groups:
+                group["lr"] = lr
+            x0, t, noise, context = training_batch(self.images, self.labels, n_classes, batch, T, args.p_uncond,
+                                                   self.generator)
+            x_t = self.schedule.add_noise(x0, noise, t)
+            if channels_last:
+                x_t = x_t.contiguous(memory_format=torch.channels_last)
+            with acc.autocast():
+                pred = self.model(x_t, (t.float() / T).to(self.device), context)
+            loss = F.mse_loss(pred.float(), noise)
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):
+                msg = (f"loss became {loss_value} at step {self.step}; stopping. The last good checkpoint is "
+                       f"{self.out / CHECKPOINT} (resume with --resume, perhaps with a lower --lr)")
+                print(msg, file=sys.stderr)
+                status = 3
+                break
+            self.opt.zero_grad(set_to_none=True)
+            acc.backward(loss)
+            self.opt.step()
+            update_ema(self.ema, acc.unwrap_model(self.model), ema_decay(self.step, args.ema))
+            self.step += 1
+            self.history["steps"] += 1
+            self.history["images"] += args.batch_size
+            now = time.time()
+            if now - tick >= 2:
+                rate = (self.step - ticked) * args.batch_size / (now - tick)
+                tick, ticked = now, self.step
+                bar.set_postfix(loss=f"{loss_value:.4f}", img_s=f"{rate:.0f}", refresh=False)
+            bar.update(1)
+            if writer:
+                writer.writerow([self.step, f"{loss_value:.6f}", f"{lr:.3e}", f"{rate:.1f}",
+                                 f"{self.current_history()['seconds']:.1f}"])
+            if self.step % args.checkpoint_every == 0:
+                log_file and log_file.flush()
+                self.save()
+            if self.step % args.sample_every == 0:
+                self.sample_grid()
+                self.model.train()
+            if now > deadline:
+                print(f"time limit of {args.time_limit} min reached at step {self.step}")
+                break
+        bar.close()
+        if log_file:
+            log_file.close()
+        if status == 0:
+            self.save()
+            self.export(self.out / "model")
+            if args.export:
+                self.export(Path(args.export))
+            if self.is_main:
+                self.sample_grid()
+                print(f"saved {self.out / CHECKPOINT} and the EMA model in {self.out / 'model'}"
+                      + (f" and {args.export}" if args.export else ""))
+        return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        trainer = Trainer(args)
+    except (DataError, CheckpointError, TrainingError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    def request_stop(signum, frame):  # SIGTERM/SIGINT: finish the step, save, export
+        trainer.stop_requested = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    return trainer.train()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
