@@ -42,8 +42,12 @@ class NoiseSchedule:
         self.beta_start, self.beta_end = beta_start, beta_end
         self.betas = linear_betas(T, beta_start, beta_end) if kind == "linear" else cosine_betas(T)
         self.alphas = 1 - self.betas
-        # cumulative product in log space (as the seed does) for accuracy; abar[0] = 1 by definition
-        self.alpha_bars = torch.cumsum(torch.log(self.alphas), 0).exp()
+        # cumulative product in log space (as the seed does) for accuracy; abar[0] = 1 by definition.
+        # The product starts at t = 1: the seed also multiplied in 1 - beta[0], so abar_t / abar_{t-1}
+        # was not 1 - beta_t at t = 1 (x_1 had the noise of beta_0 + beta_1, not beta_1).
+        log_alphas = torch.log(self.alphas)
+        log_alphas[0] = 0.0
+        self.alpha_bars = torch.cumsum(log_alphas, 0).exp()
         self.alpha_bars[0] = 1.0
 
     def config(self) -> dict:
