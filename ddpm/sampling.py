@@ -165,12 +165,14 @@ def class_weights(class_names: Sequence[str], choice: str | int | dict[str, floa
     """A context vector from a class name or index, or a mix {name: weight} (normalised to sum 1)."""
     n = len(class_names)
     if isinstance(choice, dict):
-        w = torch.zeros(n)
+        # float64: finite weights beyond float32's range (1e39) would otherwise turn into inf and NaN
+        w = torch.zeros(n, dtype=torch.float64)
         for name, weight in choice.items():
             w[class_index(class_names, name)] += _check_weight(weight, name)
         if w.sum() <= 0:
             raise ValueError("a class mix needs at least one positive weight")
-        return w / w.sum()
+        w = w / w.max()  # then even weights near float64's limit cannot overflow the sum
+        return (w / w.sum()).float()
     w = torch.zeros(n)
     w[class_index(class_names, choice)] = 1.0
     return w

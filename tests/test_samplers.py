@@ -1,0 +1,334 @@
+"""Samplers: one step of each against diffusers, a full DPM-Solver++(2M) run, guidance, class
+mixes, determinism, batch sizes and SDEdit starts.
+
+Our t = diffusers t + 1, and our t = 0 (alpha_bar 1) is diffusers' "one" after its last step.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ddpm.sampling import (DDIMSampler, DDPMSampler, DPMSolverPP2M, class_index, class_weights, make_sampler,
+                           make_timesteps, predict_noise, sample, sample_steps)
+from ddpm.schedule import NoiseSchedule
+
+from conftest import LIB_CLASSES, make_tiny_unet
+
+diffusers = pytest.importorskip("diffusers")
+
+T = 500
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # inside diffusers
+
+
+@pytest.fixture(scope="module", params=["linear", "cosine"])
+def schedule(request):
+    return NoiseSchedule(T, request.param)
+
+
+def trained_betas(schedule):
+    return schedule.betas[1:].tolist()
+
+
+def fake_eps(x: torch.Tensor, t: int) -> torch.Tensor:
+    """A deterministic stand-in for the network: smooth in x, varying with t."""
+    return 0.6 * torch.tanh(x) + 0.3 * math.sin(t / 37.0) * torch.cos(2 * x) + 0.05 * t / T
+
+
+def inputs(seed=0, shape=(3, 3, 16, 16)):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=g), torch.randn(shape, generator=g)
+
+
+# --- one step against diffusers -------------------------------------------------------------------
+@pytest.mark.parametrize("variance,variance_type", [("beta", "fixed_large"), ("posterior", "fixed_small")])
+# strided cases: diffusers needs t - 1 on its own grid (0, 10, ..., 490 for 50 steps)
+@pytest.mark.parametrize("t,inference_steps", [(300, None), (1, None), (2, None), (301, 50), (11, 50), (1, 50)])
+def test_ddpm_step_matches_diffusers(schedule, variance, variance_type, t, inference_steps):
+    sched = diffusers.DDPMScheduler(num_train_timesteps=T, trained_betas=trained_betas(schedule),
+                                    variance_type=variance_type, clip_sample=False)
+    stride = 1
+    if inference_steps:
+        sched.set_timesteps(inference_steps)
+        stride = T // inference_steps
+    x_t, eps = inputs()
+    theirs = sched.step(eps, t - 1, x_t, generator=torch.Generator().manual_seed(7))
+    ours_x, ours_x0 = DDPMSampler(schedule, variance).step(eps, t, max(t - stride, 0), x_t, torch.Generator().manual_seed(7))
+    torch.testing.assert_close(ours_x0, theirs.pred_original_sample, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(ours_x, theirs.prev_sample, rtol=1e-4, atol=1e-4)
+
+
+def test_ddpm_variances_differ_and_noise_is_used(schedule):
+    x_t, eps = inputs()
+    a, _ = DDPMSampler(schedule, "beta").step(eps, 300, 299, x_t, torch.Generator().manual_seed(1))
+    b, _ = DDPMSampler(schedule, "posterior").step(eps, 300, 299, x_t, torch.Generator().manual_seed(1))
+    c, _ = DDPMSampler(schedule, "beta").step(eps, 300, 299, x_t, torch.Generator().manual_seed(2))
+    assert not torch.equal(a, b)
+    assert not torch.equal(a, c)
+    # the last step is the posterior mean, without noise
+    d, x0 = DDPMSampler(schedule).step(eps, 1, 0, x_t, torch.Generator().manual_seed(1))
+    e, _ = DDPMSampler(schedule).step(eps, 1, 0, x_t, torch.Generator().manual_seed(2))
+    assert torch.equal(d, e)
+    torch.testing.assert_close(d, x0)  # abar_0 = 1: the mean is the predicted x0
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
+@pytest.mark.parametrize("t,inference_steps", [(300, 50), (10, 50), (251, 2), (500, 25)])
+def test_ddim_step_matches_diffusers(schedule, eta, t, inference_steps):
+    sched = diffusers.DDIMScheduler(num_train_timesteps=T, trained_betas=trained_betas(schedule),
+                                    clip_sample=False, set_alpha_to_one=True)
+    sched.set_timesteps(inference_steps)
+    stride = T // inference_steps
+    x_t, eps = inputs(1)
+    theirs = sched.step(eps, t - 1, x_t, eta=eta, generator=torch.Generator().manual_seed(3))
+    ours_x, ours_x0 = DDIMSampler(schedule, eta).step(eps, t, t - stride, x_t, torch.Generator().manual_seed(3))
+    torch.testing.assert_close(ours_x0, theirs.pred_original_sample, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(ours_x, theirs.prev_sample, rtol=1e-4, atol=1e-4)
+
+
+def test_ddim_eta1_equals_ddpm_posterior_step(schedule):
+    x_t, eps = inputs(2)
+    a, _ = DDIMSampler(schedule, 1.0).step(eps, 200, 190, x_t, torch.Generator().manual_seed(5))
+    b, _ = DDPMSampler(schedule, "posterior").step(eps, 200, 190, x_t, torch.Generator().manual_seed(5))
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("steps,spacing", [(10, "linspace"), (7, "trailing"), (25, "linspace"), (1, "trailing")])
+def test_dpm_solver_pp_2m_full_run_matches_diffusers(schedule, steps, spacing):
+    sched = diffusers.DPMSolverMultistepScheduler(
+        num_train_timesteps=T, trained_betas=trained_betas(schedule), algorithm_type="dpmsolver++", solver_order=2,
+        solver_type="midpoint", final_sigmas_type="zero", lower_order_final=True, timestep_spacing=spacing)
+    sched.set_timesteps(steps)
+    ours_times = [int(t) + 1 for t in sched.timesteps] + [0]
+    if spacing == "trailing":  # diffusers' trailing spacing is our make_timesteps, shifted by one
+        assert ours_times == make_timesteps(T, steps)
+    x_theirs, _ = inputs(4)
+    x_ours = x_theirs.clone()
+    sampler = DPMSolverPP2M(schedule)
+    sampler.reset()
+    for i, (t, t_prev) in enumerate(zip(ours_times[:-1], ours_times[1:])):
+        x_theirs = sched.step(fake_eps(x_theirs, t), int(sched.timesteps[i]), x_theirs).prev_sample
+        x_ours, x0 = sampler.step(fake_eps(x_ours, t), t, t_prev, x_ours)
+        torch.testing.assert_close(x_ours, x_theirs, rtol=2e-4, atol=2e-4, msg=f"step {i}: t {t} -> {t_prev}")
+    torch.testing.assert_close(x_ours, x0)  # the last step lands on the predicted x0
+
+
+def test_dpm_solver_second_order_differs_from_first_order(schedule):
+    # guards against the multistep correction being silently skipped
+    x, _ = inputs(5)
+    s = DPMSolverPP2M(schedule)
+    x1, _ = s.step(fake_eps(x, 500), 500, 400, x)
+    second, _ = s.step(fake_eps(x1, 400), 400, 300, x1)
+    s.reset()
+    first, _ = s.step(fake_eps(x1, 400), 400, 300, x1)
+    assert not torch.allclose(first, second)
+
+
+# --- timesteps ---------------------------------------------------------------------------------------
+def test_make_timesteps():
+    assert make_timesteps(500, 10) == list(range(500, -1, -50))
+    assert make_timesteps(500, 1) == [500, 0]
+    assert make_timesteps(7, 7) == [7, 6, 5, 4, 3, 2, 1, 0]
+    for t_start in (1, 2, 3, 17, 100, 499, 500):
+        for steps in sorted({s for s in (1, 2, 3, t_start // 3, t_start - 1, t_start) if 1 <= s <= t_start}):
+            ts = make_timesteps(t_start, steps)
+            assert len(ts) == steps + 1 and ts[0] == t_start and ts[-1] == 0
+            assert all(a > b for a, b in zip(ts, ts[1:])), (t_start, steps, ts)
+    with pytest.raises(ValueError):
+        make_timesteps(500, 0)
+    with pytest.raises(ValueError):
+        make_timesteps(10, 11)
+
+
+# --- guidance ----------------------------------------------------------------------------------------
+class CountingModel(torch.nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.batches = inner, []
+        self.height, self.in_channels = inner.height, inner.in_channels
+
+    def forward(self, x, t, c):
+        self.batches.append(x.shape[0])
+        return self.inner(x, t, c)
+
+
+def test_guidance_zero_is_the_plain_conditional_model(lib_tiny_unet):
+    model = CountingModel(lib_tiny_unet)
+    x, _ = inputs(6, (4, 3, 16, 16))
+    c = torch.eye(5)[[0, 2, 4, 1]]
+    with torch.no_grad():
+        eps = predict_noise(model, x, 123, T, c, guidance=0.0)
+        plain = lib_tiny_unet(x, torch.full((4,), 123 / T), c)
+    assert model.batches == [4], "guidance 0 must make a single conditional pass"
+    assert torch.equal(eps, plain)
+
+
+@pytest.mark.parametrize("w", [0.5, 2.0, 7.5])
+def test_guidance_follows_the_cfg_formula(lib_tiny_unet, w):
+    x, _ = inputs(7, (3, 3, 16, 16))
+    c = torch.eye(5)[[1, 3, 0]]
+    t_in = torch.full((3,), 250 / T)
+    with torch.no_grad():
+        eps = predict_noise(lib_tiny_unet, x, 250, T, c, guidance=w)
+        cond = lib_tiny_unet(x, t_in, c)
+        uncond = lib_tiny_unet(x, t_in, torch.zeros_like(c))
+    assert not torch.allclose(cond, uncond), "the context must matter for this test to mean anything"
+    torch.testing.assert_close(eps, cond + w * (cond - uncond), rtol=1e-4, atol=1e-5)
+
+
+def test_sampling_with_guidance_zero_equals_a_manual_loop(lib_tiny_unet):
+    schedule = NoiseSchedule(T)
+    c = torch.eye(5)[[0, 3]]
+    out = sample(lib_tiny_unet, schedule, c, sampler="ddim", steps=4, guidance=0, seed=11)
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn((2, 3, 16, 16), generator=g)
+    ddim = DDIMSampler(schedule)
+    ts = make_timesteps(T, 4)
+    with torch.no_grad():
+        for t, t_prev in zip(ts[:-1], ts[1:]):
+            x, _ = ddim.step(lib_tiny_unet(x, torch.full((2,), t / T), c), t, t_prev, x)
+    torch.testing.assert_close(out, x, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("bad", [-0.1, float("nan"), float("inf"), 51])
+def test_bad_guidance_refused(lib_tiny_unet, bad):
+    with pytest.raises(ValueError, match="guidance"):
+        sample(lib_tiny_unet, NoiseSchedule(T), torch.eye(5)[:1], steps=2, guidance=bad)
+
+
+# --- class mixes ---------------------------------------------------------------------------------------
+def test_class_weights_one_class():
+    w = class_weights(LIB_CLASSES, "food")
+    assert w.tolist() == [0, 0, 1, 0, 0]
+    assert class_weights(LIB_CLASSES, 4).tolist() == [0, 0, 0, 0, 1]
+
+
+def test_class_weights_mix_is_normalised():
+    w = class_weights(LIB_CLASSES, {"hero": 3, "food": 1})
+    torch.testing.assert_close(w, torch.tensor([0.75, 0, 0.25, 0, 0]))
+    w = class_weights(LIB_CLASSES, {"hero": 0.2, "spell": 0.2, "item": 0})
+    torch.testing.assert_close(w, torch.tensor([0.5, 0, 0, 0.5, 0]))
+    assert w.sum().item() == pytest.approx(1.0)
+
+
+def test_class_weights_huge_finite_weights_stay_finite():
+    for big in (1e39, 1e308):
+        w = class_weights(LIB_CLASSES, {"hero": big, "food": big})
+        assert torch.isfinite(w).all()
+        torch.testing.assert_close(w, torch.tensor([0.5, 0, 0.5, 0, 0]))
+
+
+@pytest.mark.parametrize("mix,match", [
+    ({"hero": 0, "food": 0}, "positive"),
+    ({}, "positive"),
+    ({"hero": -1, "food": 2}, "non-negative"),
+    ({"hero": float("nan")}, "non-negative"),
+    ({"hero": float("inf")}, "non-negative"),
+    ({"dragon": 1}, "unknown class"),
+])
+def test_class_weights_bad_mixes_refused(mix, match):
+    with pytest.raises(ValueError, match=match):
+        class_weights(LIB_CLASSES, mix)
+
+
+def test_class_index_refuses_unknown():
+    assert class_index(LIB_CLASSES, "spell") == 3
+    for bad in ("dragon", 5, -1, True):
+        with pytest.raises(ValueError):
+            class_index(LIB_CLASSES, bad)
+
+
+# --- whole runs ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm++"])
+def test_same_seed_is_bit_identical_and_other_seeds_differ(lib_tiny_unet, sampler):
+    schedule = NoiseSchedule(T)
+    c = torch.stack([class_weights(LIB_CLASSES, "hero"), class_weights(LIB_CLASSES, {"hero": 1, "food": 1})])
+    kw = dict(sampler=sampler, steps=4, guidance=2.0)
+    a = sample(lib_tiny_unet, schedule, c, seed=42, **kw)
+    b = sample(lib_tiny_unet, schedule, c, seed=42, **kw)
+    d = sample(lib_tiny_unet, schedule, c, seed=43, **kw)
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, d)
+    assert torch.isfinite(a).all()
+
+
+def test_stochastic_sampler_uses_its_noise(lib_tiny_unet):
+    # DDPM and DDIM eta>0 draw noise every step: with the same start they still differ from DDIM eta=0
+    schedule = NoiseSchedule(T)
+    c = torch.eye(5)[:2]
+    a = sample(lib_tiny_unet, schedule, c, sampler=DDIMSampler(schedule, 0.0), steps=4, seed=1)
+    b = sample(lib_tiny_unet, schedule, c, sampler=DDIMSampler(schedule, 1.0), steps=4, seed=1)
+    assert not torch.allclose(a, b)
+
+
+def test_random_seed_when_none(lib_tiny_unet):
+    schedule = NoiseSchedule(T)
+    c = torch.eye(5)[:1]
+    a = sample(lib_tiny_unet, schedule, c, sampler="ddim", steps=2, seed=None)
+    b = sample(lib_tiny_unet, schedule, c, sampler="ddim", steps=2, seed=None)
+    assert not torch.equal(a, b)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm++"])
+def test_any_batch_size(lib_tiny_unet, batch, sampler):
+    schedule = NoiseSchedule(T)
+    c = torch.eye(5)[torch.arange(batch) % 5]
+    steps = list(sample_steps(lib_tiny_unet, schedule, c, sampler=sampler, steps=3, guidance=1.0, seed=0))
+    assert [s.t for s in steps] == make_timesteps(T, 3)[:-1]
+    assert [s.t_prev for s in steps] == make_timesteps(T, 3)[1:]
+    assert [(s.index, s.steps) for s in steps] == [(0, 3), (1, 3), (2, 3)]
+    for s, nxt in zip(steps, steps[1:]):
+        assert torch.equal(s.x_prev, nxt.x_t)
+    for s in steps:
+        for tensor in (s.x_t, s.x0, s.eps, s.x_prev):
+            assert tensor.shape == (batch, 3, 16, 16)
+            assert torch.isfinite(tensor).all()
+        torch.testing.assert_close(s.x0, schedule.predict_x0(s.x_t, s.eps, s.t), rtol=1e-4, atol=1e-4)
+
+
+def test_bad_context_and_start_refused(lib_tiny_unet):
+    schedule = NoiseSchedule(T)
+    with pytest.raises(ValueError, match="context"):
+        sample(lib_tiny_unet, schedule, torch.zeros(5), steps=2)
+    with pytest.raises(ValueError, match="context"):
+        sample(lib_tiny_unet, schedule, torch.zeros(0, 5), steps=2)
+    with pytest.raises(ValueError, match="start time"):
+        sample(lib_tiny_unet, schedule, torch.eye(5)[:1], steps=2, t_start=T + 1)
+    with pytest.raises(ValueError, match="start time"):
+        sample(lib_tiny_unet, schedule, torch.eye(5)[:1], steps=2, t_start=0)
+    with pytest.raises(ValueError, match="steps"):
+        sample(lib_tiny_unet, schedule, torch.eye(5)[:1], steps=0)
+    with pytest.raises(ValueError, match="unknown sampler"):
+        sample(lib_tiny_unet, schedule, torch.eye(5)[:1], sampler="euler", steps=2)
+
+
+def test_sampler_options_validated():
+    schedule = NoiseSchedule(T)
+    assert isinstance(make_sampler("DPM-Solver++", schedule), DPMSolverPP2M)
+    assert make_sampler("ddim", schedule, eta=0.3).eta == 0.3
+    for eta in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="eta"):
+            DDIMSampler(schedule, eta)
+    with pytest.raises(ValueError, match="variance"):
+        DDPMSampler(schedule, "learned")
+
+
+def test_sdedit_start_stays_close_to_x_start(lib_tiny_unet):
+    schedule = NoiseSchedule(T)
+    g = torch.Generator().manual_seed(0)
+    x_start = (torch.rand(2, 3, 16, 16, generator=g) > 0.5).float() * 2 - 1
+    c = torch.eye(5)[[0, 2]]
+    distances = {}
+    for t_start in (10, 100, T):
+        steps = min(5, t_start)
+        run = list(sample_steps(lib_tiny_unet, schedule, c, sampler="ddim", steps=steps, guidance=0, seed=1,
+                                x_start=x_start, t_start=t_start))
+        assert run[0].t == t_start
+        # the first x_t is x_start noised to t_start with the seed's noise
+        noise = torch.randn((2, 3, 16, 16), generator=torch.Generator().manual_seed(1))
+        torch.testing.assert_close(run[0].x_t, schedule.add_noise(x_start, noise, t_start))
+        distances[t_start] = (run[-1].x_prev - x_start).abs().mean().item()
+    assert distances[10] < distances[100] < distances[T]
+    assert distances[10] < 0.2
