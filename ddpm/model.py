@@ -41,6 +41,10 @@ class ResidualConvBlock(nn.Module):
         self.conv2 = nn.Sequential(nn.Conv2d(out_channels, out_channels, 3, 1, 1), _norm(norm, out_channels), nn.GELU())
         # Built once here so it trains (the seed created a random one inside forward()).
         self.shortcut = nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
+        if not is_res:
+            # Unused without is_res, but kept so state_dict keys stay as trained; frozen, because
+            # DistributedDataParallel (accelerate launch) fails on parameters that get no gradient.
+            self.shortcut.requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv2(self.conv1(x))

@@ -1,0 +1,161 @@
+"""ContextUnet: shapes for every supported height, options, the fixed seed defects."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from ddpm.model import ContextUnet, EmbedFC, ResidualConvBlock, level_channels
+
+from conftest import LIB_CLASSES
+
+HEIGHTS = [16, 32, 64, 128, 256]
+
+
+def run_forward_backward(model: ContextUnet, batch: int = 2):
+    h = model.height
+    x = torch.randn(batch, model.in_channels, h, h, requires_grad=True)
+    t = torch.rand(batch)
+    c = torch.eye(model.n_classes)[torch.arange(batch) % model.n_classes]
+    out = model(x, t, c)
+    out.square().mean().backward()
+    return x, out
+
+
+@pytest.mark.parametrize("height", HEIGHTS)
+@pytest.mark.parametrize("norm", ["batch", "group"])
+@pytest.mark.parametrize("time_embedding", ["scalar", "sinusoidal"])
+def test_forward_backward_shapes(height, norm, time_embedding):
+    torch.manual_seed(0)
+    model = ContextUnet(in_channels=3, n_feat=8, n_classes=3, height=height, norm=norm, time_embedding=time_embedding)
+    x, out = run_forward_backward(model)
+    assert out.shape == x.shape
+    assert torch.isfinite(out).all()
+    assert x.grad is not None and x.grad.shape == x.shape and torch.isfinite(x.grad).all()
+    assert x.grad.abs().sum() > 0
+    # one down level per halving down to the 4x4 bottleneck (16 px: the course's two levels)
+    assert len(model.downs) == len(model.ups) == {16: 2, 32: 3, 64: 4, 128: 5, 256: 6}[height]
+
+
+def test_other_channel_counts():
+    torch.manual_seed(0)
+    model = ContextUnet(in_channels=1, n_feat=16, n_classes=2, height=32)
+    x, out = run_forward_backward(model, batch=3)
+    assert out.shape == (3, 1, 32, 32)
+
+
+def test_level_channels():
+    assert level_channels(64, 16) == [64, 128]
+    assert level_channels(8, 256) == [8, 16, 32, 32, 32, 32]
+
+
+@pytest.mark.parametrize("height", [0, 8, 12, 24, 100, 15])
+def test_invalid_height_raises(height):
+    with pytest.raises(ValueError, match="height"):
+        ContextUnet(n_feat=8, height=height)
+
+
+def test_invalid_options_raise():
+    with pytest.raises(ValueError, match="norm"):
+        ContextUnet(n_feat=8, norm="layer")
+    with pytest.raises(ValueError, match="time_embedding"):
+        ContextUnet(n_feat=8, time_embedding="learned")
+    with pytest.raises(ValueError, match="class names"):
+        ContextUnet(n_feat=8, n_classes=5, class_names=["a", "b"])
+
+
+def test_residual_shortcut_is_a_trained_parameter():
+    torch.manual_seed(0)
+    model = ContextUnet(n_feat=8, n_classes=5, height=16)
+    # the init block maps 3 -> n_feat channels with is_res: its 1x1 shortcut is a registered conv
+    assert isinstance(model.init_conv.shortcut, torch.nn.Conv2d)
+    state = model.state_dict()
+    assert "init_conv.shortcut.weight" in state and "init_conv.shortcut.bias" in state
+    before = model.init_conv.shortcut.weight.detach().clone()
+    # the shortcut is the same module every call (the seed built a new random one in forward)
+    with torch.no_grad():
+        model.eval()
+        x, t, c = torch.randn(2, 3, 16, 16), torch.rand(2), torch.eye(5)[:2]
+        assert torch.equal(model(x, t, c), model(x, t, c))
+    model.train()
+    run_forward_backward(model)
+    grad = model.init_conv.shortcut.weight.grad
+    assert grad is not None and grad.abs().sum() > 0
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    opt.step()
+    assert not torch.equal(model.init_conv.shortcut.weight, before)
+
+
+def test_residual_block_adds_the_shortcut():
+    torch.manual_seed(0)
+    block = ResidualConvBlock(3, 8, is_res=True).eval()
+    plain = ResidualConvBlock(3, 8, is_res=False).eval()
+    plain.load_state_dict(block.state_dict())
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), (block.shortcut(x) + plain(x)) / 1.414)
+
+
+def test_embedfc_sets_input_dim():
+    e = EmbedFC(5, 12)
+    assert e.input_dim == 5
+    assert e(torch.randn(3, 5)).shape == (3, 12)
+    assert EmbedFC(1, 4)(torch.rand(3)).shape == (3, 4)  # a (B,) time vector is reshaped to (B, 1)
+
+
+def test_context_and_time_change_the_output(lib_tiny_unet):
+    x = torch.randn(2, 3, 16, 16)
+    t = torch.full((2,), 0.5)
+    c = torch.eye(5)[[0, 1]]
+    with torch.no_grad():
+        base = lib_tiny_unet(x, t, c)
+        assert not torch.allclose(base, lib_tiny_unet(x, t, torch.eye(5)[[2, 3]]))
+        assert not torch.allclose(base, lib_tiny_unet(x, t * 0.2, c))
+        # eval mode: each sprite is independent of the rest of the batch
+        torch.testing.assert_close(lib_tiny_unet(x[:1], t[:1], c[:1]), base[:1], rtol=1e-4, atol=1e-5)
+
+
+def test_config_dict_rebuilds_the_same_architecture(lib_tiny_unet):
+    config = lib_tiny_unet.config_dict
+    assert config["class_names"] == LIB_CLASSES
+    clone = ContextUnet(**config)
+    assert {k: v.shape for k, v in clone.state_dict().items()} == \
+        {k: v.shape for k, v in lib_tiny_unet.state_dict().items()}
+    assert ContextUnet(n_feat=8, n_classes=3).class_names == ["class_0", "class_1", "class_2"]
+
+
+SHIPPED = Path(__file__).resolve().parent.parent / "weights"
+
+
+@pytest.mark.skipif(not (SHIPPED / "model.safetensors").is_file(), reason="no shipped weights in weights/ yet")
+def test_shipped_weights_match_the_architecture():
+    # trained weights depend on the state_dict key names: the shipped file must still load strictly
+    from ddpm.checkpoint import load_model
+
+    model = load_model(SHIPPED)
+    assert model.class_names == LIB_CLASSES
+
+
+def test_every_trainable_parameter_gets_a_gradient():
+    # parameters without a gradient break DistributedDataParallel (accelerate launch on several GPUs)
+    torch.manual_seed(0)
+    for height in (16, 64):
+        model = ContextUnet(n_feat=8, n_classes=5, height=height)
+        run_forward_backward(model)
+        dead = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+        assert dead == [], f"trainable parameters without a gradient at {height} px: {dead}"
+
+
+def test_trains_under_distributed_data_parallel(tmp_path):
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        ddp = DistributedDataParallel(ContextUnet(n_feat=8, n_classes=5))
+        for _ in range(2):  # DDP reports unused parameters at the start of the second step
+            ddp(torch.randn(2, 3, 16, 16), torch.rand(2), torch.eye(5)[:2]).square().mean().backward()
+    finally:
+        dist.destroy_process_group()
