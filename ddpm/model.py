@@ -198,6 +198,20 @@ class ContextUnet(
         )
 
     @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *, force_download: bool = False, token=None,
+                        cache_dir=None, local_files_only: bool = False, revision=None, **model_kwargs):  # type: ignore[override]
+        """A local model directory or a Hub repo id, loaded strictly by ddpm.checkpoint.load_model.
+
+        The mixin's own from_pretrained reads config.json before _from_pretrained runs, so a missing
+        path, a bad JSON file or an uncached repo id escaped as raw huggingface_hub or json errors
+        instead of a CheckpointError. Extra keyword arguments (such as strict=False) are ignored:
+        loading is always strict.
+        """
+        return cls._from_pretrained(model_id=str(pretrained_model_name_or_path), revision=revision,
+                                    cache_dir=cache_dir, local_files_only=local_files_only,
+                                    map_location=model_kwargs.get("map_location", "cpu"))
+
+    @classmethod
     def _from_pretrained(cls, *, model_id: str, **kwargs):  # type: ignore[override]
         # Route the mixin through our loader: strict, safetensors only, clear errors.
         from .checkpoint import load_model
