@@ -1,0 +1,557 @@
+"""DDPM Sprite Lab: watch, step and steer a sprite diffusion model in the browser.
+
+    python app.py                        # serves the shipped weights/ on http://127.0.0.1:7860
+    python app.py --model user/repo      # or a local model directory (env DDPM_MODEL works too)
+
+This file is UI only: every computation is a call into the `ddpm` library (ddpm/interactive.py
+holds the app-specific pieces), so handlers here validate, call, and turn arrays into pictures.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import inspect
+import json
+import os
+import re
+import sys
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+import gradio as gr
+import numpy as np
+import torch
+from PIL import Image
+
+from ddpm import interactive as ix
+from ddpm.checkpoint import CheckpointError, load_model, load_schedule, resolve
+from ddpm.data import DataError
+from ddpm.images import sprite_sheet, upscale
+from ddpm.sampling import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_MODEL = str(HERE / "weights")
+SAMPLERS = [("DDPM (ancestral)", "ddpm"), ("DDIM", "ddim"), ("DPM-Solver++ (2M)", "dpm++")]
+SAMPLER_NAMES = dict((v, k) for k, v in SAMPLERS)
+BIG, GRID = 16, 8  # nearest-neighbour scale of a single sprite (16 px -> 256 px) and of grids
+MAX_GUIDANCE = 10.0
+GENERATE_DEFAULT_N, REVERSE_DEFAULT_N = 6, 16
+PALETTE = ["#140c1c", "#442434", "#30346d", "#4e4a4e", "#854c30", "#346524", "#d04648", "#757161",
+           "#597dce", "#d27d2c", "#8595a1", "#6daa2c", "#d2aa99", "#6dc2ca", "#dad45e", "#deeed6"]  # DawnBringer 16
+
+CSS = """
+.pixelated img, .pixelated canvas { image-rendering: pixelated; image-rendering: crisp-edges; object-fit: contain; }
+.info-line { font-size: 0.95em; }
+footer { display: none !important; }
+"""
+THEME = gr.themes.Soft(primary_hue="violet", secondary_hue="amber")
+LAUNCH_KWARGS = dict(css=CSS, theme=THEME, max_file_size="10mb")
+
+
+# --- ZeroGPU: decorate GPU work with spaces.GPU only where it exists and applies ---------------
+def gpu_decorator() -> Callable[[Callable], Callable]:
+    if not os.environ.get("SPACES_ZERO_GPU"):
+        return lambda fn: fn
+    try:
+        import spaces  # only on Hugging Face Spaces
+    except ImportError:
+        return lambda fn: fn
+    return spaces.GPU
+
+
+GPU = gpu_decorator()
+
+
+# --- small UI helpers --------------------------------------------------------------------------
+def picture(sprites: np.ndarray | Image.Image, scale: int = 1) -> Image.Image:
+    """A PIL picture for a gr.Image output, upscaled crisply on the server.
+
+    Why the nonce: gradio 6.31 saves each returned image to GRADIO_TEMP_DIR/<sha256 of its
+    bytes>/image.png with a plain, non-atomic write, so two requests returning the *same*
+    picture at the same moment write the same file and one client can be served a half-written
+    one. Gradio copies PNG text chunks into the file, so a random per-response text chunk makes
+    every response's bytes, hence its cache path, unique: identical requests never share a
+    file, and delete_cache still cleans them all up. (Downloads are files we write ourselves,
+    atomically and uniquely named: ix.write_output.)
+    """
+    im = sprites if isinstance(sprites, Image.Image) else upscale(np.ascontiguousarray(sprites), scale)
+    im = im.copy()
+    im.info["response"] = uuid.uuid4().hex
+    return im
+
+
+def user_errors(fn: Callable) -> Callable:
+    """Turn the library's ValueError/DataError (messages written for users) into gr.Error."""
+    def convert(e: Exception) -> gr.Error:
+        return gr.Error(str(e))  # not capitalised: "t must ..." is not "T must ..."
+
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def gen_wrapper(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except gr.Error:
+                raise
+            except (ValueError, DataError) as e:
+                raise convert(e) from None
+        return gen_wrapper
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except (ValueError, DataError) as e:
+            raise convert(e) from None
+    return wrapper
+
+
+def fmt(x: float) -> str:
+    if x == float("inf"):
+        return "∞"
+    return f"{x:.3g}" if 1e-3 <= abs(x) < 1e4 or x == 0 else f"{x:.2e}"
+
+
+def sampler_key(name: Any) -> str:
+    if name not in SAMPLER_NAMES:
+        raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLER_NAMES)}")
+    return name
+
+
+# --- the handlers ------------------------------------------------------------------------------
+class SpriteLab:
+    """The model plus one method per UI action; app wiring lives in build_demo."""
+
+    def __init__(self, model: torch.nn.Module, schedule, device: torch.device, source: str):
+        self.model, self.schedule, self.device, self.source = model, schedule, device, source
+        self.classes = list(model.class_names)
+        self.T, self.height = schedule.T, model.height
+        self.chart = ix.schedule_chart(schedule)
+
+    # --- shared -------------------------------------------------------------------------------
+    def model_sprite(self, cls: str, seed: Any) -> np.ndarray:
+        seed = ix.check_number(seed, "seed", 0, ix.MAX_SEED, integer=True)
+        rows = ix.generate(self.model, self.schedule, self.classes, ix.check_class(self.classes, cls), 1,
+                           DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_GUIDANCE, seed)
+        return rows[0][0]
+
+    # --- 1. forward process -------------------------------------------------------------------
+    @user_errors
+    def forward_sprite(self, cls, seed, t, noise_seed, show_model):
+        sprite = self.model_sprite(cls, seed)
+        return (sprite, picture(sprite, BIG)) + self.forward_view(sprite, t, noise_seed, show_model, cls)
+
+    @user_errors
+    def forward_upload(self, path, t, noise_seed, show_model, cls):
+        sprite = ix.sprite_from_upload(path, self.height)
+        return (sprite, picture(sprite, BIG)) + self.forward_view(sprite, t, noise_seed, show_model, cls)
+
+    @user_errors
+    def forward_draw(self, drawing, t, noise_seed, show_model, cls):
+        sprite = ix.sprite_from_drawing(drawing, self.height)
+        return (sprite, picture(sprite, BIG)) + self.forward_view(sprite, t, noise_seed, show_model, cls)
+
+    @user_errors
+    def forward_view(self, sprite, t, noise_seed, show_model, cls):
+        """x_t at the slider's t: picture, a line of numbers, the marked chart, and the model's view."""
+        if sprite is None:  # an API call before any sprite was chosen: the default one
+            sprite = self.model_sprite(self.classes[0], 0)
+        t = ix.check_number(t, "t", 0, self.T, integer=True)
+        noise_seed = ix.check_number(noise_seed, "noise seed", 0, ix.MAX_SEED, integer=True)
+        context = ix.context_for(self.classes, ix.check_class(self.classes, cls), 1) if show_model else None
+        v = ix.forward_view(self.schedule, sprite, t, noise_seed, self.model if show_model else None, context)
+        info = (f"**t = {t}** of {self.T} &nbsp;·&nbsp; signal kept ᾱₜ = {fmt(v.abar)} &nbsp;·&nbsp; "
+                f"noise level √(1−ᾱₜ) = **{fmt(v.noise_level)}** &nbsp;·&nbsp; SNR = {fmt(v.snr)}")
+        eps = picture(v.eps_pred, BIG) if v.eps_pred is not None else None
+        x0 = picture(v.x0_pred, BIG) if v.x0_pred is not None else None
+        return picture(v.x_t, BIG), info, picture(self.chart.marked(t)), eps, x0
+
+    # --- 2. reverse process -------------------------------------------------------------------
+    def _reverse_settings(self, cls, mix, n, seed, sampler, steps, guidance) -> dict:
+        return dict(cls=ix.check_class(self.classes, cls, (ix.MIX,)), mix=[ix.check_number(w, f"the weight of {c}", 0, 1) for c, w in zip(self.classes, mix)],
+                    n=ix.check_number(n, "sprites", 1, ix.MAX_SPRITES, integer=True),
+                    seed=ix.check_number(seed, "seed", 0, ix.MAX_SEED, integer=True),
+                    sampler=sampler_key(sampler),
+                    steps=ix.check_number(steps, "steps", 1, self.T, integer=True),
+                    guidance=ix.check_number(guidance, "guidance", 0, MAX_GUIDANCE))
+
+    def _new_run(self, s: dict) -> ix.ReverseRun:
+        context = ix.context_for(self.classes, s["cls"], s["n"], s["mix"])
+        return ix.start_reverse(self.model, self.schedule, context, s["sampler"], s["steps"], s["guidance"],
+                                s["seed"], cls=s["cls"], mix=s["mix"], n=s["n"])
+
+    def _run_for(self, run: ix.ReverseRun | None, cls, n, seed, sampler, steps, guidance, mix) -> tuple[ix.ReverseRun, bool]:
+        """The session's run, or a fresh one when there is none or the settings changed."""
+        s = self._reverse_settings(cls, mix, n, seed, sampler, steps, guidance)
+        if isinstance(run, ix.ReverseRun) and run.settings == s:
+            return run, False
+        return self._new_run(s), True
+
+    def _reverse_outputs(self, run: ix.ReverseRun, index: int | None = None, note: str = ""):
+        frames = run.frames
+        i = len(frames) - 1 if index is None else max(0, min(int(index), len(frames) - 1))
+        f = frames[i]
+        x0 = f.x0 if f.x0 is not None else np.full_like(f.x_t, 127)
+        eps = f.eps if f.eps is not None else np.full_like(f.x_t, 127)
+        s = run.settings
+        what = "mix" if s["cls"] == ix.MIX else s["cls"]
+        state = "done ✨" if run.done and i == len(frames) - 1 else (
+            "pure noise" if f.step == 0 else "denoising…")
+        status = (f"**Step {f.step} / {run.total}** &nbsp;·&nbsp; t = {f.t} &nbsp;·&nbsp; {state} &nbsp;·&nbsp; "
+                  f"{SAMPLER_NAMES[s['sampler']]}, guidance {s['guidance']:g}, class {what}")
+        if f.x0 is None and not run.done:
+            status += " &nbsp;·&nbsp; *predictions appear after the next step*"
+        if note:
+            status += f"  \n{note}"
+        timeline = gr.Slider(minimum=0, maximum=max(1, len(frames) - 1), value=i, step=1)
+        return (run, picture(ix.grid(f.x_t, scale=1), GRID), picture(ix.grid(x0, scale=1), GRID),
+                picture(ix.grid(eps, scale=1), GRID), timeline, status)
+
+    @user_errors
+    def reverse_reset(self, run, cls, n, seed, sampler, steps, guidance, *mix):
+        run, _ = self._run_for(None, cls, n, seed, sampler, steps, guidance, mix)
+        return self._reverse_outputs(run)
+
+    @user_errors
+    def reverse_step(self, run, cls, n, seed, sampler, steps, guidance, *mix):
+        run, _ = self._run_for(run, cls, n, seed, sampler, steps, guidance, mix)
+        with run.lock:
+            if run.done:
+                return self._reverse_outputs(run, note="Finished: press Reset (or change a setting) to start over.")
+            run.advance()
+        return self._reverse_outputs(run)
+
+    @user_errors
+    def reverse_run(self, run, cls, n, seed, sampler, steps, guidance, *mix):
+        """Stream every remaining step to the end (a generator: each yield updates the page)."""
+        run, _ = self._run_for(run, cls, n, seed, sampler, steps, guidance, mix)
+        if run.done:
+            run = self._new_run(run.settings)  # Run on a finished run replays it from noise
+        yield self._reverse_outputs(run)
+        while not run.done:
+            with run.lock:
+                run.advance()
+            yield self._reverse_outputs(run)
+
+    @user_errors
+    def reverse_scrub(self, run, index):
+        if not isinstance(run, ix.ReverseRun):
+            raise ValueError("nothing to scrub yet: press Step or Run first")
+        index = ix.check_number(index, "timeline position", 0, ix.MAX_FRAMES, integer=True)
+        return self._reverse_outputs(run, index)
+
+    @user_errors
+    def reverse_gif(self, run):
+        if not isinstance(run, ix.ReverseRun) or len(run.frames) < 2:
+            raise ValueError("no steps taken yet: press Step or Run first")
+        path = ix.write_output(ix.trajectory_gif(run.frames), ".gif", stem="trajectory")
+        return gr.update(value=path, visible=True)
+
+    # --- 3. generate ----------------------------------------------------------------------------
+    @user_errors
+    def generate(self, cls, n, sampler, steps, guidance, seed, transparent):
+        rows = ix.generate(self.model, self.schedule, self.classes, cls, n, sampler_key(sampler), steps,
+                           guidance, seed)
+        shown = sprite_sheet(rows, scale=GRID, pad=1)
+        sheet = sprite_sheet(rows, scale=1, pad=0, transparent=bool(transparent))
+        path = ix.write_output(ix.png_bytes(sheet), ".png", stem="sprite-sheet")
+        names = self.classes if cls == ix.ALL_CLASSES else [cls]
+        caption = " · ".join(f"row {i + 1}: **{name}**" for i, name in enumerate(names))
+        return picture(shown), path, caption
+
+    # --- 4. remix -------------------------------------------------------------------------------
+    def _remix_source(self, sprite):
+        return sprite, picture(sprite, BIG)
+
+    @user_errors
+    def remix_sprite(self, cls, seed):
+        return self._remix_source(self.model_sprite(cls, seed))
+
+    @user_errors
+    def remix_upload(self, path):
+        return self._remix_source(ix.sprite_from_upload(path, self.height))
+
+    @user_errors
+    def remix_draw(self, drawing):
+        return self._remix_source(ix.sprite_from_drawing(drawing, self.height))
+
+    @user_errors
+    def remix(self, sprite, cls, strength, sampler, steps, guidance, seed):
+        if sprite is None:
+            sprite = self.model_sprite(self.classes[0], 1)
+        cls = ix.check_class(self.classes, cls)
+        r = ix.remix(self.model, self.schedule, sprite, ix.context_for(self.classes, cls, 1), strength,
+                     sampler_key(sampler), steps, guidance, seed)
+        # the trajectory: at most 8 evenly spaced frames from the noised start to the result
+        keep = np.unique(np.linspace(0, len(r.frames) - 1, min(8, len(r.frames))).round().astype(int))
+        strip = sprite_sheet([np.stack([sprite] + [r.frames[k] for k in keep])], scale=GRID, pad=1)
+        info = (f"Noised to **t = {r.t_start}** of {self.T} (strength {r.t_start / self.T:.2f}), then "
+                f"**{r.steps} steps** of {SAMPLER_NAMES[sampler]} as **{cls}**. Trajectory: source, noised, …, result.")
+        return picture(r.result, BIG), picture(strip), info
+
+    # --- 5. model -------------------------------------------------------------------------------
+    def model_info(self) -> str:
+        try:
+            folder = resolve(self.source, local_files_only=True)
+        except CheckpointError:
+            folder = None
+        params = sum(p.numel() for p in self.model.parameters())
+        lines = [
+            "### This model",
+            f"- **Loaded from:** `{self.source}`" + (f" (`{folder}`)" if folder and str(folder) != self.source else ""),
+            f"- **Device:** `{self.device}` &nbsp;·&nbsp; torch {torch.__version__} &nbsp;·&nbsp; gradio {gr.__version__}",
+            f"- **Classes ({len(self.classes)}):** " + ", ".join(f"`{c}`" for c in self.classes),
+            f"- **Parameters:** {params:,}",
+            f"- **Noise schedule:** `{json.dumps(self.schedule.config())}`",
+            f"- **Network config:** `{json.dumps(self.model.config_dict)}`",
+            f"- **Defaults:** {SAMPLER_NAMES[DEFAULT_SAMPLER]}, {DEFAULT_STEPS} steps, guidance {DEFAULT_GUIDANCE:g}",
+        ]
+        card = ""
+        if folder and (folder / "README.md").is_file():
+            card = (folder / "README.md").read_text(errors="replace")
+            card = re.sub(r"\A---\n.*?\n---\n", "", card, flags=re.S)      # YAML front matter
+            card = re.sub(r"!\[[^\]]*\]\([^)]*\)\n?", "", card)             # relative images do not resolve here
+        info = "\n".join(lines)
+        return info + ("\n\n---\n\n### Model card\n\n" + card if card else "\n\n*No model card (README.md) in the model folder.*")
+
+
+# --- the page ----------------------------------------------------------------------------------
+def sampler_controls(prefix: str, T: int, steps: int = DEFAULT_STEPS):
+    sampler = gr.Radio(SAMPLERS, value=DEFAULT_SAMPLER, label="Sampler", elem_id=f"{prefix}-sampler")
+    steps = gr.Slider(1, T, value=steps, step=1, label="Steps", elem_id=f"{prefix}-steps")
+    guidance = gr.Slider(0, MAX_GUIDANCE, value=DEFAULT_GUIDANCE, step=0.5, label="Guidance (classifier-free)",
+                         info="0 = plain conditional model; higher = more typical of the class", elem_id=f"{prefix}-guidance")
+    return sampler, steps, guidance
+
+
+def source_picker(lab: SpriteLab, prefix: str, default_class: str, default_seed: int):
+    """Three ways to choose a sprite: from the model, an upload, or a drawing."""
+    with gr.Tabs(elem_id=f"{prefix}-source-tabs"):
+        with gr.Tab("🎲 From the model", id=f"{prefix}-src-model"):
+            cls = gr.Dropdown(lab.classes, value=default_class, label="Class", elem_id=f"{prefix}-src-class")
+            seed = gr.Number(default_seed, precision=0, minimum=0, maximum=ix.MAX_SEED, label="Seed",
+                             elem_id=f"{prefix}-src-seed")
+            new = gr.Button("New sprite", variant="secondary", elem_id=f"{prefix}-src-new")
+        with gr.Tab("📁 Upload", id=f"{prefix}-src-upload"):
+            upload = gr.File(label="Upload an image (centre-cropped and shrunk to the model's size)",
+                             file_types=["image"], type="filepath", height=120, elem_id=f"{prefix}-upload")
+        with gr.Tab("✏️ Draw", id=f"{prefix}-src-draw"):
+            draw = gr.Sketchpad(canvas_size=(256, 256), type="numpy", image_mode="RGBA", layers=False,
+                                transforms=(), brush=gr.Brush(default_size=16, colors=PALETTE, default_color=PALETTE[6]),
+                                label="Draw (16 px brush = one sprite pixel)", elem_id=f"{prefix}-draw",
+                                elem_classes=["pixelated"])
+            use = gr.Button("Use this drawing", variant="secondary", elem_id=f"{prefix}-draw-use")
+    return cls, seed, new, upload, draw, use
+
+
+def build_demo(lab: SpriteLab) -> gr.Blocks:
+    T = lab.T
+    pix = ["pixelated"]
+    # delete_cache: every 5 minutes, remove cached outputs older than 30 minutes
+    with gr.Blocks(title="DDPM Sprite Lab", delete_cache=(300, 1800)) as demo:
+        gr.Markdown("# 👾 DDPM Sprite Lab\nA small diffusion model that draws 16×16 pixel-art sprites of "
+                    f"{len(lab.classes)} classes ({', '.join(lab.classes)}). Watch noise swallow a sprite, step the "
+                    "model back out of noise, generate sprite sheets, and remix your own drawings.")
+        with gr.Tabs():
+            # 1 --------------------------------------------------------------------------------
+            with gr.Tab("1 · Forward process", id="forward"):
+                gr.Markdown("Noise is mixed in step by step: **x_t = √ᾱₜ · x₀ + √(1−ᾱₜ) · ε**. Drag **t**.")
+                f_sprite = gr.State(None)
+                with gr.Row():
+                    with gr.Column(scale=1, min_width=280):
+                        f_cls, f_seed, f_new, f_upload, f_draw, f_use = source_picker(lab, "f", lab.classes[0], 0)
+                        f_x0 = gr.Image(label="x₀ (clean)", format="png", interactive=False, height=200,
+                                        elem_classes=pix, elem_id="f-x0", buttons=["download"])
+                    with gr.Column(scale=2):
+                        with gr.Row():
+                            f_xt = gr.Image(label="x_t", format="png", interactive=False, height=300,
+                                            elem_classes=pix, elem_id="f-xt", buttons=["download", "fullscreen"])
+                            with gr.Column(visible=False) as f_model_col:
+                                f_eps = gr.Image(label="model's predicted noise ε̂", format="png", interactive=False,
+                                                 height=140, elem_classes=pix, elem_id="f-eps")
+                                f_x0p = gr.Image(label="model's predicted x₀", format="png", interactive=False,
+                                                 height=140, elem_classes=pix, elem_id="f-x0pred")
+                        f_t = gr.Slider(0, T, value=T // 4, step=1, label="t (time step: 0 = clean, T = pure noise)",
+                                        elem_id="f-t")
+                        f_info = gr.Markdown(elem_classes=["info-line"], elem_id="f-info")
+                        with gr.Row():
+                            f_noise = gr.Number(0, precision=0, minimum=0, maximum=ix.MAX_SEED, label="Noise seed",
+                                                info="the same ε at every t, so the picture changes smoothly",
+                                                elem_id="f-noise")
+                            f_show = gr.Checkbox(False, label="Show what the model sees at this t", elem_id="f-show")
+                        f_chart = gr.Image(label="Signal ᾱₜ and signal-to-noise ratio over t", format="png",
+                                           interactive=False, height=250, elem_id="f-chart", show_label=False)
+                view_out = [f_xt, f_info, f_chart, f_eps, f_x0p]
+                src_out = [f_sprite, f_x0] + view_out
+                f_new.click(lab.forward_sprite, [f_cls, f_seed, f_t, f_noise, f_show], src_out, api_name="forward_sprite",
+                            concurrency_id="model")
+                f_upload.upload(lab.forward_upload, [f_upload, f_t, f_noise, f_show, f_cls], src_out,
+                                api_name="forward_upload", concurrency_id="model")
+                f_use.click(lab.forward_draw, [f_draw, f_t, f_noise, f_show, f_cls], src_out, api_name="forward_draw",
+                            concurrency_id="model")
+                view_in = [f_sprite, f_t, f_noise, f_show, f_cls]
+                # "always_last": while dragging, a value that arrives during an update is queued, so the final
+                # position is always rendered; hidden progress keeps the picture from flashing.
+                f_t.change(lab.forward_view, view_in, view_out, api_name="forward_view", trigger_mode="always_last",
+                           show_progress="hidden", concurrency_limit=4, concurrency_id="preview")
+                f_noise.change(lab.forward_view, view_in, view_out, api_visibility="private",
+                               show_progress="hidden", concurrency_id="preview")
+                f_show.change(lambda show: gr.Column(visible=bool(show)), f_show, f_model_col, api_visibility="private",
+                              queue=False).then(lab.forward_view, view_in, view_out, api_visibility="private",
+                                                show_progress="hidden", concurrency_id="preview")
+
+            # 2 --------------------------------------------------------------------------------
+            with gr.Tab("2 · Reverse process", id="reverse"):
+                gr.Markdown("Start from pure noise and let the model remove it, one step at a time. "
+                            "**Step** takes one step, **Run** streams to the end, the **timeline** scrubs back.")
+                r_run = gr.State(None, time_to_live=3600)
+                with gr.Row():
+                    with gr.Column(scale=1, min_width=280):
+                        r_cls = gr.Dropdown(lab.classes + [ix.MIX], value=lab.classes[0], label="Class",
+                                            info=f"'{ix.MIX}' blends classes with the weights below", elem_id="r-class")
+                        with gr.Accordion("Class mix weights", open=False):
+                            r_mix = [gr.Slider(0, 1, value=1.0 if i == 0 else 0.0, step=0.05, label=c,
+                                               elem_id=f"r-mix-{i}") for i, c in enumerate(lab.classes)]
+                        r_n = gr.Slider(1, ix.MAX_SPRITES, value=REVERSE_DEFAULT_N, step=1, label="Sprites", elem_id="r-n")
+                        r_seed = gr.Number(0, precision=0, minimum=0, maximum=ix.MAX_SEED, label="Seed", elem_id="r-seed")
+                        r_sampler, r_steps, r_guidance = sampler_controls("r", T)
+                    with gr.Column(scale=3):
+                        with gr.Row():
+                            r_step = gr.Button("Step ▶", variant="primary", elem_id="r-step")
+                            r_go = gr.Button("Run ⏩", variant="primary", elem_id="r-run")
+                            r_reset = gr.Button("Reset ↺", elem_id="r-reset")
+                        r_status = gr.Markdown(elem_id="r-status")
+                        with gr.Row():
+                            r_xt = gr.Image(label="x_t", format="png", interactive=False, elem_classes=pix, height=320,
+                                            elem_id="r-xt", buttons=["download", "fullscreen"])
+                            r_x0 = gr.Image(label="predicted x₀", format="png", interactive=False, elem_classes=pix, height=320,
+                                            elem_id="r-x0", buttons=["download", "fullscreen"])
+                            r_eps = gr.Image(label="predicted noise ε̂", format="png", interactive=False, height=320,
+                                             elem_classes=pix, elem_id="r-eps", buttons=["download", "fullscreen"])
+                        r_timeline = gr.Slider(0, 1, value=0, step=1, label="Timeline (steps taken so far)",
+                                               elem_id="r-timeline")
+                        with gr.Row():
+                            r_gif_btn = gr.Button("🎞 Make trajectory GIF", elem_id="r-gif-btn", scale=1)
+                            r_gif = gr.File(label="Trajectory GIF", interactive=False, elem_id="r-gif", scale=2,
+                                            visible=False)
+                r_in = [r_run, r_cls, r_n, r_seed, r_sampler, r_steps, r_guidance] + r_mix
+                r_out = [r_run, r_xt, r_x0, r_eps, r_timeline, r_status]
+                r_reset.click(lab.reverse_reset, r_in, r_out, api_name="reverse_reset", concurrency_id="model")
+                r_step.click(GPU(lab.reverse_step), r_in, r_out, api_name="reverse_step", concurrency_id="model")
+                r_go.click(GPU(lab.reverse_run), r_in, r_out, api_name="reverse_run", concurrency_id="model")
+                r_timeline.input(lab.reverse_scrub, [r_run, r_timeline], r_out, api_name="reverse_scrub",
+                                 trigger_mode="always_last", show_progress="hidden", concurrency_id="preview")
+                r_gif_btn.click(lab.reverse_gif, r_run, r_gif, api_name="reverse_gif", concurrency_id="model")
+
+            # 3 --------------------------------------------------------------------------------
+            with gr.Tab("3 · Generate", id="generate"):
+                with gr.Row():
+                    with gr.Column(scale=1, min_width=280):
+                        g_cls = gr.Dropdown([ix.ALL_CLASSES] + lab.classes, value=ix.ALL_CLASSES, label="Class",
+                                            info="'all classes' draws one row per class", elem_id="g-class")
+                        g_n = gr.Slider(1, ix.MAX_SPRITES, value=GENERATE_DEFAULT_N, step=1, label="How many (per row)",
+                                        elem_id="g-n")
+                        g_seed = gr.Number(0, precision=0, minimum=0, maximum=ix.MAX_SEED, label="Seed", elem_id="g-seed")
+                        g_sampler, g_steps, g_guidance = sampler_controls("g", T)
+                        g_transparent = gr.Checkbox(False, label="Transparent background in the sheet",
+                                                    elem_id="g-transparent")
+                        g_go = gr.Button("Generate ✨", variant="primary", elem_id="g-go")
+                    with gr.Column(scale=2):
+                        g_caption = gr.Markdown(elem_id="g-caption")
+                        g_grid = gr.Image(label="Sprites", format="png", interactive=False, elem_classes=pix,
+                                          elem_id="g-grid", buttons=["download", "fullscreen"])
+                        g_sheet = gr.File(label="Sprite sheet PNG (1 px per pixel, ready for a game)",
+                                          interactive=False, elem_id="g-sheet", height=80)
+                g_in = [g_cls, g_n, g_sampler, g_steps, g_guidance, g_seed, g_transparent]
+                g_go.click(GPU(lab.generate), g_in, [g_grid, g_sheet, g_caption], api_name="generate",
+                           concurrency_id="model")
+
+            # 4 --------------------------------------------------------------------------------
+            with gr.Tab("4 · Remix", id="remix"):
+                gr.Markdown("**SDEdit**: noise a sprite part of the way, then denoise it as another class. "
+                            "Low strength keeps the shape; high strength keeps little but the colours.")
+                m_sprite = gr.State(None)
+                with gr.Row():
+                    with gr.Column(scale=1, min_width=280):
+                        m_src_cls, m_src_seed, m_new, m_upload, m_draw, m_use = source_picker(
+                            lab, "m", lab.classes[0], 1)
+                        m_src = gr.Image(label="Source", format="png", interactive=False, height=200,
+                                         elem_classes=pix, elem_id="m-src")
+                    with gr.Column(scale=2):
+                        with gr.Row():
+                            m_cls = gr.Dropdown(lab.classes, value=lab.classes[min(2, len(lab.classes) - 1)],
+                                                label="Remix as", elem_id="m-class")
+                            m_strength = gr.Slider(0.05, 1.0, value=0.6, step=0.05, label="Strength",
+                                                   info="how far to noise it: 1 = start from pure noise",
+                                                   elem_id="m-strength")
+                            m_seed = gr.Number(0, precision=0, minimum=0, maximum=ix.MAX_SEED, label="Seed",
+                                               elem_id="m-seed")
+                        with gr.Accordion("Sampler", open=False):
+                            m_sampler, m_steps, m_guidance = sampler_controls("m", T)
+                        m_go = gr.Button("Remix 🪄", variant="primary", elem_id="m-go")
+                        m_result = gr.Image(label="Result", format="png", interactive=False, height=260,
+                                            elem_classes=pix, elem_id="m-result", buttons=["download", "fullscreen"])
+                        m_info = gr.Markdown(elem_id="m-info")
+                        m_traj = gr.Image(label="Trajectory", format="png", interactive=False, elem_classes=pix,
+                                          elem_id="m-traj", buttons=["download"])
+                m_new.click(lab.remix_sprite, [m_src_cls, m_src_seed], [m_sprite, m_src], api_name="remix_sprite",
+                            concurrency_id="model")
+                m_upload.upload(lab.remix_upload, m_upload, [m_sprite, m_src], api_name="remix_upload",
+                                concurrency_id="model")
+                m_use.click(lab.remix_draw, m_draw, [m_sprite, m_src], api_name="remix_draw", concurrency_id="model")
+                m_in = [m_sprite, m_cls, m_strength, m_sampler, m_steps, m_guidance, m_seed]
+                m_go.click(GPU(lab.remix), m_in, [m_result, m_traj, m_info], api_name="remix", concurrency_id="model")
+
+            # 5 --------------------------------------------------------------------------------
+            with gr.Tab("5 · Model", id="model"):
+                m_card = gr.Markdown(elem_id="model-info")
+
+        # Every tab shows something the moment the page opens.
+        demo.load(lab.forward_sprite, [f_cls, f_seed, f_t, f_noise, f_show], src_out, api_visibility="private",
+                  concurrency_id="model")
+        demo.load(lab.reverse_reset, r_in, r_out, api_visibility="private", concurrency_id="model")
+        demo.load(GPU(lab.generate), g_in, [g_grid, g_sheet, g_caption], api_visibility="private", concurrency_id="model")
+        demo.load(lab.remix_sprite, [m_src_cls, m_src_seed], [m_sprite, m_src], api_visibility="private",
+                  concurrency_id="model").then(GPU(lab.remix), m_in, [m_result, m_traj, m_info],
+                                               api_visibility="private", concurrency_id="model")
+        demo.load(lab.model_info, None, m_card, api_name="model_info")
+    # Model work shares two slots (more only splits the same CPU cores); previews get their own.
+    demo.queue(default_concurrency_limit=2, max_size=64)
+    return demo
+
+
+def create_lab(source: str, device: str | None = None) -> SpriteLab:
+    """Load the model and schedule (CheckpointError / ValueError with a one-line message on failure)."""
+    dev = ix.pick_device(device)
+    model = load_model(source, device=dev)
+    schedule = load_schedule(source)
+    return SpriteLab(model, schedule, dev, str(source))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="DDPM Sprite Lab: the Gradio app.")
+    p.add_argument("--model", default=os.environ.get("DDPM_MODEL", DEFAULT_MODEL),
+                   help="model directory or Hugging Face Hub repo id (default: env DDPM_MODEL, else ./weights)")
+    p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
+    p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+                   help="address to listen on (default 127.0.0.1; 0.0.0.0 to serve your network)")
+    p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        lab = create_lab(args.model, args.device)
+    except (CheckpointError, ValueError, RuntimeError) as e:
+        print(f"error: cannot load the model from {args.model!r}: {e}", file=sys.stderr)
+        return 2
+    print(f"DDPM Sprite Lab: model {lab.source} ({', '.join(lab.classes)}) on {lab.device}")
+    build_demo(lab).launch(server_name=args.host, server_port=args.port, **LAUNCH_KWARGS)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

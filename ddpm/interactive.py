@@ -1,0 +1,431 @@
+"""The non-UI logic behind the Gradio app: inputs to tensors, previews, trajectories, remixes.
+
+app.py only wires widgets to these functions, so everything here is plain Python that the tests
+call directly. Errors a user can cause raise ValueError (or DataError, a ValueError) with a
+message meant for that user; the app shows it as a gr.Error.
+"""
+from __future__ import annotations
+
+import io
+import math
+import os
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .data import DataError, MAX_IMAGE_PIXELS, open_image, sprite_from_image
+from .images import sprite_sheet
+from .sampling import Step, class_weights, initial_noise, predict_noise, sample_steps, to_uint8
+from .schedule import NoiseSchedule
+
+MAX_SPRITES = 16        # per class row in Generate and per batch in Reverse: keeps a request under a second on CPU
+MAX_FRAMES = 120        # frames kept per trajectory: 16 sprites x 3 images x 768 B x 120 ~ 4.4 MB per session
+MAX_SEED = 2 ** 31 - 1
+MIX = "mix"             # the class choice that means "use the mix weights"
+ALL_CLASSES = "all classes"
+
+
+# --- devices -------------------------------------------------------------------------------------
+def pick_device(requested: str | None = None) -> torch.device:
+    """The requested device, else cuda, then mps, then cpu."""
+    if requested:
+        device = torch.device(requested)  # raises RuntimeError for nonsense names
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {requested!r} requested but CUDA is not available")
+        if device.type == "mps" and not torch.backends.mps.is_available():
+            raise ValueError(f"device {requested!r} requested but MPS is not available")
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+# --- validating what users type ------------------------------------------------------------------
+def check_number(value: Any, name: str, lo: float, hi: float, integer: bool = False) -> float | int:
+    """A finite number in [lo, hi] (an int when `integer`), or ValueError naming the field.
+
+    API callers can send NaN, inf, strings or None where a slider would never allow them.
+    """
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(x):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if not lo <= x <= hi:
+        raise ValueError(f"{name} must lie between {lo:g} and {hi:g}, got {x:g}")
+    if integer:
+        if x != round(x):
+            raise ValueError(f"{name} must be a whole number, got {x:g}")
+        return int(round(x))
+    return x
+
+
+def check_class(class_names: Sequence[str], choice: Any, allowed_extra: Sequence[str] = ()) -> str:
+    """A class name (or one of allowed_extra such as MIX), or ValueError listing the choices."""
+    if isinstance(choice, str) and (choice in class_names or choice in allowed_extra):
+        return choice
+    choices = ", ".join(list(class_names) + list(allowed_extra))
+    raise ValueError(f"unknown class {choice!r}; choose one of: {choices}")
+
+
+def context_for(class_names: Sequence[str], choice: str, n: int,
+                mix: Sequence[float] | None = None) -> torch.Tensor:
+    """(n, classes) context rows: one class, or the normalised mix of classes when choice == MIX."""
+    choice = check_class(class_names, choice, (MIX,))
+    if choice == MIX:
+        if mix is None or len(mix) != len(class_names):
+            raise ValueError(f"a mix needs one weight per class ({len(class_names)})")
+        weights = {name: check_number(w, f"the weight of {name}", 0, 1) for name, w in zip(class_names, mix)}
+        if sum(weights.values()) <= 0:
+            raise ValueError("a mix needs at least one class with a weight above 0")
+        row = class_weights(class_names, weights)
+    else:
+        row = class_weights(class_names, choice)
+    return row.repeat(n, 1)
+
+
+# --- images in ---------------------------------------------------------------------------------
+def sprite_from_upload(path: str | os.PathLike | None, height: int) -> np.ndarray:
+    """An uploaded file as an (height, height, 3) uint8 sprite.
+
+    open_image refuses non-images, corrupt files and decompression bombs before decoding;
+    to_rgb (via sprite_from_image) handles grey, palette and transparent images.
+    """
+    if path is None:
+        raise ValueError("upload an image first")
+    try:
+        return sprite_from_image(open_image(path), height)
+    except DataError as e:  # name the file as the user knows it, not the server's temp path
+        raise DataError(str(e).replace(str(path), Path(path).name)) from None
+
+
+def sprite_from_drawing(value: Any, height: int) -> np.ndarray:
+    """A Sketchpad value ({background, layers, composite}) or an array as an (height, height, 3) sprite."""
+    composite = value.get("composite") if isinstance(value, dict) else value
+    if composite is None:
+        raise ValueError("draw something on the canvas first")
+    if isinstance(composite, Image.Image):
+        im = composite
+    else:
+        arr = np.asarray(composite)
+        if arr.ndim not in (2, 3) or arr.size == 0:
+            raise ValueError(f"the drawing is not an image (shape {arr.shape})")
+        if arr.shape[0] * arr.shape[1] > MAX_IMAGE_PIXELS:
+            raise DataError(f"the drawing is {arr.shape[1]}x{arr.shape[0]}, larger than the "
+                            f"{MAX_IMAGE_PIXELS:,} pixels allowed")
+        if arr.dtype != np.uint8:
+            arr = np.nan_to_num(arr.astype(np.float64)).clip(0, 255).astype(np.uint8)
+        im = Image.fromarray(arr)
+    # An untouched canvas is fully transparent (or all white once flattened): nothing to use.
+    rgba = np.asarray(im.convert("RGBA"))
+    if rgba[..., 3].max() == 0 or (rgba[..., :3].min() == 255 and rgba[..., 3].min() == 255):
+        raise ValueError("the canvas is empty: draw something first")
+    return sprite_from_image(im, height)
+
+
+def to_model_input(sprite: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 to a (1, 3, H, W) float tensor in [-1, 1], the range the model was trained on."""
+    sprite = np.asarray(sprite, dtype=np.uint8)
+    if sprite.ndim != 3 or sprite.shape[-1] != 3:
+        raise ValueError(f"expected an (H, W, 3) sprite, got shape {sprite.shape}")
+    return torch.from_numpy(sprite.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
+
+
+def noise_to_uint8(eps: torch.Tensor) -> np.ndarray:
+    """Noise (about N(0, 1)) as pictures: +-2.5 standard deviations fill the 0..255 range."""
+    return to_uint8(eps / 2.5)
+
+
+def grid(sprites: np.ndarray, cols: int | None = None, scale: int = 8, pad: int = 1) -> Image.Image:
+    """(N, H, W, 3) uint8 sprites laid out in a near-square grid, enlarged crisply."""
+    n = len(sprites)
+    cols = cols or math.ceil(math.sqrt(n))
+    rows = [sprites[i:i + cols] for i in range(0, n, cols)]
+    return sprite_sheet(rows, scale=scale, pad=pad)
+
+
+# --- the forward process -------------------------------------------------------------------------
+def forward_noise(shape: Sequence[int], seed: int) -> torch.Tensor:
+    """The fixed noise of the forward preview: one seed gives the same eps at every t, so sliding
+    t fades the same noise in and out instead of flickering."""
+    g = torch.Generator("cpu").manual_seed(int(seed))
+    return torch.randn(tuple(shape), generator=g)
+
+
+@dataclass
+class ForwardView:
+    t: int
+    x_t: np.ndarray            # (H, W, 3) uint8
+    noise_level: float         # sqrt(1 - abar_t)
+    abar: float
+    snr: float
+    eps_pred: np.ndarray | None = None   # what the model sees: its predicted noise ...
+    x0_pred: np.ndarray | None = None    # ... and its predicted x0
+
+
+@torch.inference_mode()
+def forward_view(schedule: NoiseSchedule, sprite: np.ndarray, t: int, noise_seed: int,
+                 model: torch.nn.Module | None = None, context: torch.Tensor | None = None) -> ForwardView:
+    """x_t for the sprite at time t; with a model, also its noise and x0 predictions (guidance 0)."""
+    x0 = to_model_input(sprite)
+    noise = forward_noise(x0.shape, noise_seed)
+    x_t = schedule.add_noise(x0, noise, t)
+    abar = float(schedule.alpha_bars[t])
+    snr = math.inf if t == 0 else float(schedule.snr()[t])
+    view = ForwardView(t, to_uint8(x_t)[0], schedule.noise_level(t), abar, snr)
+    if model is not None and context is not None:
+        device = next(model.parameters()).device
+        x_in = x_t.to(device)
+        eps = predict_noise(model, x_in, t, schedule.T, context.to(device, torch.float32), guidance=0.0)
+        view.eps_pred = noise_to_uint8(eps)[0]
+        view.x0_pred = to_uint8(schedule.predict_x0(x_in, eps, t))[0]
+    return view
+
+
+@dataclass
+class ScheduleChart:
+    """abar_t and SNR over t, drawn once; a marker for the current t is painted on a copy.
+
+    Redrawing a matplotlib figure costs ~50 ms; painting a line into a cached array costs well
+    under 1 ms, which keeps the slider within its 20 ms budget.
+    """
+
+    image: np.ndarray          # (h, w, 3) uint8
+    x_px: np.ndarray           # pixel column of every t = 0..T
+    abar_px: np.ndarray        # pixel row of the abar curve at every t
+    snr_px: np.ndarray         # pixel row of the SNR curve at every t (t = 0 clipped to the top)
+    top: int
+    bottom: int
+
+    def marked(self, t: int) -> np.ndarray:
+        img = self.image.copy()
+        x = int(self.x_px[t])
+        img[self.top:self.bottom, max(0, x - 1):x + 1] = (220, 40, 40)
+        for y, colour in ((self.abar_px[t], (31, 119, 180)), (self.snr_px[t], (255, 127, 14))):
+            y = int(y)
+            img[max(self.top, y - 3):y + 4, max(0, x - 3):x + 4] = colour
+        return img
+
+
+def schedule_chart(schedule: NoiseSchedule, width: int = 560, height: int = 240) -> ScheduleChart:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    T = schedule.T
+    ts = np.arange(T + 1)
+    abar = schedule.alpha_bars.numpy()
+    snr = schedule.snr().numpy()
+    snr[0] = snr[1]  # infinite at t = 0; drawn at the t = 1 value
+    dpi = 100
+    fig, ax = plt.subplots(figsize=(width / dpi, height / dpi), dpi=dpi)
+    ax.plot(ts, abar, color="#1f77b4", label=r"$\bar\alpha_t$ (signal kept)")
+    ax.set_xlim(0, T)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("t")
+    ax.set_ylabel(r"$\bar\alpha_t$", color="#1f77b4")
+    ax2 = ax.twinx()
+    ax2.semilogy(ts, snr, color="#ff7f0e", label="SNR")
+    ax2.set_ylabel("SNR (log)", color="#ff7f0e")
+    lo, hi = snr[1:].min(), snr[1:].max()
+    ax2.set_ylim(lo / 2, hi * 2)
+    ax.grid(alpha=0.3)
+    lines = ax.get_lines() + ax2.get_lines()
+    ax.legend(lines, [ln.get_label() for ln in lines], loc="upper right", fontsize=8)
+    fig.tight_layout(pad=0.4)
+    fig.canvas.draw()
+    image = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    h = image.shape[0]
+    # matplotlib's pixel origin is bottom-left; arrays count rows from the top
+    pa = ax.transData.transform(np.stack([ts, abar], 1))
+    ps = ax2.transData.transform(np.stack([ts, snr], 1))
+    (_, y0), (_, y1) = ax.transAxes.transform([(0, 0), (0, 1)])
+    plt.close(fig)
+    return ScheduleChart(image, pa[:, 0].round(), h - pa[:, 1].round(), h - ps[:, 1].round(),
+                         int(h - y1), int(h - y0))
+
+
+# --- the reverse process ---------------------------------------------------------------------------
+@dataclass
+class Frame:
+    """One point of a trajectory as small uint8 pictures (never float tensors: state stays small)."""
+
+    step: int                  # steps taken so far (0 = pure noise)
+    t: int
+    x_t: np.ndarray            # (N, H, W, 3)
+    x0: np.ndarray | None      # the prediction made at this x_t (None for the final frame)
+    eps: np.ndarray | None
+
+
+def thin(frames: list, cap: int) -> list:
+    """At most cap items: drop every other one from the middle, always keeping the first and last."""
+    while len(frames) > cap:
+        frames = frames[:1] + frames[1:-1][1::2] + frames[-1:]
+    return frames
+
+
+@dataclass
+class ReverseRun:
+    """A reverse process a user steps through: the library's step generator plus the frames seen.
+
+    Held in a gr.State per browser session; the lock keeps a Step click from racing a Run.
+    """
+
+    settings: dict
+    steps: Iterator[Step]
+    total: int
+    frames: list[Frame] = field(default_factory=list)
+    done: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __deepcopy__(self, memo):  # gr.State may copy; a live generator cannot be copied
+        return self
+
+    @property
+    def taken(self) -> int:
+        return self.frames[-1].step if self.frames else 0
+
+    def advance(self) -> Frame:
+        """Take one step; returns the newest frame (the final image once done)."""
+        if self.done:
+            return self.frames[-1]
+        s = next(self.steps)
+        # The prediction made at x_t belongs with x_t: fill it into the current frame.
+        cur = self.frames[-1]
+        cur.x0, cur.eps = to_uint8(s.x0), noise_to_uint8(s.eps)
+        new = Frame(s.index + 1, s.t_prev, to_uint8(s.x_prev), None, None)
+        if s.index + 1 == s.steps:
+            self.done = True
+            new.x0, new.eps = new.x_t, np.full_like(new.x_t, 127)
+        self.frames = thin(self.frames + [new], MAX_FRAMES)
+        return new
+
+
+def start_reverse(model: torch.nn.Module, schedule: NoiseSchedule, context: torch.Tensor, sampler: str,
+                  steps: int, guidance: float, seed: int, **settings) -> ReverseRun:
+    """A ReverseRun at pure noise x_T (frame 0), not yet stepped."""
+    steps = check_number(steps, "steps", 1, schedule.T, integer=True)
+    guidance = check_number(guidance, "guidance", 0, 50)
+    seed = check_number(seed, "seed", 0, MAX_SEED, integer=True)
+    it = sample_steps(model, schedule, context, sampler=sampler, steps=steps, guidance=guidance, seed=seed)
+    # sample_steps starts from initial_noise(seed): frame 0 shows the same x_T the first step sees.
+    b, h = context.shape[0], model.height
+    x_T, _ = initial_noise((b, model.in_channels, h, h), seed)
+    run = ReverseRun(dict(settings, sampler=sampler, steps=steps, guidance=guidance, seed=seed), it, steps)
+    run.frames.append(Frame(0, schedule.T, to_uint8(x_T), None, None))
+    return run
+
+
+def trajectory_gif(frames: Sequence[Frame], scale: int = 4, ms: int = 90, hold_ms: int = 1500) -> bytes:
+    """An animated GIF of x_t over the frames (grid per frame), holding the last frame."""
+    if not frames:
+        raise ValueError("no steps taken yet: press Step or Run first")
+    images = [grid(f.x_t, scale=scale) for f in frames]
+    durations = [ms] * (len(images) - 1) + [hold_ms]
+    buf = io.BytesIO()
+    images[0].save(buf, "GIF", save_all=True, append_images=images[1:], duration=durations, loop=0,
+                   optimize=False, disposal=1)
+    return buf.getvalue()
+
+
+# --- generating and remixing ---------------------------------------------------------------------
+def generate(model: torch.nn.Module, schedule: NoiseSchedule, class_names: Sequence[str], choice: str, n: int,
+             sampler: str, steps: int, guidance: float, seed: int) -> list[np.ndarray]:
+    """Rows of (n, H, W, 3) uint8 sprites: one row, or one per class for ALL_CLASSES."""
+    choice = check_class(class_names, choice, (ALL_CLASSES,))
+    n = check_number(n, "how many", 1, MAX_SPRITES, integer=True)
+    steps = check_number(steps, "steps", 1, schedule.T, integer=True)
+    guidance = check_number(guidance, "guidance", 0, 50)
+    seed = check_number(seed, "seed", 0, MAX_SEED, integer=True)
+    names = list(class_names) if choice == ALL_CLASSES else [choice]
+    context = torch.cat([context_for(class_names, name, n) for name in names])
+    last = None
+    for last in sample_steps(model, schedule, context, sampler=sampler, steps=steps, guidance=guidance, seed=seed):
+        pass
+    sprites = to_uint8(last.x_prev)
+    return [sprites[i * n:(i + 1) * n] for i in range(len(names))]
+
+
+def remix_start(strength: float, T: int) -> int:
+    """SDEdit: noise the input to t_start = strength * T (at least 1), then denoise from there."""
+    strength = check_number(strength, "strength", 0.01, 1)
+    return max(1, min(T, round(strength * T)))
+
+
+def remix_steps(steps: int, t_start: int, T: int) -> int:
+    """Steps for a partial run from t_start: the stride of a full run of `steps` (as diffusers'
+    img2img does), at least one and at most one per time step."""
+    return max(1, min(t_start, round(steps * t_start / T)))
+
+
+@dataclass
+class Remix:
+    result: np.ndarray         # (H, W, 3) uint8
+    frames: list[np.ndarray]   # x_start noised to t_start, then each x_t, then the result
+    t_start: int
+    steps: int
+
+
+def remix(model: torch.nn.Module, schedule: NoiseSchedule, sprite: np.ndarray, context: torch.Tensor,
+          strength: float, sampler: str, steps: int, guidance: float, seed: int) -> Remix:
+    """SDEdit a sprite toward the context's class via sample_steps(x_start=..., t_start=...)."""
+    steps = check_number(steps, "steps", 1, schedule.T, integer=True)
+    guidance = check_number(guidance, "guidance", 0, 50)
+    seed = check_number(seed, "seed", 0, MAX_SEED, integer=True)
+    t_start = remix_start(strength, schedule.T)
+    n_steps = remix_steps(steps, t_start, schedule.T)
+    x_start = to_model_input(sprite)
+    frames, last = [], None
+    for last in sample_steps(model, schedule, context[:1], sampler=sampler, steps=n_steps, guidance=guidance,
+                             seed=seed, x_start=x_start, t_start=t_start):
+        frames.append(to_uint8(last.x_t)[0])
+    result = to_uint8(last.x_prev)[0]
+    return Remix(result, frames + [result], t_start, n_steps)
+
+
+# --- files handed to the browser ---------------------------------------------------------------
+OUTPUT_DIR = Path(tempfile.gettempdir()) / "ddpm-sprite-lab"
+OUTPUT_MAX_AGE_S = 3600
+
+
+def write_output(data: bytes, suffix: str, stem: str = "sprites", folder: Path = OUTPUT_DIR) -> str:
+    """Write bytes to a new, uniquely named file atomically; return its path.
+
+    A unique name means two identical requests never write the same file, and the rename means
+    no reader sees a half-written one. Files older than an hour are pruned on each call.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    prune(folder, OUTPUT_MAX_AGE_S)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{stem}-", suffix=suffix)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    final = folder / f"{stem}-{Path(tmp).name[len(stem) + 2:]}"
+    os.replace(tmp, final)
+    return str(final)
+
+
+def prune(folder: Path, max_age_s: float) -> None:
+    cutoff = time.time() - max_age_s
+    for p in folder.glob("*"):
+        try:
+            if p.is_file() and p.stat().st_mtime < cutoff:
+                p.unlink()
+        except OSError:  # another worker removed it first
+            pass
+
+
+def png_bytes(im: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, "PNG")
+    return buf.getvalue()

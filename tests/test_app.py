@@ -1,0 +1,369 @@
+"""The app's handlers and ddpm.interactive, called directly (no server)."""
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import app
+from app_helpers import CLASSES, images, lab, model_dir  # noqa: F401  (fixtures)
+from ddpm import interactive as ix
+
+T = 500
+REV_DEFAULTS = dict(cls="hero", n=2, seed=0, sampler="dpm++", steps=4, guidance=2.0)
+
+
+def arr(im: Image.Image) -> np.ndarray:
+    return np.asarray(im.convert("RGB"), dtype=np.int16)
+
+
+def rev(lab, run, fn=None, mix=(1, 0, 0, 0, 0), **kw):
+    s = dict(REV_DEFAULTS, **kw)
+    fn = fn or lab.reverse_step
+    return fn(run, s["cls"], s["n"], s["seed"], s["sampler"], s["steps"], s["guidance"], *mix)
+
+
+# --- forward process -------------------------------------------------------------------------------
+def test_forward_sprite_shows_a_crisp_sprite_and_its_noisy_version(lab):
+    sprite, x0_pic, xt_pic, info, chart, eps, x0p = lab.forward_sprite("hero", 0, 125, 0, False)
+    assert sprite.shape == (16, 16, 3) and sprite.dtype == np.uint8
+    assert x0_pic.size == (256, 256) and xt_pic.size == (256, 256)
+    # nearest-neighbour: every 16x16 block of the upscale is one flat colour
+    blocks = arr(x0_pic).reshape(16, 16, 16, 16, 3)
+    assert (blocks == blocks[:, :1, :, :1]).all()
+    assert "t = 125" in info and "noise level" in info
+    assert eps is None and x0p is None
+    assert chart.size[0] > 300
+
+
+def test_forward_view_t0_is_x0_and_tT_is_noise(lab):
+    sprite = lab.model_sprite("food", 3)
+    x0 = arr(app.picture(sprite, app.BIG))
+    at0 = arr(lab.forward_view(sprite, 0, 0, False, "food")[0])
+    atT = arr(lab.forward_view(sprite, T, 0, False, "food")[0])
+    assert (at0 == x0).all()
+    assert np.abs(atT - x0).mean() > 40
+
+
+def test_forward_view_uses_the_same_noise_at_every_t(lab):
+    sprite = lab.model_sprite("hero", 0)
+    a, b = (arr(lab.forward_view(sprite, t, 7, False, "hero")[0]) for t in (300, 301))
+    other = arr(lab.forward_view(sprite, 301, 8, False, "hero")[0])
+    assert np.abs(a - b).mean() < 3          # neighbouring t: nearly the same picture
+    assert np.abs(b - other).mean() > 20     # another noise seed: a different picture
+
+
+def test_forward_chart_marker_moves_with_t(lab):
+    sprite = lab.model_sprite("hero", 0)
+    c1, c2 = (arr(lab.forward_view(sprite, t, 0, False, "hero")[2]) for t in (50, 450))
+    diff_cols = np.nonzero(np.abs(c1 - c2).sum((0, 2)))[0]
+    assert diff_cols.min() < c1.shape[1] // 3 and diff_cols.max() > 2 * c1.shape[1] // 3
+
+
+def test_forward_view_shows_the_models_predictions_on_request(lab):
+    sprite = lab.model_sprite("hero", 0)
+    xt, info, chart, eps, x0p = lab.forward_view(sprite, 200, 0, True, "spell")
+    assert eps.size == (256, 256) and x0p.size == (256, 256)
+    assert not (arr(eps) == arr(x0p)).all()
+
+
+@pytest.mark.parametrize("t", [float("nan"), -1, T + 1, 3.5, "abc", None])
+def test_forward_view_refuses_bad_t(lab, t):
+    with pytest.raises(gr.Error, match="t must"):
+        lab.forward_view(lab.model_sprite("hero", 0), t, 0, False, "hero")
+
+
+def test_forward_view_refuses_unknown_class_and_bad_seed(lab):
+    sprite = lab.model_sprite("hero", 0)
+    with pytest.raises(gr.Error, match="unknown class 'dragon'"):
+        lab.forward_view(sprite, 10, 0, True, "dragon")
+    with pytest.raises(gr.Error, match="noise seed"):
+        lab.forward_view(sprite, 10, float("inf"), False, "hero")
+
+
+@pytest.mark.parametrize("name", ["rgb", "gray", "transparent", "palette"])
+def test_forward_upload_accepts_any_image_mode(lab, images, name):
+    sprite, x0_pic, *rest = lab.forward_upload(str(images[name]), 100, 0, False, "hero")
+    assert sprite.shape == (16, 16, 3) and sprite.dtype == np.uint8
+    if name == "transparent":  # transparency lands on white, the square stays green
+        assert (sprite[0, 0] == 255).all() and tuple(sprite[8, 8]) == (20, 200, 40)
+
+
+@pytest.mark.parametrize("name,match", [("corrupt", "not a readable image"), ("text", "not a readable image"),
+                                        ("huge", "10000x10000, larger than")])
+def test_forward_upload_refuses_bad_files_with_a_clear_message(lab, images, name, match):
+    with pytest.raises(gr.Error, match=match) as e:
+        lab.forward_upload(str(images[name]), 100, 0, False, "hero")
+    assert str(images[name].parent) not in str(e.value.message)  # no server paths in messages
+
+
+def test_forward_upload_needs_a_file(lab):
+    with pytest.raises(gr.Error, match="upload an image"):
+        lab.forward_upload(None, 100, 0, False, "hero")
+
+
+def test_forward_draw(lab):
+    canvas = np.zeros((256, 256, 4), np.uint8)
+    with pytest.raises(gr.Error, match="empty"):
+        lab.forward_draw({"background": None, "layers": [], "composite": canvas}, 10, 0, False, "hero")
+    with pytest.raises(gr.Error, match="draw something"):
+        lab.forward_draw({"background": None, "layers": [], "composite": None}, 10, 0, False, "hero")
+    canvas[64:192, 64:192] = (208, 70, 72, 255)
+    sprite = lab.forward_draw({"background": None, "layers": [], "composite": canvas}, 10, 0, False, "hero")[0]
+    assert tuple(sprite[8, 8]) == (208, 70, 72) and tuple(sprite[0, 0]) == (255, 255, 255)
+
+
+# --- reverse process -------------------------------------------------------------------------------
+def test_reverse_reset_shows_pure_noise(lab):
+    run, xt, x0, eps, timeline, status = rev(lab, None, lab.reverse_reset)
+    assert isinstance(run, ix.ReverseRun) and run.taken == 0
+    assert "Step 0 / 4" in status and "t = 500" in status
+    assert xt.size == x0.size == eps.size
+
+
+def test_reverse_step_until_done_then_scrub_back(lab):
+    run = rev(lab, None, lab.reverse_reset)[0]
+    pictures = []
+    for k in range(1, 5):
+        out = rev(lab, run)
+        assert out[0] is run  # the same session run continues
+        assert f"Step {k} / 4" in out[5]
+        pictures.append(arr(out[1]))
+    assert run.done and "done" in out[5]
+    assert not (pictures[0] == pictures[-1]).all()
+    again = rev(lab, run)  # stepping a finished run says so, nothing breaks
+    assert "Finished" in again[5]
+    back = lab.reverse_scrub(run, 1)
+    assert "Step 1 / 4" in back[5] and (arr(back[1]) == pictures[0]).all()
+    assert "Step 0 / 4" in lab.reverse_scrub(run, 0)[5]
+    assert "Step 4 / 4" in lab.reverse_scrub(run, 99)[5]  # clamped to the last frame
+
+
+def test_reverse_run_streams_every_step_and_matches_stepping(lab):
+    outs = list(rev(lab, None, lab.reverse_run, seed=5))
+    assert len(outs) == 5  # x_T, then one update per step
+    assert [f"Step {k} / 4" in o[5] for k, o in enumerate(outs)] == [True] * 5
+    run = rev(lab, None, lab.reverse_reset, seed=5)[0]
+    for _ in range(4):
+        last = rev(lab, run, seed=5)
+    assert (arr(last[1]) == arr(outs[-1][1])).all()  # Run and Step agree (same seed)
+
+
+def test_reverse_changed_settings_start_a_new_run(lab):
+    run = rev(lab, None, lab.reverse_reset)[0]
+    rev(lab, run)
+    out = rev(lab, run, seed=9)
+    assert out[0] is not run and "Step 1 / 4" in out[5]
+
+
+def test_reverse_mix_of_classes(lab):
+    out = rev(lab, None, cls="mix", mix=(0.5, 0, 0.5, 0, 0))
+    assert "class mix" in out[5]
+    with pytest.raises(gr.Error, match="at least one class"):
+        rev(lab, None, cls="mix", mix=(0, 0, 0, 0, 0))
+    with pytest.raises(gr.Error, match="weight of food"):
+        rev(lab, None, cls="mix", mix=(0.5, 0, float("nan"), 0, 0))
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(steps=0), "steps must lie between 1 and 500"), (dict(steps=501), "steps"),
+    (dict(guidance=float("nan")), "guidance must be a finite"), (dict(guidance=-1), "guidance"),
+    (dict(n=0), "sprites"), (dict(n=17), "sprites"), (dict(seed=-3), "seed"),
+    (dict(cls="dragon"), "unknown class 'dragon'"), (dict(sampler="euler"), "unknown sampler"),
+])
+def test_reverse_refuses_bad_settings(lab, kw, match):
+    for fn in (lab.reverse_reset, lab.reverse_step):
+        with pytest.raises(gr.Error, match=match):
+            rev(lab, None, fn, **kw)
+    with pytest.raises(gr.Error, match=match):
+        list(rev(lab, None, lab.reverse_run, **kw))
+
+
+def test_reverse_gif(lab):
+    with pytest.raises(gr.Error, match="no steps taken"):
+        lab.reverse_gif(None)
+    run = rev(lab, None, lab.reverse_reset)[0]
+    for _ in range(4):
+        rev(lab, run)
+    update = lab.reverse_gif(run)
+    assert update["visible"] is True
+    im = Image.open(update["value"])
+    assert im.format == "GIF" and im.n_frames == 5
+
+
+def test_reverse_trajectory_memory_is_capped(lab):
+    run = rev(lab, None, lab.reverse_reset, n=1, sampler="ddim", steps=300, guidance=0)[0]
+    while not run.done:
+        run.advance()
+    assert len(run.frames) <= ix.MAX_FRAMES
+    assert run.frames[0].step == 0 and run.frames[-1].step == 300
+    assert all(f.x_t.dtype == np.uint8 for f in run.frames)
+
+
+# --- generate ----------------------------------------------------------------------------------
+def test_generate_all_classes_gives_one_row_each_and_a_sheet(lab):
+    shown, sheet_path, caption = lab.generate("all classes", 3, "dpm++", 5, 2.0, 0, False)
+    sheet = Image.open(sheet_path)
+    assert sheet.format == "PNG" and sheet.size == (3 * 16, 5 * 16) and sheet.mode == "RGB"
+    assert shown.size == ((3 * 17 + 1) * 8, (5 * 17 + 1) * 8)
+    assert all(c in caption for c in CLASSES)
+
+
+def test_generate_is_deterministic_and_transparent_sheets_have_alpha(lab):
+    a = Image.open(lab.generate("food", 4, "ddim", 5, 1.0, 11, False)[1])
+    b = Image.open(lab.generate("food", 4, "ddim", 5, 1.0, 11, False)[1])
+    c = Image.open(lab.generate("food", 4, "ddim", 5, 1.0, 12, False)[1])
+    assert (arr(a) == arr(b)).all() and not (arr(a) == arr(c)).all()
+    t = Image.open(lab.generate("food", 4, "ddim", 5, 1.0, 11, True)[1])
+    assert t.mode == "RGBA" and t.size == (64, 16)
+
+
+@pytest.mark.parametrize("args,match", [
+    (("dragon", 4, "dpm++", 5, 2, 0, False), "unknown class"),
+    (("hero", 0, "dpm++", 5, 2, 0, False), "how many"),
+    (("hero", 4, "dpm++", 0, 2, 0, False), "steps"),
+    (("hero", 4, "dpm++", 5, float("nan"), 0, False), "guidance"),
+    (("hero", 4, "dpm++", 5, 2, float("nan"), False), "seed"),
+    (("hero", 4, "nope", 5, 2, 0, False), "unknown sampler"),
+])
+def test_generate_refuses_bad_input(lab, args, match):
+    with pytest.raises(gr.Error, match=match):
+        lab.generate(*args)
+
+
+# --- remix -------------------------------------------------------------------------------------
+def test_remix_low_strength_stays_closer_to_the_source(lab, images):
+    sprite = lab.remix_upload(str(images["rgb"]))[0]
+    low = arr(lab.remix(sprite, "food", 0.05, "ddim", 20, 0, 0)[0])
+    high = arr(lab.remix(sprite, "food", 1.0, "ddim", 20, 0, 0)[0])
+    src = arr(app.picture(sprite, app.BIG))
+    assert np.abs(low - src).mean() < np.abs(high - src).mean()
+
+
+def test_remix_outputs_and_sources(lab):
+    sprite, pic = lab.remix_sprite("hero", 1)
+    result, strip, info = lab.remix(sprite, "spell", 0.6, "dpm++", 20, 2.0, 0)
+    assert result.size == (256, 256) and "t = 300" in info and "12 steps" in info and "spell" in info
+    assert strip.size[0] > 4 * strip.size[1]  # a horizontal strip of frames
+    canvas = np.zeros((256, 256, 4), np.uint8)
+    canvas[:128] = (89, 125, 206, 255)
+    drawn = lab.remix_draw({"background": None, "layers": [], "composite": canvas})[0]
+    assert tuple(drawn[0, 0]) == (89, 125, 206) and tuple(drawn[15, 15]) == (255, 255, 255)
+
+
+@pytest.mark.parametrize("args,match", [
+    (("dragon", 0.5, "dpm++", 10, 2, 0), "unknown class"),
+    (("food", 0, "dpm++", 10, 2, 0), "strength"),
+    (("food", float("nan"), "dpm++", 10, 2, 0), "strength"),
+    (("food", 0.5, "dpm++", 0, 2, 0), "steps"),
+])
+def test_remix_refuses_bad_input(lab, args, match):
+    with pytest.raises(gr.Error, match=match):
+        lab.remix(lab.model_sprite("hero", 0), *args)
+
+
+# --- model tab, pictures, start-up -------------------------------------------------------------------
+def test_model_info(lab, model_dir):
+    info = lab.model_info()
+    assert str(model_dir) in info and "cpu" in info and all(c in info for c in CLASSES)
+    assert "Test card" in info and "license:" not in info and "![samples]" not in info
+
+
+def test_identical_pictures_get_distinct_bytes():
+    """The nonce that keeps gradio from writing two identical responses to the same cache file."""
+    from gradio.processing_utils import encode_pil_to_bytes
+
+    sprite = np.zeros((16, 16, 3), np.uint8)
+    a, b = (encode_pil_to_bytes(app.picture(sprite, 4), "png") for _ in range(2))
+    assert a != b and (arr(Image.open(io.BytesIO(a))) == arr(Image.open(io.BytesIO(b)))).all()
+
+
+def test_main_fails_cleanly_on_missing_or_broken_checkpoints(tmp_path, capsys):
+    assert app.main(["--model", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: cannot load the model") and "\n" not in err and "Traceback" not in err
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text("{not json")
+    assert app.main(["--model", str(tmp_path / "broken")]) == 2
+    assert "not valid JSON" in capsys.readouterr().err
+
+
+def test_main_refuses_unavailable_device(model_dir, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    assert app.main(["--model", str(model_dir), "--device", "cuda"]) == 2
+    assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_gpu_decorator_is_a_no_op_off_spaces(monkeypatch):
+    monkeypatch.delenv("SPACES_ZERO_GPU", raising=False)
+    f = lambda: 1  # noqa: E731
+    assert app.gpu_decorator()(f) is f
+
+
+def test_parse_args_defaults(monkeypatch):
+    monkeypatch.delenv("DDPM_MODEL", raising=False)
+    monkeypatch.delenv("GRADIO_SERVER_NAME", raising=False)
+    a = app.parse_args([])
+    assert Path(a.model) == Path(app.__file__).resolve().parent / "weights" and a.host == "127.0.0.1"
+    monkeypatch.setenv("DDPM_MODEL", "someone/sprites")
+    assert app.parse_args([]).model == "someone/sprites"
+
+
+@pytest.mark.skipif(not (Path(app.__file__).parent / "weights" / "model.safetensors").is_file(),
+                    reason="weights/ not shipped in this checkout")
+def test_shipped_weights_load_and_generate():
+    shipped = app.create_lab(str(Path(app.__file__).parent / "weights"), "cpu")
+    shown, path, caption = shipped.generate("all classes", 2, "dpm++", 10, 2.0, 0, False)
+    assert Image.open(path).size == (32, 16 * len(shipped.classes))
+
+
+# --- ddpm.interactive ---------------------------------------------------------------------------
+@pytest.mark.parametrize("value,ok", [(3, True), ("4", True), (3.0, True), (float("nan"), False),
+                                      (float("inf"), False), (None, False), ("x", False), (11, False), (2.5, False)])
+def test_check_number(value, ok):
+    if ok:
+        assert ix.check_number(value, "n", 0, 10, integer=True) == int(float(value))
+    else:
+        with pytest.raises(ValueError, match="^n must"):
+            ix.check_number(value, "n", 0, 10, integer=True)
+
+
+def test_thin_keeps_first_and_last():
+    out = ix.thin(list(range(1000)), 50)
+    assert len(out) <= 50 and out[0] == 0 and out[-1] == 999 and out == sorted(out)
+
+
+def test_remix_start_and_steps():
+    assert ix.remix_start(0.6, 500) == 300 and ix.remix_start(0.01, 50) == 1
+    assert ix.remix_steps(20, 300, 500) == 12 and ix.remix_steps(20, 1, 500) == 1 and ix.remix_steps(500, 10, 500) == 10
+
+
+def test_write_output_is_unique_and_complete(tmp_path):
+    paths = {ix.write_output(b"same bytes", ".png", folder=tmp_path) for _ in range(5)}
+    assert len(paths) == 5 and all(Path(p).read_bytes() == b"same bytes" for p in paths)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging files left
+
+
+def test_pick_device():
+    assert ix.pick_device("cpu").type == "cpu"
+    assert ix.pick_device(None).type in ("cuda", "mps", "cpu")
+    with pytest.raises(RuntimeError):
+        ix.pick_device("warp-drive")
+
+
+def test_forward_view_matches_the_schedule():
+    from ddpm.schedule import NoiseSchedule
+
+    s = NoiseSchedule()
+    sprite = np.full((16, 16, 3), 255, np.uint8)
+    v = ix.forward_view(s, sprite, 250, 0)
+    assert math.isclose(v.noise_level, math.sqrt(1 - float(s.alpha_bars[250])))
+    expected = s.add_noise(torch.ones(1, 3, 16, 16), ix.forward_noise((1, 3, 16, 16), 0), 250)
+    assert (v.x_t == ((expected.clamp(-1, 1) + 1) * 127.5).round().byte()[0].permute(1, 2, 0).numpy()).all()
