@@ -76,7 +76,8 @@ def to_rgb(im: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) 
     """Any mode (palette, 16-bit, grey, with alpha) to RGB, compositing transparency onto background."""
     if im.mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(im, dtype=np.float64)
-        top = 65535.0 if arr.max() > 255 else 255.0
+        # 16-bit modes span 0..65535 even when an image is dark (all values below 256)
+        top = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
         im = Image.fromarray((arr / top * 255).round().clip(0, 255).astype(np.uint8), "L")
     elif im.mode == "F":
         arr = np.nan_to_num(np.asarray(im, dtype=np.float64))
@@ -172,12 +173,15 @@ def load_npy(folder: Path | str, class_names: list[str] | None = None) -> Sprite
         raise DataError(f"{sprites_path}: expected shape (N, H, H, 3), got {sprites.shape}")
     if sprites.dtype != np.uint8:
         raise DataError(f"{sprites_path}: expected dtype uint8, got {sprites.dtype}")
-    if onehot.ndim != 2:
+    if onehot.ndim != 2 or not (np.issubdtype(onehot.dtype, np.number) or onehot.dtype == np.bool_):
         raise DataError(f"{labels_path}: expected a one-hot array of shape (N, classes), got {onehot.shape}")
     if len(onehot) != len(sprites):
         raise DataError(f"{labels_path}: {len(onehot)} labels for {len(sprites)} sprites in {sprites_path.name}")
-    if not np.isfinite(onehot.astype(np.float64)).all() or (onehot.sum(1) <= 0).any():
-        raise DataError(f"{labels_path}: every row must be a finite one-hot vector")
+    values = onehot.astype(np.float64)
+    if not (((values == 0) | (values == 1)).all() and (values.sum(1) == 1).all()):
+        bad = int(np.flatnonzero(~(((values == 0) | (values == 1)).all(1) & (values.sum(1) == 1)))[0])
+        raise DataError(f"{labels_path}: every row must be a one-hot vector (a single 1, zeros elsewhere); "
+                        f"row {bad} is {onehot[bad].tolist()}")
     n_classes = onehot.shape[1]
     if class_names is None:
         class_names = DAWNLIKE_CLASSES if n_classes == 5 else [f"class_{i}" for i in range(n_classes)]
@@ -208,13 +212,13 @@ def load_image_folder(folder: Path | str, height: int = 16) -> SpriteData:
 
 def load_data(spec: str | Path, height: int = 16) -> SpriteData:
     """'dawnlike', a folder with sprites.npy + labels.npy, or an image folder with class subfolders."""
-    if str(spec) == "dawnlike":
-        return load_dawnlike()
     path = Path(spec)
-    if not path.exists():
+    if str(spec) == "dawnlike":
+        data = load_dawnlike()  # checked against height below like every other source
+    elif not path.exists():
         raise DataError(f"{path}: not found (give 'dawnlike', a folder with sprites.npy and labels.npy, "
                         "or a folder with one subfolder of images per class)")
-    if path.is_dir() and (path / "sprites.npy").exists():
+    elif path.is_dir() and (path / "sprites.npy").exists():
         data = load_npy(path)
     elif path.is_dir() and (path / "Characters").is_dir() and (path / "Items").is_dir():
         data = load_dawnlike(path)
