@@ -125,6 +125,27 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     return tensors, meta
 
 
+def trim_log(path: Path, step: int) -> None:
+    """Keep the header and the complete rows up to `step` of log.csv.
+
+    After a kill the log may hold rows past the last checkpoint (and a half-written line); a resumed
+    run writes those steps again, and a fresh run starts again from step 1.
+    """
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    keep = lines[:1] if lines and lines[0].startswith("step,") else []
+    for line in lines[len(keep):]:
+        fields = line.rstrip("\n").split(",")
+        if not line.endswith("\n") or len(fields) != 5 or not fields[0].isdigit() or int(fields[0]) > step:
+            break
+        keep.append(line)
+    if len(keep) != len(lines):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(keep))
+        os.replace(tmp, path)
+
+
 def _sub(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
@@ -201,6 +222,7 @@ class Trainer:
 
         ckpt_path = self.out / CHECKPOINT
         resume = None
+        torch.manual_seed(args.seed)  # the initial weights too: the same --seed gives the same run
         if args.resume:
             if not ckpt_path.exists():
                 raise TrainingError(f"{ckpt_path}: no checkpoint to resume from")
@@ -297,6 +319,16 @@ class Trainer:
         (self.out / "samples").mkdir(parents=True, exist_ok=True)
         sprite_sheet(list(sprites), scale=4, pad=1).save(self.out / "samples" / f"step_{self.step:07d}.png")
 
+    def weights_finite(self) -> bool:
+        states = (self.accelerator.unwrap_model(self.model).state_dict(), self.ema.state_dict())
+        return all(bool(torch.isfinite(v).all()) for sd in states for v in sd.values() if v.is_floating_point())
+
+    def report_nan_weights(self) -> int:
+        print(f"the weights became NaN or inf at step {self.step}; stopping without saving them. The last good "
+              f"checkpoint is {self.out / CHECKPOINT} (resume with --resume, perhaps with a lower --lr)",
+              file=sys.stderr)
+        return 3
+
     # -- the loop --
     def train(self) -> int:
         args, acc = self.args, self.accelerator
@@ -310,6 +342,8 @@ class Trainer:
             counts = ", ".join(f"{k} {v}" for k, v in self.data.counts().items())
             print(f"{len(self.data.images)} sprites ({counts}); device {self.device}, precision {self.precision}, "
                   f"{torch.get_num_threads()} threads; steps {self.step}->{total}")
+        if self.is_main:
+            trim_log(log_path, self.step)
         log_file = open(log_path, "a", newline="") if self.is_main else None
         writer = csv.writer(log_file) if log_file else None
         if log_file is not None and log_file.tell() == 0:
@@ -362,6 +396,9 @@ class Trainer:
                                  f"{self.current_history()['seconds']:.1f}"])
             if self.step % args.checkpoint_every == 0:
                 log_file and log_file.flush()
+                if not self.weights_finite():
+                    status = self.report_nan_weights()
+                    break
                 self.save()
             if self.step % args.sample_every == 0:
                 self.sample_grid()
@@ -372,6 +409,8 @@ class Trainer:
         bar.close()
         if log_file:
             log_file.close()
+        if status == 0 and not self.weights_finite():
+            status = self.report_nan_weights()
         if status == 0:
             self.save()
             self.export(self.out / "model")
@@ -395,9 +434,13 @@ def main(argv: list[str] | None = None) -> int:
     def request_stop(signum, frame):  # SIGTERM/SIGINT: finish the step, save, export
         trainer.stop_requested = True
 
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
-    return trainer.train()
+    # restored afterwards, so that main() called in-process (tests, notebooks) leaves Ctrl-C working
+    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return trainer.train()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 if __name__ == "__main__":

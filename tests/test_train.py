@@ -1,0 +1,301 @@
+"""The training loop: loss goes down, exact resume, the NaN guard, the export, argument errors.
+
+Runs ddpm.train.main in-process on a tiny generated data set (n_feat 16, batch 16, one thread).
+"""
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+import ddpm.train as train
+from ddpm.checkpoint import load_model
+from ddpm.model import ContextUnet
+
+from conftest import LIB_CLASSES, write_npy_dataset
+
+PROJECT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def lib_train_data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("train_data")
+    write_npy_dataset(folder, n=48)
+    return folder
+
+
+def args(data, out, steps, *extra):
+    return ["--data", str(data), "--out", str(out), "--steps", str(steps), "--n-feat", "16", "--batch-size", "16",
+            "--threads", "1", "--warmup", "3", "--lr", "2e-3", "--sample-every", "100000", *map(str, extra)]
+
+
+def read_log(out: Path) -> list[dict]:
+    with open(out / "log.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def losses(out: Path) -> list[tuple[int, str, str]]:
+    return [(int(r["step"]), r["loss"], r["lr"]) for r in read_log(out)]
+
+
+@pytest.fixture
+def restore_signals():
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    yield
+    for s, h in before.items():
+        signal.signal(s, h)
+
+
+def stop_after(monkeypatch, n_updates: int):
+    """Deliver SIGTERM (as a user's kill would) during the n-th optimizer step."""
+    original, calls = train.update_ema, [0]
+
+    def update_ema(*a, **kw):
+        calls[0] += 1
+        if calls[0] == n_updates:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(*a, **kw)
+
+    monkeypatch.setattr(train, "update_ema", update_ema)
+
+
+# --- learning --------------------------------------------------------------------------------------------
+def test_training_reduces_the_loss(lib_train_data, tmp_path, restore_signals):
+    out = tmp_path / "run"
+    assert train.main(args(lib_train_data, out, 40, "--checkpoint-every", 100)) == 0
+    rows = losses(out)
+    assert [r[0] for r in rows] == list(range(1, 41))
+    values = [float(r[1]) for r in rows]
+    first, last = sum(values[:8]) / 8, sum(values[-8:]) / 8
+    assert last < 0.7 * first, (first, last)
+    # outputs of a finished run
+    for name in ("checkpoint.safetensors", "model/config.json", "model/model.safetensors", "model/README.md",
+                 "model/scheduler_config.json", "model/training.json"):
+        assert (out / name).is_file(), name
+    assert list((out / "samples").glob("step_*.png"))
+
+
+def test_learning_rate_and_ema_schedules():
+    lrs = [train.learning_rate(s, 1e-3, 10, 100) for s in range(100)]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
+    assert train.learning_rate(100, 1e-3, 10, 100) == pytest.approx(1e-4)
+    assert train.ema_decay(0, 0.999) == pytest.approx(0.1)
+    assert train.ema_decay(10 ** 6, 0.999) == 0.999
+
+
+# --- resume ------------------------------------------------------------------------------------------------
+def checkpoint_tensors(out: Path) -> dict[str, torch.Tensor]:
+    tensors, _ = train.load_checkpoint(out / train.CHECKPOINT)
+    return {k: v for k, v in tensors.items() if k.startswith(("model.", "ema.", "opt."))}
+
+
+def assert_same_run(a: Path, b: Path):
+    assert losses(b) == losses(a)
+    ta, tb = checkpoint_tensors(a), checkpoint_tensors(b)
+    assert ta.keys() == tb.keys()
+    for k in ta:
+        assert torch.equal(ta[k], tb[k]), k
+
+
+def test_resume_after_a_stop_continues_exactly(lib_train_data, tmp_path, monkeypatch, restore_signals):
+    n = 12
+    ref = tmp_path / "reference"
+    assert train.main(args(lib_train_data, ref, n, "--checkpoint-every", 4)) == 0
+
+    out = tmp_path / "interrupted"
+    stop_after(monkeypatch, 6)  # SIGTERM during step 6: the step finishes, everything is saved
+    assert train.main(args(lib_train_data, out, n, "--checkpoint-every", 4)) == 0
+    assert [r[0] for r in losses(out)] == list(range(1, 7))
+    monkeypatch.undo()
+    assert train.main(args(lib_train_data, out, n, "--checkpoint-every", 4, "--resume")) == 0
+    assert_same_run(ref, out)
+
+
+def test_resume_drops_log_rows_after_the_checkpoint(lib_train_data, tmp_path, monkeypatch, restore_signals):
+    # after a kill, log.csv may hold rows past the last checkpoint and a half-written last line
+    n = 8
+    ref = tmp_path / "reference"
+    assert train.main(args(lib_train_data, ref, n, "--checkpoint-every", 4)) == 0
+    out = tmp_path / "killed"
+    stop_after(monkeypatch, 4)
+    assert train.main(args(lib_train_data, out, n, "--checkpoint-every", 4)) == 0
+    monkeypatch.undo()
+    with open(out / "log.csv", "a") as f:
+        f.write("5,0.123456,1.000e-03,100.0,1.0\n6,0.1")
+    assert train.main(args(lib_train_data, out, n, "--checkpoint-every", 4, "--resume")) == 0
+    assert_same_run(ref, out)
+
+
+def test_fresh_run_starts_a_fresh_log(lib_train_data, tmp_path, restore_signals):
+    out = tmp_path / "run"
+    assert train.main(args(lib_train_data, out, 3)) == 0
+    assert train.main(args(lib_train_data, out, 3)) == 0
+    assert [r[0] for r in losses(out)] == [1, 2, 3]
+
+
+KILL_SCRIPT = textwrap.dedent("""
+    import os, signal, sys
+    import ddpm.train as train
+    original, calls = train.update_ema, [0]
+    def update_ema(*a, **kw):
+        calls[0] += 1
+        if calls[0] == int(os.environ["KILL_AT"]):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return original(*a, **kw)
+    train.update_ema = update_ema
+    sys.exit(train.main(sys.argv[1:]))
+""")
+
+
+def test_resume_after_sigkill(lib_train_data, tmp_path, restore_signals):
+    n = 10
+    ref = tmp_path / "reference"
+    assert train.main(args(lib_train_data, ref, n, "--checkpoint-every", 3)) == 0
+    out = tmp_path / "killed"
+    env = dict(os.environ, KILL_AT="8", PYTHONPATH=str(PROJECT), OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-c", KILL_SCRIPT, *args(lib_train_data, out, n, "--checkpoint-every", 3)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert train.load_checkpoint(out / train.CHECKPOINT)[1]["step"] == 6
+    assert not (out / "model").exists()
+    assert train.main(args(lib_train_data, out, n, "--checkpoint-every", 3, "--resume")) == 0
+    assert_same_run(ref, out)
+
+
+def test_main_restores_signal_handlers(lib_train_data, tmp_path, restore_signals):
+    before = signal.getsignal(signal.SIGTERM)
+    assert train.main(args(lib_train_data, tmp_path / "run", 1)) == 0
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+# --- NaN guard ---------------------------------------------------------------------------------------------
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(lib_train_data, tmp_path, monkeypatch, capsys,
+                                                            restore_signals):
+    original, calls = train.training_batch, [0]
+
+    def poisoned_batch(*a, **kw):
+        calls[0] += 1
+        x0, t, noise, context = original(*a, **kw)
+        if calls[0] == 7:
+            x0 = x0.clone()
+            x0[0, 0, 0, 0] = float("inf")
+        return x0, t, noise, context
+
+    monkeypatch.setattr(train, "training_batch", poisoned_batch)
+    out = tmp_path / "run"
+    status = train.main(args(lib_train_data, out, 12, "--checkpoint-every", 4))
+    assert status != 0
+    err = capsys.readouterr().err
+    assert "step 6" in err and str(out / train.CHECKPOINT) in err
+    tensors, meta = train.load_checkpoint(out / train.CHECKPOINT)
+    assert meta["step"] == 4
+    assert all(torch.isfinite(v).all() for v in tensors.values() if v.is_floating_point())
+    assert not (out / "model").exists(), "nothing exported from a diverged run"
+    monkeypatch.undo()
+    assert train.main(args(lib_train_data, out, 12, "--checkpoint-every", 4, "--resume")) == 0
+    assert load_model(out / "model").class_names == LIB_CLASSES
+
+
+def test_nan_weights_never_overwrite_the_checkpoint(lib_train_data, tmp_path, monkeypatch, capsys, restore_signals):
+    # the loss of step 8 is finite, but its update leaves NaN weights right before a checkpoint
+    original, calls = train.update_ema, [0]
+
+    def update_ema(ema, model, decay):
+        calls[0] += 1
+        if calls[0] == 8:
+            with torch.no_grad():
+                next(model.parameters()).fill_(float("nan"))
+        return original(ema, model, decay)
+
+    monkeypatch.setattr(train, "update_ema", update_ema)
+    out = tmp_path / "run"
+    assert train.main(args(lib_train_data, out, 12, "--checkpoint-every", 4)) != 0
+    assert "NaN" in capsys.readouterr().err
+    tensors, meta = train.load_checkpoint(out / train.CHECKPOINT)
+    assert meta["step"] == 4
+    assert all(torch.isfinite(v).all() for v in tensors.values() if v.is_floating_point())
+    assert not (out / "model").exists()
+
+
+# --- export ---------------------------------------------------------------------------------------------
+def test_export_loads_back(lib_train_data, tmp_path, restore_signals):
+    out, export = tmp_path / "run", tmp_path / "weights"
+    assert train.main(args(lib_train_data, out, 5, "--export", export, "--norm", "group")) == 0
+    ema = {k[4:]: v for k, v in checkpoint_tensors(out).items() if k.startswith("ema.")}
+    for folder in (out / "model", export):
+        model = load_model(folder)
+        assert model.class_names == LIB_CLASSES and model.norm == "group" and model.n_feat == 16
+        state = model.state_dict()
+        assert state.keys() == ema.keys()
+        for k in state:
+            assert torch.equal(state[k], ema[k]), k
+        again = ContextUnet.from_pretrained(folder)
+        x, t, c = torch.randn(2, 3, 16, 16), torch.rand(2), torch.eye(5)[:2]
+        with torch.no_grad():
+            assert torch.equal(model(x, t, c), again(x, t, c))
+        card = (folder / "README.md").read_text()
+        assert "cc-by-4.0" in card and "DragonDePlatino" in card and "hero 10" in card
+
+
+def test_init_from_an_exported_model(lib_train_data, tmp_path, restore_signals):
+    first = tmp_path / "first"
+    assert train.main(args(lib_train_data, first, 3)) == 0
+    second = tmp_path / "second"
+    assert train.main(args(lib_train_data, second, 2, "--init-from", first / "model")) == 0
+    assert load_model(second / "model").config_dict == load_model(first / "model").config_dict
+
+
+# --- bad arguments ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("extra,match", [
+    (["--steps", "0"], "--steps"),
+    (["--batch-size", "0"], "--batch-size"),
+    (["--lr", "nan"], "--lr"),
+    (["--lr", "-1"], "--lr"),
+    (["--ema", "1"], "--ema"),
+    (["--p-uncond", "1.5"], "--p-uncond"),
+    (["--norm", "layer"], "--norm"),
+    (["--steps", "many"], "--steps"),
+])
+def test_bad_arguments_exit_with_a_message(lib_train_data, tmp_path, capsys, extra, match):
+    with pytest.raises(SystemExit) as info:
+        train.main(args(lib_train_data, tmp_path / "run", 5) + extra)
+    assert info.value.code == 2
+    assert match in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_out_is_an_error(capsys):
+    with pytest.raises(SystemExit) as info:
+        train.main(["--data", "x"])
+    assert info.value.code == 2 and "--out" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("case", ["missing data", "resume without checkpoint", "bad init-from", "wrong height",
+                                  "class mismatch"])
+def test_bad_setups_give_one_error_line(lib_train_data, tmp_path, capsys, restore_signals, case):
+    out = tmp_path / "run"
+    if case == "missing data":
+        argv, match = args(tmp_path / "nowhere", out, 5), str(tmp_path / "nowhere")
+    elif case == "resume without checkpoint":
+        argv, match = args(lib_train_data, out, 5, "--resume"), "checkpoint"
+    elif case == "bad init-from":
+        argv, match = args(lib_train_data, out, 5, "--init-from", tmp_path / "nomodel"), str(tmp_path / "nomodel")
+    elif case == "wrong height":
+        argv, match = args(lib_train_data, out, 5, "--height", 32), "32 px"
+    else:
+        other = tmp_path / "three_classes"
+        write_npy_dataset(other, n=12, n_classes=3)
+        assert train.main(args(other, tmp_path / "small", 1)) == 0
+        argv, match = args(lib_train_data, out, 5, "--init-from", tmp_path / "small" / "model"), "classes"
+    capsys.readouterr()
+    assert train.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and match in err and "\n" not in err, err
