@@ -201,8 +201,6 @@ class SpriteLab:
             "pure noise" if f.step == 0 else "denoising…")
         status = (f"**Step {f.step} / {run.total}** &nbsp;·&nbsp; t = {f.t} &nbsp;·&nbsp; {state} &nbsp;·&nbsp; "
                   f"{SAMPLER_NAMES[s['sampler']]}, guidance {s['guidance']:g}, class {what}")
-        if f.x0 is None and not run.done:
-            status += " &nbsp;·&nbsp; *predictions appear after the next step*"
         if note:
             status += f"  \n{note}"
         timeline = gr.Slider(minimum=0, maximum=max(1, len(frames) - 1), value=i, step=1)
@@ -331,7 +329,7 @@ def source_picker(lab: SpriteLab, prefix: str, default_class: str, default_seed:
     with gr.Tabs(elem_id=f"{prefix}-source-tabs"):
         with gr.Tab("🎲 From the model", id=f"{prefix}-src-model"):
             cls = gr.Dropdown(lab.classes, value=default_class, label="Class", elem_id=f"{prefix}-src-class")
-            seed = gr.Number(default_seed, precision=0, minimum=0, maximum=ix.MAX_SEED, label="Seed",
+            seed = gr.Number(default_seed, step=1, minimum=0, maximum=ix.MAX_SEED, label="Seed",
                              elem_id=f"{prefix}-src-seed")
             new = gr.Button("New sprite", variant="secondary", elem_id=f"{prefix}-src-new")
         with gr.Tab("📁 Upload", id=f"{prefix}-src-upload"):
@@ -377,7 +375,7 @@ def build_demo(lab: SpriteLab) -> gr.Blocks:
                                         elem_id="f-t")
                         f_info = gr.Markdown(elem_classes=["info-line"], elem_id="f-info")
                         with gr.Row():
-                            f_noise = gr.Number(0, precision=0, minimum=0, maximum=ix.MAX_SEED, label="Noise seed",
+                            f_noise = gr.Number(0, step=1, minimum=0, maximum=ix.MAX_SEED, label="Noise seed",
                                                 info="the same ε at every t, so the picture changes smoothly",
                                                 elem_id="f-noise")
                             f_show = gr.Checkbox(False, label="Show what the model sees at this t", elem_id="f-show")
@@ -415,7 +413,7 @@ def build_demo(lab: SpriteLab) -> gr.Blocks:
                             r_mix = [gr.Slider(0, 1, value=1.0 if i == 0 else 0.0, step=0.05, label=c,
                                                elem_id=f"r-mix-{i}") for i, c in enumerate(lab.classes)]
                         r_n = gr.Slider(1, ix.MAX_SPRITES, value=REVERSE_DEFAULT_N, step=1, label="Sprites", elem_id="r-n")
-                        r_seed = gr.Number(0, precision=0, minimum=0, maximum=ix.MAX_SEED, label="Seed", elem_id="r-seed")
+                        r_seed = gr.Number(0, step=1, minimum=0, maximum=ix.MAX_SEED, label="Seed", elem_id="r-seed")
                         r_sampler, r_steps, r_guidance = sampler_controls("r", T)
                     with gr.Column(scale=3):
                         with gr.Row():
@@ -453,7 +451,7 @@ def build_demo(lab: SpriteLab) -> gr.Blocks:
                                             info="'all classes' draws one row per class", elem_id="g-class")
                         g_n = gr.Slider(1, ix.MAX_SPRITES, value=GENERATE_DEFAULT_N, step=1, label="How many (per row)",
                                         elem_id="g-n")
-                        g_seed = gr.Number(0, precision=0, minimum=0, maximum=ix.MAX_SEED, label="Seed", elem_id="g-seed")
+                        g_seed = gr.Number(0, step=1, minimum=0, maximum=ix.MAX_SEED, label="Seed", elem_id="g-seed")
                         g_sampler, g_steps, g_guidance = sampler_controls("g", T)
                         g_transparent = gr.Checkbox(False, label="Transparent background in the sheet",
                                                     elem_id="g-transparent")
@@ -486,7 +484,7 @@ def build_demo(lab: SpriteLab) -> gr.Blocks:
                             m_strength = gr.Slider(0.05, 1.0, value=0.6, step=0.05, label="Strength",
                                                    info="how far to noise it: 1 = start from pure noise",
                                                    elem_id="m-strength")
-                            m_seed = gr.Number(0, precision=0, minimum=0, maximum=ix.MAX_SEED, label="Seed",
+                            m_seed = gr.Number(0, step=1, minimum=0, maximum=ix.MAX_SEED, label="Seed",
                                                elem_id="m-seed")
                         with gr.Accordion("Sampler", open=False):
                             m_sampler, m_steps, m_guidance = sampler_controls("m", T)

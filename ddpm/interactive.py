@@ -22,7 +22,7 @@ from PIL import Image
 
 from .data import DataError, MAX_IMAGE_PIXELS, open_image, sprite_from_image
 from .images import sprite_sheet
-from .sampling import Step, class_weights, initial_noise, predict_noise, sample_steps, to_uint8
+from .sampling import Step, class_weights, predict_noise, sample_steps, to_uint8
 from .schedule import NoiseSchedule
 
 MAX_SPRITES = 16        # per class row in Generate and per batch in Reverse: keeps a request under a second on CPU
@@ -279,12 +279,16 @@ def thin(frames: list, cap: int) -> list:
 class ReverseRun:
     """A reverse process a user steps through: the library's step generator plus the frames seen.
 
-    Held in a gr.State per browser session; the lock keeps a Step click from racing a Run.
+    The generator runs one step ahead: `pending` is the step from the newest frame, already
+    computed, so every frame shows the model's predictions at its own x_t, and each Step click
+    still costs exactly one network pass. Held in a gr.State per browser session; the lock keeps
+    a Step click from racing a Run.
     """
 
     settings: dict
     steps: Iterator[Step]
     total: int
+    pending: Step | None = None
     frames: list[Frame] = field(default_factory=list)
     done: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -300,30 +304,28 @@ class ReverseRun:
         """Take one step; returns the newest frame (the final image once done)."""
         if self.done:
             return self.frames[-1]
-        s = next(self.steps)
-        # The prediction made at x_t belongs with x_t: fill it into the current frame.
-        cur = self.frames[-1]
-        cur.x0, cur.eps = to_uint8(s.x0), noise_to_uint8(s.eps)
+        s = self.pending
         new = Frame(s.index + 1, s.t_prev, to_uint8(s.x_prev), None, None)
         if s.index + 1 == s.steps:
-            self.done = True
-            new.x0, new.eps = new.x_t, np.full_like(new.x_t, 127)
+            self.done, self.pending = True, None
+            new.x0, new.eps = new.x_t, np.full_like(new.x_t, 127)  # the end: no noise left to predict
+        else:
+            self.pending = next(self.steps)
+            new.x0, new.eps = to_uint8(self.pending.x0), noise_to_uint8(self.pending.eps)
         self.frames = thin(self.frames + [new], MAX_FRAMES)
         return new
 
 
 def start_reverse(model: torch.nn.Module, schedule: NoiseSchedule, context: torch.Tensor, sampler: str,
                   steps: int, guidance: float, seed: int, **settings) -> ReverseRun:
-    """A ReverseRun at pure noise x_T (frame 0), not yet stepped."""
+    """A ReverseRun at pure noise x_T (frame 0, with the model's first predictions), not yet stepped."""
     steps = check_number(steps, "steps", 1, schedule.T, integer=True)
     guidance = check_number(guidance, "guidance", 0, 50)
     seed = check_number(seed, "seed", 0, MAX_SEED, integer=True)
     it = sample_steps(model, schedule, context, sampler=sampler, steps=steps, guidance=guidance, seed=seed)
-    # sample_steps starts from initial_noise(seed): frame 0 shows the same x_T the first step sees.
-    b, h = context.shape[0], model.height
-    x_T, _ = initial_noise((b, model.in_channels, h, h), seed)
     run = ReverseRun(dict(settings, sampler=sampler, steps=steps, guidance=guidance, seed=seed), it, steps)
-    run.frames.append(Frame(0, schedule.T, to_uint8(x_T), None, None))
+    run.pending = first = next(it)
+    run.frames.append(Frame(0, first.t, to_uint8(first.x_t), to_uint8(first.x0), noise_to_uint8(first.eps)))
     return run
 
 

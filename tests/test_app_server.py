@@ -1,0 +1,149 @@
+"""The app served on a local port and driven through every public endpoint with gradio_client."""
+from __future__ import annotations
+
+import json
+import math
+import re
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from app_helpers import CLASSES, images, lab, model_dir, server  # noqa: F401  (fixtures)
+
+gradio_client = pytest.importorskip("gradio_client")
+from gradio_client import Client, handle_file  # noqa: E402
+from gradio_client.exceptions import AppError  # noqa: E402
+
+ENDPOINTS = {"/forward_sprite", "/forward_upload", "/forward_draw", "/forward_view", "/reverse_reset",
+             "/reverse_step", "/reverse_run", "/reverse_scrub", "/reverse_gif", "/generate", "/remix_sprite",
+             "/remix_upload", "/remix_draw", "/remix", "/model_info"}
+REV = ("hero", 2, 0, "dpm++", 4, 2.0, 1.0, 0.0, 0.0, 0.0, 0.0)  # class, n, seed, sampler, steps, guidance, mix
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return Client(server, verbose=False, analytics_enabled=False)
+
+
+def png(path) -> np.ndarray:
+    im = Image.open(path)
+    assert im.format == "PNG", f"{path} is {im.format}, not PNG"
+    return np.asarray(im.convert("RGB"), dtype=np.int16)
+
+
+def still_serves(client):
+    x_t, info, *_ = client.predict(77, 0, False, "hero", api_name="/forward_view")
+    assert "t = 77" in info and png(x_t).shape == (256, 256, 3)
+
+
+def test_every_public_event_has_a_name(client):
+    assert set(client.view_api(print_info=False, return_format="dict")["named_endpoints"]) == ENDPOINTS
+
+
+def test_forward_endpoints(client, images, tmp_path):
+    x0, x_t, info, chart, eps, x0p = client.predict("creature", 4, 250, 0, True, api_name="/forward_sprite")
+    assert png(x0).shape == png(x_t).shape == png(eps).shape == (256, 256, 3) and "t = 250" in info
+    out = client.predict(handle_file(str(images["gray"])), 0, 0, False, "hero", api_name="/forward_upload")
+    assert (png(out[0]) == png(out[1])).all()  # at t = 0, x_t is x0
+    canvas = np.zeros((256, 256, 4), np.uint8)
+    canvas[:, :128] = (222, 238, 214, 255)
+    Image.fromarray(canvas, "RGBA").save(tmp_path / "drawing.png")
+    drawing = dict(background=None, layers=[], composite=handle_file(str(tmp_path / "drawing.png")), id=None)
+    out = client.predict(drawing, 0, 0, False, "hero", api_name="/forward_draw")
+    assert tuple(png(out[0])[0, 0]) == (222, 238, 214) and tuple(png(out[0])[0, 255]) == (255, 255, 255)
+    # forward_view now uses this session's drawn sprite
+    again = client.predict(0, 0, False, "hero", api_name="/forward_view")
+    assert (png(again[0]) == png(out[0])).all()
+
+
+def test_reverse_endpoints(client):
+    client.predict(*REV, api_name="/reverse_reset")
+    xt, x0, eps, timeline, status = client.predict(*REV, api_name="/reverse_step")
+    assert "Step 1 / 4" in status and timeline["value"] == 1 and timeline["maximum"] == 1
+    job = client.submit(*REV, api_name="/reverse_run")
+    streamed = list(job)
+    assert len(streamed) >= 2 and "Step 4 / 4" in job.outputs()[-1][4]
+    back = client.predict(2, api_name="/reverse_scrub")
+    assert "Step 2 / 4" in back[4]
+    gif = client.predict(api_name="/reverse_gif")
+    assert Image.open(gif["value"] if isinstance(gif, dict) else gif).format == "GIF"
+
+
+def test_generate_and_remix_endpoints(client, images):
+    shown, sheet, caption = client.predict("all classes", 2, "ddim", 5, 1.0, 3, True, api_name="/generate")
+    assert Image.open(sheet).size == (32, 16 * len(CLASSES)) and Image.open(sheet).mode == "RGBA"
+    assert png(shown).shape[1] > 100
+    client.predict("food", 2, api_name="/remix_sprite")
+    result, strip, info = client.predict("item", 0.5, "dpm++", 10, 2.0, 0, api_name="/remix")
+    assert png(result).shape == (256, 256, 3) and "item" in info
+    src = client.predict(handle_file(str(images["transparent"])), api_name="/remix_upload")
+    assert tuple(png(src)[0, 0]) == (255, 255, 255)
+    assert "hero" in client.predict(api_name="/model_info")
+
+
+@pytest.mark.parametrize("name,match", [("corrupt", "not a readable image"), ("text", "not a readable image"),
+                                        ("huge", "larger than")])
+def test_bad_uploads_get_clear_errors(client, images, name, match):
+    for api_name, extra in (("/forward_upload", (10, 0, False, "hero")), ("/remix_upload", ())):
+        with pytest.raises(AppError, match=match):
+            client.predict(handle_file(str(images[name])), *extra, api_name=api_name)
+    still_serves(client)
+
+
+def test_non_image_file_type_is_refused(client, tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(AppError, match="(?i)invalid file type"):
+        client.predict(handle_file(str(tmp_path / "notes.txt")), 10, 0, False, "hero", api_name="/forward_upload")
+    still_serves(client)
+
+
+@pytest.mark.parametrize("args,api_name,match", [
+    ((float("nan"), 0, False, "hero"), "/forward_view", "t must be a finite"),
+    ((10_000, 0, False, "hero"), "/forward_view", "(?i)t|range|bound"),
+    ((10, 0, True, "dragon"), "/forward_view", "dragon"),
+    (("hero", 2, 0, "dpm++", 0, 2.0, 1.0, 0, 0, 0, 0), "/reverse_step", "(?i)steps|bound|minimum"),
+    (("hero", 2, 0, "dpm++", 4, float("nan"), 1.0, 0, 0, 0, 0), "/reverse_step", "guidance must be a finite"),
+    (("mix", 2, 0, "dpm++", 4, 2.0, 0, 0, 0, 0, 0), "/reverse_run", "at least one class"),
+    (("dragon", 2, "dpm++", 5, 2.0, 0, False), "/generate", "dragon"),
+    (("hero", 2, "dpm++", 0, 2.0, 0, False), "/generate", "(?i)steps|bound|minimum"),
+    (("hero", 2, "dpm++", 5, 2.0, float("nan"), False), "/generate", "seed must be a finite"),
+    (("food", float("nan"), "dpm++", 10, 2.0, 0), "/remix", "strength must be a finite"),
+])
+def test_bad_numbers_and_classes_get_clear_errors(server, client, args, api_name, match):
+    if any(isinstance(a, float) and math.isnan(a) for a in args):
+        # gradio_client refuses to encode NaN, but any HTTP client can send it: post it raw.
+        event, data = raw_call(server, api_name, args)
+        assert event == "error" and re.search(match, data["error"]), data
+    else:
+        with pytest.raises(AppError, match=match):
+            client.predict(*args, api_name=api_name)
+    still_serves(client)
+
+
+def raw_call(server: str, api_name: str, args) -> tuple[str, dict]:
+    """POST to Gradio's call API with a NaN literal in the JSON body; return the final SSE event and data."""
+    body = json.dumps({"data": list(args)}, allow_nan=True)  # writes NaN, as JavaScript-ish clients may
+    url = f"{server}gradio_api/call{api_name}"
+    event_id = httpx.post(url, content=body, headers={"content-type": "application/json"}).json()["event_id"]
+    text = httpx.get(f"{url}/{event_id}", timeout=60).text
+    events = re.findall(r"event: (\w+)\ndata: (.*)", text)
+    event, data = events[-1]
+    return event, json.loads(data)
+
+
+def test_identical_concurrent_requests_all_succeed(server):
+    """gradio writes outputs to content-hashed paths non-atomically; identical responses must not collide."""
+    clients = [Client(server, verbose=False, analytics_enabled=False) for _ in range(6)]
+
+    def call(c):
+        return [c.predict(123, 5, False, "hero", api_name="/forward_view")[0] for _ in range(3)]
+
+    with ThreadPoolExecutor(len(clients)) as pool:
+        results = [p for ps in pool.map(call, clients) for p in ps]
+    pictures = [png(p) for p in results]
+    assert len(pictures) == 18 and all((p == pictures[0]).all() for p in pictures)
+    assert len(set(results)) == 18  # every response has its own file
