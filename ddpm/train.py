@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import CheckpointError, load_model, save_model
+from .checkpoint import SCHEDULER_CONFIG, CheckpointError, load_model, load_schedule, resolve, save_model
 from .data import DataError, SpriteData, load_data
 from .model import NORMS, TIME_EMBEDDINGS, ContextUnet
 from .schedule import SCHEDULES, NoiseSchedule
@@ -231,12 +231,18 @@ class Trainer:
             self.schedule = NoiseSchedule(**resume[1]["schedule"])
             self.model = ContextUnet(**config)
         elif args.init_from:
-            self.model = load_model(args.init_from)
-            self.schedule = NoiseSchedule(**json.loads((Path(args.init_from) / "scheduler_config.json").read_text())) \
-                if (Path(args.init_from) / "scheduler_config.json").exists() else self.schedule
-            info = Path(args.init_from) / TRAINING_INFO
+            # resolve() so a Hub repo id works too; a bad scheduler_config.json or training.json is one
+            # clear error rather than a traceback
+            folder = resolve(args.init_from)
+            self.model = load_model(folder)
+            if (folder / SCHEDULER_CONFIG).exists():
+                self.schedule = load_schedule(folder)
+            info = folder / TRAINING_INFO
             if info.exists():
-                self.history = json.loads(info.read_text())
+                try:
+                    self.history = json.loads(info.read_text())
+                except json.JSONDecodeError as e:
+                    raise TrainingError(f"{info}: not valid JSON ({e})") from None
         else:
             self.model = ContextUnet(3, args.n_feat, len(self.data.class_names), args.height,
                                      self.data.class_names, args.norm, args.time_embedding)

@@ -5,6 +5,7 @@ Runs ddpm.train.main in-process on a tiny generated data set (n_feat 16, batch 1
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -16,8 +17,9 @@ import pytest
 import torch
 
 import ddpm.train as train
-from ddpm.checkpoint import load_model
+from ddpm.checkpoint import load_model, load_schedule
 from ddpm.model import ContextUnet
+from ddpm.schedule import NoiseSchedule
 
 from conftest import LIB_CLASSES, write_npy_dataset
 
@@ -247,10 +249,13 @@ def test_export_loads_back(lib_train_data, tmp_path, restore_signals):
 
 def test_init_from_an_exported_model(lib_train_data, tmp_path, restore_signals):
     first = tmp_path / "first"
-    assert train.main(args(lib_train_data, first, 3)) == 0
+    assert train.main(args(lib_train_data, first, 3, "--schedule", "cosine", "--T", 100)) == 0
     second = tmp_path / "second"
     assert train.main(args(lib_train_data, second, 2, "--init-from", first / "model")) == 0
     assert load_model(second / "model").config_dict == load_model(first / "model").config_dict
+    # the schedule and the training history travel with the model
+    assert load_schedule(second / "model").config() == NoiseSchedule(100, "cosine").config()
+    assert json.loads((second / "model" / "training.json").read_text())["steps"] == 5
 
 
 # --- bad arguments ---------------------------------------------------------------------------------------
@@ -279,7 +284,8 @@ def test_missing_out_is_an_error(capsys):
 
 
 @pytest.mark.parametrize("case", ["missing data", "resume without checkpoint", "bad init-from", "wrong height",
-                                  "class mismatch"])
+                                  "class mismatch", "corrupt checkpoint", "bad init-from schedule",
+                                  "bad init-from history"])
 def test_bad_setups_give_one_error_line(lib_train_data, tmp_path, capsys, restore_signals, case):
     out = tmp_path / "run"
     if case == "missing data":
@@ -290,6 +296,15 @@ def test_bad_setups_give_one_error_line(lib_train_data, tmp_path, capsys, restor
         argv, match = args(lib_train_data, out, 5, "--init-from", tmp_path / "nomodel"), str(tmp_path / "nomodel")
     elif case == "wrong height":
         argv, match = args(lib_train_data, out, 5, "--height", 32), "32 px"
+    elif case == "corrupt checkpoint":
+        out.mkdir()
+        (out / train.CHECKPOINT).write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+        argv, match = args(lib_train_data, out, 5, "--resume"), str(out / train.CHECKPOINT)
+    elif case.startswith("bad init-from "):
+        assert train.main(args(lib_train_data, tmp_path / "first", 1)) == 0
+        name = "scheduler_config.json" if case.endswith("schedule") else "training.json"
+        (tmp_path / "first" / "model" / name).write_text("{oops")
+        argv, match = args(lib_train_data, out, 5, "--init-from", tmp_path / "first" / "model"), name
     else:
         other = tmp_path / "three_classes"
         write_npy_dataset(other, n=12, n_classes=3)
