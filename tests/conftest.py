@@ -5,10 +5,21 @@ import numpy as np
 import pytest
 import torch
 
-# Keep the library tests off the second core: a training run may be using it.
-torch.set_num_threads(1)
-
 LIB_CLASSES = ["hero", "creature", "food", "spell", "item"]
+LIB_TEST_MODULES = {"test_schedule", "test_samplers", "test_model", "test_checkpoint", "test_data", "test_train"}
+
+
+@pytest.fixture(autouse=True)
+def lib_single_thread(request):
+    """Library tests run on one CPU thread (a training run may be using the other core); the thread
+    count is restored afterwards (ddpm.train.main --threads 1 changes it), and other suites are left alone."""
+    if request.node.module is None or request.node.module.__name__.rsplit(".", 1)[-1] not in LIB_TEST_MODULES:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def make_tiny_unet(seed: int = 0, **kwargs):
