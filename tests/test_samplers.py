@@ -332,3 +332,35 @@ def test_sdedit_start_stays_close_to_x_start(lib_tiny_unet):
         distances[t_start] = (run[-1].x_prev - x_start).abs().mean().item()
     assert distances[10] < distances[100] < distances[T]
     assert distances[10] < 0.2
+
+
+def test_full_ddpm_run_matches_diffusers(schedule):
+    # the seed's 500 ancestral steps; the noise comes from one generator in the same order
+    sched = diffusers.DDPMScheduler(num_train_timesteps=T, trained_betas=trained_betas(schedule),
+                                    variance_type="fixed_large", clip_sample=False)
+    x_theirs, _ = inputs(8, (2, 3, 8, 8))
+    x_ours = x_theirs.clone()
+    g_theirs, g_ours = torch.Generator().manual_seed(9), torch.Generator().manual_seed(9)
+    sampler = DDPMSampler(schedule)
+    for t in range(T, 0, -1):
+        x_theirs = sched.step(fake_eps(x_theirs, t), t - 1, x_theirs, generator=g_theirs).prev_sample
+        x_ours, _ = sampler.step(fake_eps(x_ours, t), t, t - 1, x_ours, g_ours)
+    torch.testing.assert_close(x_ours, x_theirs, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.7])
+def test_full_ddim_run_matches_diffusers(schedule, eta):
+    steps = 20
+    sched = diffusers.DDIMScheduler(num_train_timesteps=T, trained_betas=trained_betas(schedule), clip_sample=False,
+                                    set_alpha_to_one=True, timestep_spacing="trailing")
+    sched.set_timesteps(steps)
+    ours_times = make_timesteps(T, steps)
+    assert [int(t) + 1 for t in sched.timesteps] == ours_times[:-1]
+    x_theirs, _ = inputs(9, (2, 3, 8, 8))
+    x_ours = x_theirs.clone()
+    g_theirs, g_ours = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    sampler = DDIMSampler(schedule, eta)
+    for td, t, t_prev in zip(sched.timesteps, ours_times[:-1], ours_times[1:]):
+        x_theirs = sched.step(fake_eps(x_theirs, t), int(td), x_theirs, eta=eta, generator=g_theirs).prev_sample
+        x_ours, _ = sampler.step(fake_eps(x_ours, t), t, t_prev, x_ours, g_ours)
+        torch.testing.assert_close(x_ours, x_theirs, rtol=2e-4, atol=2e-4, msg=f"t {t} -> {t_prev}")
