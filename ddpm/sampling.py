@@ -272,6 +272,9 @@ def sample_steps(
     if x_start is None:
         x = noise
     else:
+        if x_start.ndim != 4 or x_start.shape[0] not in (1, b) or tuple(x_start.shape[1:]) != tuple(noise.shape[1:]):
+            raise ValueError(f"x_start must be ({b} or 1, {model.in_channels}, {h}, {h}) images in [-1, 1], "
+                             f"got {tuple(x_start.shape)}")
         x = schedule.add_noise(x_start.float().cpu(), noise, t_start)
     x, context = x.to(device), context.to(device, torch.float32)
     model.eval()

@@ -364,3 +364,14 @@ def test_full_ddim_run_matches_diffusers(schedule, eta):
         x_theirs = sched.step(fake_eps(x_theirs, t), int(td), x_theirs, eta=eta, generator=g_theirs).prev_sample
         x_ours, _ = sampler.step(fake_eps(x_ours, t), t, t_prev, x_ours, g_ours)
         torch.testing.assert_close(x_ours, x_theirs, rtol=2e-4, atol=2e-4, msg=f"t {t} -> {t_prev}")
+
+
+def test_sdedit_start_shape_checked(lib_tiny_unet):
+    schedule = NoiseSchedule(T)
+    c = torch.eye(5)[[0, 1, 2]]
+    one = torch.zeros(1, 3, 16, 16)
+    out = sample(lib_tiny_unet, schedule, c, sampler="ddim", steps=2, seed=0, x_start=one, t_start=50)
+    assert out.shape == (3, 3, 16, 16)  # one start image, three variations
+    for bad in (torch.zeros(2, 3, 16, 16), torch.zeros(3, 4, 16, 16), torch.zeros(3, 3, 32, 32), torch.zeros(3, 16, 16)):
+        with pytest.raises(ValueError, match="x_start"):
+            sample(lib_tiny_unet, schedule, c, sampler="ddim", steps=2, x_start=bad, t_start=50)
