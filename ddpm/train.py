@@ -260,9 +260,8 @@ class Trainer:
             tensors, meta = resume
             self.model.load_state_dict(_sub(tensors, "model."))
             self.ema.load_state_dict(_sub(tensors, "ema."))
-            self.opt.load_state_dict(_unflatten_optimizer(_sub(tensors, ""), meta["param_groups"]) if False else
-                                     _unflatten_optimizer({k: v for k, v in tensors.items() if k.startswith("opt.")},
-                                                          meta["param_groups"]))
+            opt_tensors = {k: v for k, v in tensors.items() if k.startswith("opt.")}
+            self.opt.load_state_dict(_unflatten_optimizer(opt_tensors, meta["param_groups"]))
             self.step = meta["step"]
             self.history = meta["history"]
             if self.accelerator.process_index == 0:

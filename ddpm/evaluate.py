@@ -1,0 +1,227 @@
+"""Measure sample quality: python -m ddpm.evaluate --model weights
+
+For conditional samples of each class it reports
+- accuracy: the share a classifier trained on the real sprites assigns to the intended class;
+- FD: the Frechet distance between the classifier's penultimate features of the samples and of
+  real sprites of that class, beside the floor FD of held-out real sprites (same count);
+- near copies: the share of samples within a small pixel distance of a training sprite
+  (flips included), beside the same share for held-out real sprites.
+The classifier is trained once per data set and cached outside git (~/.cache/ddpm-sprite-lab).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .checkpoint import CheckpointError, load_model, load_schedule
+from .data import DataError, SpriteData, load_data
+from .sampling import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLER_ALIASES, sample
+
+CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ddpm-sprite-lab"
+CLASSIFIER_VERSION = 1
+NEAR_COPY_RMS = 0.05  # RMS pixel distance in [0, 1] units below which a sprite counts as a copy
+FEATURES = 64
+
+
+class SpriteClassifier(nn.Module):
+    """A small CNN; its FEATURES-d penultimate layer is the feature space for the Frechet distance."""
+
+    def __init__(self, n_classes: int, height: int = 16):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 32, 3, padding=1), nn.GELU(), nn.Conv2d(32, 32, 3, padding=1), nn.GELU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1), nn.GELU(), nn.MaxPool2d(2),
+            nn.Conv2d(64, 128, 3, padding=1), nn.GELU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            nn.Linear(128, FEATURES), nn.GELU(),
+        )
+        self.head = nn.Linear(FEATURES, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def data_key(data: SpriteData) -> str:
+    h = hashlib.sha1(data.images.tobytes())
+    h.update(data.labels.tobytes())
+    h.update(",".join(data.class_names).encode())
+    return f"classifier-v{CLASSIFIER_VERSION}-{h.hexdigest()[:16]}"
+
+
+def train_classifier(data: SpriteData, epochs: int = 60, seed: int = 0, verbose: bool = True
+                     ) -> tuple[SpriteClassifier, float]:
+    """Train on 85% of the sprites (flips as augmentation, class-balanced loss); return it and held-out accuracy."""
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    x, y = data.to_tensors()
+    perm = torch.randperm(len(x), generator=g)
+    n_val = max(1, len(x) * 15 // 100)
+    val, tr = perm[:n_val], perm[n_val:]
+    counts = torch.bincount(y[tr], minlength=len(data.class_names)).clamp(min=1).float()
+    weights = counts.sum() / counts / len(counts)
+    model = SpriteClassifier(len(data.class_names), data.height)
+    opt = torch.optim.AdamW(model.parameters(), 2e-3, weight_decay=1e-4)
+    steps = epochs * math.ceil(len(tr) / 128)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 2e-3, total_steps=steps)
+    model.train()
+    for _ in range(epochs):
+        order = tr[torch.randperm(len(tr), generator=g)]
+        for i in range(0, len(order), 128):
+            idx = order[i:i + 128]
+            xb = x[idx]
+            flip = torch.rand(len(idx), generator=g) < 0.5
+            xb = torch.where(flip.view(-1, 1, 1, 1), xb.flip(-1), xb)
+            loss = F.cross_entropy(model(xb), y[idx], weight=weights)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+    model.eval()
+    with torch.no_grad():
+        acc = (model(x[val]).argmax(1) == y[val]).float().mean().item()
+    if verbose:
+        print(f"classifier: held-out accuracy {acc:.3f} on {n_val} sprites", file=sys.stderr)
+    return model, acc
+
+
+def cached_classifier(data: SpriteData) -> tuple[SpriteClassifier, float]:
+    from safetensors.torch import load_file, save_file
+
+    path = CACHE_DIR / f"{data_key(data)}.safetensors"
+    if path.exists():
+        try:
+            state = load_file(str(path))
+            acc = float(state.pop("heldout_accuracy").item())
+            model = SpriteClassifier(len(data.class_names), data.height)
+            model.load_state_dict(state)
+            return model.eval(), acc
+        except Exception:  # a damaged cache entry is simply rebuilt
+            pass
+    model, acc = train_classifier(data)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    state["heldout_accuracy"] = torch.tensor(acc)
+    tmp = path.with_suffix(".tmp")
+    save_file(state, str(tmp))
+    os.replace(tmp, path)
+    return model, acc
+
+
+# --- the measures ---------------------------------------------------------------------------------
+def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """|mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a^1/2 S_b S_a^1/2)^1/2), computed with symmetric eigendecompositions."""
+    a, b = a.double(), b.double()
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    s_a, s_b = torch.cov(a.T), torch.cov(b.T)
+    vals, vecs = torch.linalg.eigh(s_a)
+    root_a = vecs @ torch.diag(vals.clamp(min=0).sqrt()) @ vecs.T
+    cross = torch.linalg.eigvalsh(root_a @ s_b @ root_a).clamp(min=0).sqrt().sum()
+    return float((mu_a - mu_b).pow(2).sum() + s_a.trace() + s_b.trace() - 2 * cross)
+
+
+def near_copy_share(samples: torch.Tensor, train: torch.Tensor, threshold: float = NEAR_COPY_RMS) -> float:
+    """Share of samples whose RMS distance (in [0, 1] pixel units) to some training sprite or its mirror is below threshold."""
+    ref = torch.cat([train, train.flip(-1)]).flatten(1) / 2  # [-1, 1] -> half-range so distances are in [0, 1] units
+    s = samples.flatten(1) / 2
+    d2 = torch.cdist(s, ref).pow(2) / s.shape[1]
+    return float((d2.min(1).values.sqrt() < threshold).float().mean())
+
+
+@dataclass
+class ClassResult:
+    name: str
+    accuracy: float
+    fd: float
+    fd_floor: float
+    near_copies: float
+    near_copies_real: float
+
+
+@torch.no_grad()
+def evaluate(model, schedule, data: SpriteData, sampler: str = DEFAULT_SAMPLER, steps: int = DEFAULT_STEPS,
+             guidance: float = DEFAULT_GUIDANCE, n_per_class: int = 100, seed: int = 0,
+             classifier: SpriteClassifier | None = None, batch: int = 250) -> list[ClassResult]:
+    """Sample n_per_class sprites of each class and measure them against the real ones."""
+    if classifier is None:
+        classifier, _ = cached_classifier(data)
+    x_real, y_real = data.to_tensors()
+    split = torch.Generator().manual_seed(1234)
+    results = []
+    for c, name in enumerate(data.class_names):
+        real = x_real[y_real == c]
+        perm = torch.randperm(len(real), generator=split)
+        ref, held = real[perm[: len(real) // 2]], real[perm[len(real) // 2:]]
+        context = torch.zeros(n_per_class, len(data.class_names))
+        context[:, c] = 1
+        chunks = []
+        for i in range(0, n_per_class, batch):
+            chunks.append(sample(model, schedule, context[i:i + batch], sampler=sampler, steps=steps,
+                                 guidance=guidance, seed=seed + 7919 * c + i))
+        fake = torch.cat(chunks).clamp(-1, 1)
+        # quantise as a saved PNG would be
+        fake = ((fake + 1) * 127.5).round() / 127.5 - 1
+        m = min(n_per_class, len(held))
+        f_fake = classifier.features(fake)
+        acc = float((classifier.head(f_fake).argmax(1) == c).float().mean())
+        f_ref, f_held = classifier.features(ref), classifier.features(held[:m])
+        results.append(ClassResult(
+            name, acc, frechet_distance(f_fake[:m], f_ref), frechet_distance(f_held, f_ref),
+            near_copy_share(fake, real), near_copy_share(held, ref),
+        ))
+    return results
+
+
+def markdown_table(results: list[ClassResult]) -> str:
+    rows = ["| class | accuracy | FD | FD floor (real vs real) | near copies | near copies (real vs real) |",
+            "|---|---|---|---|---|---|"]
+    for r in results:
+        rows.append(f"| {r.name} | {r.accuracy:.1%} | {r.fd:.2f} | {r.fd_floor:.2f} | {r.near_copies:.1%} | "
+                    f"{r.near_copies_real:.1%} |")
+    mean = lambda attr: sum(getattr(r, attr) for r in results) / len(results)  # noqa: E731
+    rows.append(f"| **mean** | {mean('accuracy'):.1%} | {mean('fd'):.2f} | {mean('fd_floor'):.2f} | "
+                f"{mean('near_copies'):.1%} | {mean('near_copies_real'):.1%} |")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m ddpm.evaluate", description="Measure sample quality per class.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", default="weights")
+    p.add_argument("--data", default="dawnlike")
+    p.add_argument("--sampler", default=DEFAULT_SAMPLER, choices=sorted(SAMPLER_ALIASES))
+    p.add_argument("--steps", type=int, default=DEFAULT_STEPS)
+    p.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
+    p.add_argument("--n", type=int, default=100, help="samples per class")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    if args.n < 2:
+        p.error("--n must be at least 2 (a covariance needs two samples)")
+    try:
+        model = load_model(args.model)
+        schedule = load_schedule(args.model)
+        data = load_data(args.data, model.height)
+        if data.class_names != model.class_names:
+            raise DataError(f"the data's classes {data.class_names} differ from the model's {model.class_names}")
+        classifier, clf_acc = cached_classifier(data)
+        start = time.time()
+        results = evaluate(model, schedule, data, args.sampler, args.steps, args.guidance, args.n, args.seed, classifier)
+    except (CheckpointError, DataError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{args.n} samples per class, {args.sampler} {args.steps} steps, guidance {args.guidance}, seed {args.seed} "
+          f"({time.time() - start:.0f} s); classifier held-out accuracy {clf_acc:.1%}\n")
+    print(markdown_table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
