@@ -2,7 +2,6 @@
 from .model import ContextUnet
 from .schedule import NoiseSchedule
 from .checkpoint import CheckpointError, load_model, load_schedule, save_model
-from .sampling import make_sampler, sample, sample_steps
+# Samplers live in ddpm.sampling (ddpm.sample is the sampling CLI module, so no `sample` name here).
 
-__all__ = ["ContextUnet", "NoiseSchedule", "CheckpointError", "load_model", "load_schedule", "save_model",
-           "make_sampler", "sample", "sample_steps"]
+__all__ = ["ContextUnet", "NoiseSchedule", "CheckpointError", "load_model", "load_schedule", "save_model"]

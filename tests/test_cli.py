@@ -1,0 +1,127 @@
+"""The sampling CLI (python -m ddpm.sample) and the evaluation (python -m ddpm.evaluate)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import LIB_CLASSES, write_npy_dataset
+import ddpm.evaluate as ev
+import ddpm.sample as cli
+from ddpm.data import load_npy
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# --- python -m ddpm.sample ----------------------------------------------------------------------
+def test_sample_png_has_one_row_per_class(lib_tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "sheet.png"
+    rc = cli.main(["--model", str(lib_tiny_model_dir), "--classes", "hero,food", "--n", "3", "--steps", "4",
+                   "--scale", "2", "--out", str(out)])
+    assert rc == 0
+    im = Image.open(out)
+    assert im.size == (3 * 16 * 2, 2 * 16 * 2)
+    assert "wrote 6 sprites" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm++"])
+def test_sample_npz_holds_images_and_labels(lib_tiny_model_dir, tmp_path, sampler):
+    out = tmp_path / "s.npz"
+    steps = "10"
+    assert cli.main(["--model", str(lib_tiny_model_dir), "--classes", "spell,hero", "--n", "2",
+                     "--sampler", sampler, "--steps", steps, "--out", str(out)]) == 0
+    z = np.load(out)
+    assert z["images"].shape == (4, 16, 16, 3) and z["images"].dtype == np.uint8
+    assert z["labels"].tolist() == [LIB_CLASSES.index("spell")] * 2 + [LIB_CLASSES.index("hero")] * 2
+
+
+def test_sample_same_seed_same_sprites(lib_tiny_model_dir, tmp_path):
+    paths = [tmp_path / f"{i}.npz" for i in range(3)]
+    for path, seed in zip(paths, ["5", "5", "6"]):
+        cli.main(["--model", str(lib_tiny_model_dir), "--n", "2", "--steps", "3", "--seed", seed, "--out", str(path)])
+    a, b, c = (np.load(p)["images"] for p in paths)
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--classes", "hero,dragon"], "unknown class 'dragon'"),
+    (["--steps", "501"], "at most T = 500"),
+    (["--model", "/no/such/model/dir"], "no such directory"),
+])
+def test_sample_bad_input_one_clear_line(lib_tiny_model_dir, tmp_path, capsys, args, message):
+    argv = ["--model", str(lib_tiny_model_dir), "--out", str(tmp_path / "x.png")] + args
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize("args", [["--out", "x.jpg"], ["--n", "0"], ["--guidance", "nan"], ["--steps", "0"],
+                                  ["--n", "many"]])
+def test_sample_bad_arguments_exit_2(tmp_path, args):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--out", str(tmp_path / "x.png")] + args if args[0] != "--out" else args)
+    assert e.value.code == 2
+
+
+# --- evaluation measures --------------------------------------------------------------------------
+def test_frechet_distance_matches_known_values():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(4000, 8, generator=g)
+    b = torch.randn(4000, 8, generator=g)
+    assert ev.frechet_distance(a, a) == pytest.approx(0, abs=1e-6)
+    # same covariance, means 3 apart along one axis: FD ~ 9
+    shifted = b.clone()
+    shifted[:, 0] += 3
+    assert ev.frechet_distance(a, shifted) == pytest.approx(9, rel=0.05)
+    # scaling the spread by 2: per dimension (sigma1 - sigma2)^2 = 1, so FD ~ 8
+    assert ev.frechet_distance(a, 2 * b) == pytest.approx(8, rel=0.1)
+
+
+def test_near_copy_share_finds_copies_and_mirrors():
+    g = torch.Generator().manual_seed(0)
+    train = torch.rand(20, 3, 16, 16, generator=g) * 2 - 1
+    assert ev.near_copy_share(train[:5], train) == 1.0
+    assert ev.near_copy_share(train[:5].flip(-1), train) == 1.0
+    noisy = (train[:5] + 0.5 * torch.randn(5, 3, 16, 16, generator=g)).clamp(-1, 1)
+    assert ev.near_copy_share(noisy, train) == 0.0
+
+
+def test_evaluate_reports_every_class(lib_tiny_model_dir, tmp_path):
+    from ddpm.checkpoint import load_model, load_schedule
+
+    write_npy_dataset(tmp_path / "d", n=40)
+    data = load_npy(tmp_path / "d")
+    clf, acc = ev.train_classifier(data, epochs=3, verbose=False)
+    assert 0 <= acc <= 1
+    model, schedule = load_model(lib_tiny_model_dir), load_schedule(lib_tiny_model_dir)
+    results = ev.evaluate(model, schedule, data, steps=3, n_per_class=6, classifier=clf)
+    assert [r.name for r in results] == LIB_CLASSES
+    for r in results:
+        assert 0 <= r.accuracy <= 1 and 0 <= r.near_copies <= 1 and r.fd >= 0 and r.fd_floor >= 0
+    table = ev.markdown_table(results)
+    assert table.count("\n") == len(LIB_CLASSES) + 2 and "| hero |" in table and "**mean**" in table
+
+
+def test_evaluate_cli_prints_table(lib_tiny_model_dir, tmp_path, monkeypatch, capsys):
+    write_npy_dataset(tmp_path / "d", n=30)
+    monkeypatch.setattr(ev, "CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setattr(ev, "train_classifier", lambda data, **k: (ev.SpriteClassifier(len(data.class_names)), 0.5))
+    rc = ev.main(["--model", str(lib_tiny_model_dir), "--data", str(tmp_path / "d"), "--n", "4", "--steps", "2"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "| class | accuracy | FD |" in out and "classifier held-out accuracy 50.0%" in out
+    assert list((tmp_path / "cache").glob("classifier-*.safetensors")), "the classifier is cached"
+
+
+def test_evaluate_cli_bad_model(tmp_path, capsys):
+    assert ev.main(["--model", str(tmp_path / "missing"), "--n", "4"]) == 2
+    assert "no such directory" in capsys.readouterr().err
