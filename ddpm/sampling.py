@@ -11,11 +11,13 @@ network with an all-zero context, learned by context dropout during training.
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import torch
 
+from .model import ContextUnet, fold_batchnorm
 from .schedule import NoiseSchedule
 
 SAMPLER_ALIASES = {"ddpm": "ddpm", "ddim": "ddim", "dpm++": "dpm++", "dpmpp": "dpm++", "dpm-solver++": "dpm++"}
@@ -202,11 +204,44 @@ def predict_noise(model: torch.nn.Module, x_t: torch.Tensor, t: int, T: int, con
     if guidance == 0:
         t_in = torch.full((b,), t / T, device=x_t.device)
         return model(x_t, t_in, context).float()
+    if isinstance(model, ContextUnet) and not model.training:
+        # The same numbers, with the context-free encoder run once for both passes (~25% less work).
+        return model.forward_guided(x_t, torch.full((b,), t / T, device=x_t.device), context, guidance)
     # One batched pass for the conditional and the unconditional (all-zero context) predictions.
     t_in = torch.full((2 * b,), t / T, device=x_t.device)
     eps = model(torch.cat([x_t, x_t]), t_in, torch.cat([context, torch.zeros_like(context)])).float()
     eps_cond, eps_uncond = eps[:b], eps[b:]
     return eps_cond + guidance * (eps_cond - eps_uncond)
+
+
+_INFERENCE_COPIES: "weakref.WeakKeyDictionary[torch.nn.Module, tuple]" = weakref.WeakKeyDictionary()
+
+
+def inference_model(model: torch.nn.Module) -> torch.nn.Module:
+    """What sample_steps runs: for an eval-mode ContextUnet, a copy with BatchNorm folded into the
+    convs (ddpm.model.fold_batchnorm) and, on the CPU, channels-last weights; else model itself.
+
+    The copy is cached per model and rebuilt when any of its weights changes (in place, as an EMA
+    update or load_state_dict does, or replaced). It computes the same as the model up to float
+    rounding; the model itself and its state_dict keys are left as they are.
+    """
+    if not isinstance(model, ContextUnet) or model.training:
+        return model
+    tensors = [*model.parameters(), *model.buffers()]
+    try:
+        key = tuple((v.data_ptr(), v._version) for v in tensors)
+    except RuntimeError:  # inference tensors have no version counter: no safe cache key
+        key = None
+    cached = _INFERENCE_COPIES.get(model)
+    if key is not None and cached is not None and cached[0] == key:
+        return cached[1]
+    with torch.inference_mode(False), torch.no_grad():
+        fast = fold_batchnorm(model)
+        if tensors[0].device.type == "cpu":
+            fast = fast.to(memory_format=torch.channels_last)
+    if key is not None:
+        _INFERENCE_COPIES[model] = (key, fast)
+    return fast
 
 
 @dataclass
@@ -278,8 +313,9 @@ def sample_steps(
         x = schedule.add_noise(x_start.float().cpu(), noise, t_start)
     x, context = x.to(device), context.to(device, torch.float32)
     model.eval()
+    net = inference_model(model)
     for i, (t, t_prev) in enumerate(zip(ts[:-1], ts[1:])):
-        eps = predict_noise(model, x, t, schedule.T, context, guidance)
+        eps = predict_noise(net, x, t, schedule.T, context, guidance)
         x_prev, x0 = sampler.step(eps, t, t_prev, x, generator)
         yield Step(i, len(ts) - 1, t, t_prev, x, x0, eps, x_prev)
         x = x_prev

@@ -1,0 +1,128 @@
+"""The fast inference paths equal the plain model: the shared-encoder guidance pass, BatchNorm
+folding and the cached inference copy that sample_steps runs (tiny models, one thread)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ddpm.model import ContextUnet, fold_batchnorm
+from ddpm.sampling import inference_model, predict_noise, sample
+from ddpm.schedule import NoiseSchedule
+
+from conftest import make_tiny_unet
+
+T = 500
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+class Wrapped(torch.nn.Module):
+    """Hides the ContextUnet so predict_noise and sample_steps take their plain paths."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+        self.height, self.in_channels = inner.height, inner.in_channels
+
+    def forward(self, x, t, c):
+        return self.inner(x, t, c)
+
+
+def two_pass(model, x, t, c, w):
+    with torch.no_grad():
+        cond, uncond = model(x, t, c), model(x, t, torch.zeros_like(c))
+    return cond + w * (cond - uncond)
+
+
+@pytest.mark.parametrize("kwargs", [{}, dict(norm="group"), dict(time_embedding="sinusoidal"), dict(height=32)])
+@pytest.mark.parametrize("w", [0.5, 2.0])
+def test_forward_guided_equals_two_passes(kwargs, w):
+    model = make_tiny_unet(**kwargs)
+    h = model.height
+    x = torch.randn(3, 3, h, h, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([0.9, 0.4, 0.02])  # a different time per sprite must work too
+    c = torch.tensor([[1.0, 0, 0, 0, 0], [0, 0.5, 0.5, 0, 0], [0, 0, 0, 0, 1]])
+    with torch.no_grad():
+        fast = model.forward_guided(x, t, c, w)
+        assert torch.allclose(model(x, t, c), model.decode(model.encode(x, t), c))
+    ref = two_pass(model, x, t, c, w)
+    assert not torch.allclose(ref, two_pass(model, x, t, c, 0.0)), "guidance must matter for the test to mean anything"
+    torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_predict_noise_uses_the_shared_encoder_and_matches():
+    model = make_tiny_unet()
+    x = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    c = torch.eye(5)[[0, 1, 2, 3]]
+    with torch.no_grad():
+        fast = predict_noise(model, x, 300, T, c, guidance=2.0)
+        plain = predict_noise(Wrapped(model), x, 300, T, c, guidance=2.0)
+    torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-5)
+    calls = []
+    model.encode = lambda *a, _enc=model.encode: calls.append(a[0].shape[0]) or _enc(*a)
+    with torch.no_grad():
+        predict_noise(model, x, 300, T, c, guidance=2.0)
+    assert calls == [4], "the encoder must run once on the undoubled batch"
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fold_batchnorm_equals_the_model_and_leaves_it_alone(channels_last):
+    model = make_tiny_unet(seed=3)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    folded = fold_batchnorm(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) > 0
+    after = model.state_dict()
+    assert list(after) == list(before), "the trained model's state_dict keys must not change"
+    assert all(torch.equal(after[k], before[k]) for k in before)
+    x = torch.randn(5, 3, 16, 16, generator=torch.Generator().manual_seed(4))
+    t, c = torch.rand(5), torch.eye(5)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x, t, c), model(x, t, c), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(folded.forward_guided(x, t, c, 3.0), two_pass(model, x, t, c, 3.0),
+                                   rtol=1e-4, atol=1e-5)
+
+
+def test_fold_batchnorm_keeps_a_group_norm_model_as_it_is():
+    model = make_tiny_unet(norm="group")
+    folded = fold_batchnorm(model)
+    assert [type(m) for m in folded.modules()] == [type(m) for m in model.modules()]
+
+
+def test_inference_copy_is_cached_and_follows_weight_changes():
+    model = make_tiny_unet(seed=5)
+    fast = inference_model(model)
+    assert fast is not model and inference_model(model) is fast
+    x = torch.randn(2, 3, 16, 16)
+    t, c = torch.full((2,), 0.5), torch.eye(5)[:2]
+    with torch.no_grad():
+        model.out[-1].bias.add_(1.0)  # an in-place update, as an EMA step makes
+    fresh = inference_model(model)
+    assert fresh is not fast
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x, t, c), model(x, t, c), rtol=1e-4, atol=1e-5)
+        model.load_state_dict(make_tiny_unet(seed=6).state_dict())
+        torch.testing.assert_close(inference_model(model)(x, t, c), model(x, t, c), rtol=1e-4, atol=1e-5)
+    model.train()
+    assert inference_model(model) is model, "a model in training mode is never swapped"
+    wrapped = Wrapped(model.eval())
+    assert inference_model(wrapped) is wrapped
+
+
+@pytest.mark.parametrize("sampler,steps", [("ddpm", 6), ("ddim", 5), ("dpm++", 5)])
+def test_sampling_with_the_fast_paths_equals_the_plain_model(sampler, steps):
+    model = make_tiny_unet(seed=7)
+    schedule = NoiseSchedule(T)
+    c = torch.eye(5)[[0, 2, 4]]
+    fast = sample(model, schedule, c, sampler=sampler, steps=steps, guidance=2.0, seed=3)
+    plain = sample(Wrapped(model), schedule, c, sampler=sampler, steps=steps, guidance=2.0, seed=3)
+    torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-4)
+    assert isinstance(model, ContextUnet) and model.out[-1].weight.is_contiguous(), "the model itself stays as it was"
