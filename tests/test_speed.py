@@ -126,3 +126,36 @@ def test_sampling_with_the_fast_paths_equals_the_plain_model(sampler, steps):
     plain = sample(Wrapped(model), schedule, c, sampler=sampler, steps=steps, guidance=2.0, seed=3)
     torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-4)
     assert isinstance(model, ContextUnet) and model.out[-1].weight.is_contiguous(), "the model itself stays as it was"
+
+
+def test_benchmark_suite_quick_smoke(tmp_path, monkeypatch):
+    """benchmarks/run_all.py end to end on a tiny model and data (app and training sections skipped)."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    import ddpm.evaluate
+    from conftest import LIB_CLASSES, write_npy_dataset
+    from ddpm.checkpoint import save_model
+
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("run_all", root / "benchmarks" / "run_all.py")
+    run_all = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run_all)
+    monkeypatch.setattr(ddpm.evaluate, "CACHE_DIR", tmp_path / "cache")  # the classifier cache stays in tmp
+    train = ddpm.evaluate.train_classifier
+    monkeypatch.setattr(ddpm.evaluate, "train_classifier", lambda data, **kw: train(data, epochs=3, **kw))
+    torch.manual_seed(0)
+    save_model(ContextUnet(n_feat=8, class_names=LIB_CLASSES), NoiseSchedule(T), tmp_path / "model")
+    write_npy_dataset(tmp_path / "data", n=40)
+    out = tmp_path / "out"
+    assert run_all.main(["--model", str(tmp_path / "model"), "--data", str(tmp_path / "data"), "--out", str(out),
+                         "--quick", "--samples-per-class", "3", "--settings", "ddpm:6,ddim:3,dpm++:3",
+                         "--skip", "app,train"]) == 0
+    res = json.loads((out / "benchmarks.json").read_text())
+    assert [r["setting"] for r in res["quality"]] == ["DDPM-6", "DDIM-3", "DPM-Solver++-3"]
+    assert {"DDPM-6", "DDIM-3", "DPM-Solver++-3"} <= set(res["generation"])
+    assert [r["batch"] for r in res["steps"]] == [1, 16, 64]
+    text = (out / "benchmarks.md").read_text()
+    assert "| DDIM-3 |" in text and "| 64 |" in text
+    assert (out / "quality_vs_time.png").stat().st_size > 1000
