@@ -16,8 +16,9 @@ from .model import ContextUnet
 from .schedule import NoiseSchedule
 
 CONFIG, WEIGHTS, SCHEDULER_CONFIG = "config.json", "model.safetensors", "scheduler_config.json"
+PALETTE = "palette.json"  # optional: the training data's colours, for snapping samples to them
 PICKLE_NAMES = ("pytorch_model.bin", "model.bin", "model.pt", "model.pth", "model.ckpt")
-HUB_FILES = [CONFIG, WEIGHTS, SCHEDULER_CONFIG, "README.md", "*.png"]
+HUB_FILES = [CONFIG, WEIGHTS, SCHEDULER_CONFIG, PALETTE, "README.md", "*.png"]
 
 
 class CheckpointError(RuntimeError):
@@ -121,13 +122,31 @@ def load_schedule(source: str | os.PathLike) -> NoiseSchedule:
         raise CheckpointError(f"{path}: invalid schedule ({e})") from None
 
 
+def load_palette(source: str | os.PathLike) -> "np.ndarray | None":
+    """The training data's colours as (K, 3) uint8 from palette.json, or None when the model has none."""
+    import numpy as np
+
+    path = resolve(source) / PALETTE
+    if not path.exists():
+        return None
+    try:
+        palette = np.asarray(json.loads(path.read_text()), dtype=np.int64)
+    except (json.JSONDecodeError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: invalid palette ({e})") from None
+    if palette.ndim != 2 or palette.shape[1] != 3 or len(palette) == 0 or palette.min() < 0 or palette.max() > 255:
+        raise CheckpointError(f"{path}: expected a list of [r, g, b] colours with values 0..255")
+    return palette.astype(np.uint8)
+
+
 def save_model(model: ContextUnet, schedule: NoiseSchedule, folder: str | os.PathLike,
-               model_card: str | None = None) -> Path:
-    """Write config.json, model.safetensors, scheduler_config.json and README.md into folder."""
+               model_card: str | None = None, palette: "np.ndarray | None" = None) -> Path:
+    """Write config.json, model.safetensors, scheduler_config.json, README.md (and palette.json) into folder."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder, config=model.config_dict)
     (folder / SCHEDULER_CONFIG).write_text(json.dumps(schedule.config(), indent=2) + "\n")
     if model_card is not None:
         (folder / "README.md").write_text(model_card)
+    if palette is not None:
+        (folder / PALETTE).write_text(json.dumps([[int(v) for v in c] for c in palette]) + "\n")
     return folder

@@ -47,6 +47,11 @@ class SpriteData:
         c = Counter(self.labels.tolist())
         return {name: c.get(i, 0) for i, name in enumerate(self.class_names)}
 
+    def palette(self, max_colors: int = 64) -> np.ndarray | None:
+        """The data's colours as (K, 3) uint8 when there are at most max_colors (pixel art), else None."""
+        colors = np.unique(self.images.reshape(-1, 3), axis=0)
+        return colors if len(colors) <= max_colors else None
+
     def to_tensors(self):
         """Images as float (N, 3, H, W) in [-1, 1] and labels as a long tensor."""
         import torch

@@ -19,13 +19,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import CheckpointError, load_model, load_schedule
+from .checkpoint import CheckpointError, load_model, load_palette, load_schedule
 from .data import DataError, SpriteData, load_data
-from .sampling import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLER_ALIASES, sample
+from .images import snap_to_palette
+from .sampling import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLER_ALIASES, sample, to_uint8
 
 CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ddpm-sprite-lab"
 CLASSIFIER_VERSION = 1
@@ -149,8 +151,12 @@ class ClassResult:
 @torch.no_grad()
 def evaluate(model, schedule, data: SpriteData, sampler: str = DEFAULT_SAMPLER, steps: int = DEFAULT_STEPS,
              guidance: float = DEFAULT_GUIDANCE, n_per_class: int = 100, seed: int = 0,
-             classifier: SpriteClassifier | None = None, batch: int = 250) -> list[ClassResult]:
-    """Sample n_per_class sprites of each class and measure them against the real ones."""
+             classifier: SpriteClassifier | None = None, batch: int = 250,
+             palette: "np.ndarray | None" = None) -> list[ClassResult]:
+    """Sample n_per_class sprites of each class and measure them against the real ones.
+
+    With a palette, samples are snapped to it (ddpm.images.snap_to_palette) as the app and CLI do.
+    """
     if classifier is None:
         classifier, _ = cached_classifier(data)
     x_real, y_real = data.to_tensors()
@@ -166,9 +172,11 @@ def evaluate(model, schedule, data: SpriteData, sampler: str = DEFAULT_SAMPLER, 
         for i in range(0, n_per_class, batch):
             chunks.append(sample(model, schedule, context[i:i + batch], sampler=sampler, steps=steps,
                                  guidance=guidance, seed=seed + 7919 * c + i))
-        fake = torch.cat(chunks).clamp(-1, 1)
-        # quantise as a saved PNG would be
-        fake = ((fake + 1) * 127.5).round() / 127.5 - 1
+        # quantise as a saved PNG would be (and snap to the palette as the app does)
+        fake = to_uint8(torch.cat(chunks))
+        if palette is not None:
+            fake = snap_to_palette(fake, palette)
+        fake = torch.from_numpy(fake).permute(0, 3, 1, 2).float() / 127.5 - 1
         m = min(n_per_class, len(held))
         f_fake = classifier.features(fake)
         acc = float((classifier.head(f_fake).argmax(1) == c).float().mean())
@@ -202,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
     p.add_argument("--n", type=int, default=100, help="samples per class")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-palette", action="store_true", help="measure raw colours, not snapped to palette.json")
     args = p.parse_args(argv)
     if args.n < 2:
         p.error("--n must be at least 2 (a covariance needs two samples)")
@@ -213,11 +222,14 @@ def main(argv: list[str] | None = None) -> int:
             raise DataError(f"the data's classes {data.class_names} differ from the model's {model.class_names}")
         classifier, clf_acc = cached_classifier(data)
         start = time.time()
-        results = evaluate(model, schedule, data, args.sampler, args.steps, args.guidance, args.n, args.seed, classifier)
+        palette = None if args.no_palette else load_palette(args.model)
+        results = evaluate(model, schedule, data, args.sampler, args.steps, args.guidance, args.n, args.seed, classifier,
+                           palette=palette)
     except (CheckpointError, DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"{args.n} samples per class, {args.sampler} {args.steps} steps, guidance {args.guidance}, seed {args.seed} "
+    print(f"{args.n} samples per class, {args.sampler} {args.steps} steps, guidance {args.guidance}, seed {args.seed}, "
+          f"{'snapped to the palette' if palette is not None else 'raw colours'} "
           f"({time.time() - start:.0f} s); classifier held-out accuracy {clf_acc:.1%}\n")
     print(markdown_table(results))
     return 0

@@ -34,3 +34,15 @@ def sprite_sheet(rows: list[np.ndarray] | np.ndarray, scale: int = 1, pad: int =
             y, x = pad + i * (h + pad), pad + j * (w + pad)
             sheet[y:y + h, x:x + w] = tile
     return upscale(sheet, scale)
+
+
+def snap_to_palette(sprites: np.ndarray, palette: np.ndarray) -> np.ndarray:
+    """Replace every pixel of (..., 3) uint8 sprites by the nearest palette colour (Euclidean RGB).
+
+    Pixel art uses a handful of colours (DawnLike: 18); a diffusion model's output is continuous,
+    so near-palette colours show as speckle. Snapping removes it without moving any shape.
+    """
+    palette = np.asarray(palette, dtype=np.int32).reshape(-1, 3)
+    flat = sprites.reshape(-1, 3).astype(np.int32)
+    d2 = ((flat[:, None, :] - palette[None, :, :]) ** 2).sum(-1)
+    return palette[d2.argmin(1)].astype(np.uint8).reshape(sprites.shape)

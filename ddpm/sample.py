@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import CheckpointError, load_model, load_schedule
+from .checkpoint import CheckpointError, load_model, load_palette, load_schedule
 from .sampling import (DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS, MAX_BATCH, SAMPLER_ALIASES,
                        class_weights, sample_steps, to_uint8)
 
@@ -44,6 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scale", type=int, default=4, help="nearest-neighbour upscale factor for .png output")
     p.add_argument("--transparent", action="store_true", help="white background transparent in .png output")
+    p.add_argument("--no-palette", action="store_true",
+                   help="keep the raw colours instead of snapping them to the model's palette.json (when it has one)")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", required=True, help="output file: .png sprite sheet or .npz arrays")
     args = p.parse_args(argv)
@@ -66,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         device = pick_device(args.device)
         model = load_model(args.model, device=device)
         schedule = load_schedule(args.model)
+        palette = None if args.no_palette else load_palette(args.model)
         names = model.class_names if args.classes == "all" else [c.strip() for c in args.classes.split(",") if c.strip()]
         if not names:
             raise ValueError("--classes is empty")
@@ -85,6 +88,10 @@ def main(argv: list[str] | None = None) -> int:
                      total=args.steps, desc=f"{args.sampler} x{len(context)}", file=sys.stderr):
         pass
     images = to_uint8(last.x_prev)
+    if palette is not None:
+        from .images import snap_to_palette
+
+        images = snap_to_palette(images, palette)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix.lower() == ".npz":

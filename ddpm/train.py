@@ -308,7 +308,7 @@ class Trainer:
                                      if k not in ("out", "resume", "export", "init_from")},
                     precision=self.precision, data_counts=self.data.counts())
         card = model_card(model.config_dict, info)
-        save_model(model, self.schedule, folder, card)
+        save_model(model, self.schedule, folder, card, palette=self.data.palette())
         (Path(folder) / TRAINING_INFO).write_text(json.dumps(info, indent=2) + "\n")
 
     def sample_grid(self) -> None:

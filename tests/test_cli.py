@@ -1,6 +1,8 @@
 """The sampling CLI (python -m ddpm.sample) and the evaluation (python -m ddpm.evaluate)."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -125,3 +127,49 @@ def test_evaluate_cli_prints_table(lib_tiny_model_dir, tmp_path, monkeypatch, ca
 def test_evaluate_cli_bad_model(tmp_path, capsys):
     assert ev.main(["--model", str(tmp_path / "missing"), "--n", "4"]) == 2
     assert "no such directory" in capsys.readouterr().err
+
+
+# --- palette snapping -------------------------------------------------------------------------------
+def test_snap_to_palette_maps_to_nearest_colour():
+    from ddpm.images import snap_to_palette
+
+    palette = np.array([[255, 255, 255], [20, 12, 28], [211, 69, 73]], np.uint8)
+    sprites = np.array([[[[250, 251, 249], [30, 10, 30]], [[200, 80, 70], [0, 0, 0]]]], np.uint8)
+    snapped = snap_to_palette(sprites, palette)
+    assert snapped.shape == sprites.shape and snapped.dtype == np.uint8
+    assert snapped[0, 0, 0].tolist() == [255, 255, 255]
+    assert snapped[0, 0, 1].tolist() == [20, 12, 28]
+    assert snapped[0, 1, 0].tolist() == [211, 69, 73]
+    assert snapped[0, 1, 1].tolist() == [20, 12, 28]
+
+
+def test_palette_round_trip_and_sample_cli_uses_it(lib_tiny_model_dir, tmp_path):
+    import shutil
+
+    from ddpm.checkpoint import CheckpointError, load_palette
+
+    model_dir = tmp_path / "m"
+    shutil.copytree(lib_tiny_model_dir, model_dir)
+    assert load_palette(model_dir) is None
+    palette = np.array([[255, 255, 255], [0, 0, 0], [200, 30, 30]], np.uint8)
+    (model_dir / "palette.json").write_text(json.dumps(palette.tolist()))
+    assert np.array_equal(load_palette(model_dir), palette)
+    out = tmp_path / "s.npz"
+    assert cli.main(["--model", str(model_dir), "--n", "2", "--steps", "3", "--out", str(out)]) == 0
+    colours = {tuple(c) for c in np.load(out)["images"].reshape(-1, 3)}
+    assert colours <= {tuple(c) for c in palette.tolist()}
+    assert cli.main(["--model", str(model_dir), "--n", "2", "--steps", "3", "--no-palette", "--out", str(out)]) == 0
+    assert len({tuple(c) for c in np.load(out)["images"].reshape(-1, 3)}) > 3
+    (model_dir / "palette.json").write_text("[[1, 2]]")
+    with pytest.raises(CheckpointError, match="palette.json"):
+        load_palette(model_dir)
+
+
+def test_data_palette_only_for_few_colours():
+    from ddpm.data import SpriteData
+
+    few = np.zeros((4, 16, 16, 3), np.uint8)
+    few[:, :8] = 255
+    assert SpriteData(few, np.zeros(4, np.int64), ["a"]).palette().tolist() == [[0, 0, 0], [255, 255, 255]]
+    many = np.random.default_rng(0).integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
+    assert SpriteData(many, np.zeros(4, np.int64), ["a"]).palette() is None
