@@ -1,11 +1,16 @@
 """All the speed and quality figures in one run, written to docs/ as markdown tables and a plot.
 
-    python benchmarks/run_all.py --model weights --out docs/            # the full suite
-    python benchmarks/run_all.py --model weights --out /tmp/b --quick   # a smoke run (~1-2 min)
+    python benchmarks/run_all.py --model weights --out docs/            # the full suite (~12-15 min, 2 cores)
+    python benchmarks/run_all.py --model weights --out /tmp/b --quick   # a smoke run (~4-5 min)
+
+The full run's time is mostly the quality section, which grows with --samples-per-class (default
+32: ~120,000 sprite-steps with guidance, over half of them DDPM-500's); 100 takes ~35 min. Run it on
+an idle machine: with more torch threads than free cores (e.g. next to a training run) every figure
+is badly inflated (2 threads beside a busy core measured 8x slower than 1 thread).
 
 Sections, each measured in this one run so machine load affects all settings alike:
   1. quality against time: for each sampler setting (DDPM-500, the seed's, DDIM 100/50/25/10,
-     DPM-Solver++ 25/15/10), ddpm.evaluate's class accuracy and Frechet distance on the same
+     DPM-Solver++ 25/15/10/8/6), ddpm.evaluate's class accuracy and Frechet distance on the same
      samples per class and the same seeds, and the wall time for 16 sprites of one class with its
      ratio to DDPM-500; the plot docs/quality_vs_time.png;
   2. one reverse step's latency at batch 1, 16 and 64, the library's fast path (shared encoder for
@@ -42,7 +47,8 @@ from ddpm.evaluate import cached_classifier, evaluate  # noqa: E402
 from ddpm.sampling import (DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS, inference_model,  # noqa: E402
                            make_sampler, predict_noise, sample)
 
-SETTINGS = "ddpm:500,ddim:100,ddim:50,ddim:25,ddim:10,dpm++:25,dpm++:15,dpm++:10"
+# The issue's list, plus DPM-Solver++ 8 and 6: 16 sprites in 0.5 s needs fewer than 10 guided steps here.
+SETTINGS = "ddpm:500,ddim:100,ddim:50,ddim:25,ddim:10,dpm++:25,dpm++:15,dpm++:10,dpm++:8,dpm++:6"
 QUALITY_BAR = 1.10  # a setting "meets the bar" with a mean FD at most 10% above DDPM-500's
 
 
@@ -333,14 +339,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default="dawnlike", help="data for the quality measures (as ddpm.evaluate --data)")
     p.add_argument("--out", default="docs", help="folder for benchmarks.md, benchmarks.json, quality_vs_time.png")
     p.add_argument("--quick", action="store_true", help="few samples and repeats: a smoke run, not figures to quote")
-    p.add_argument("--samples-per-class", type=int, default=None, help="for the quality measures (default 40; quick 6)")
+    p.add_argument("--samples-per-class", type=int, default=None, help="for the quality measures (default 32; quick 6)")
     p.add_argument("--settings", default=SETTINGS, help="sampler:steps list")
     p.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--skip", default="", help="comma-separated sections to skip: quality,generation,steps,app,train")
     args = p.parse_args(argv)
-    n = args.samples_per_class or (6 if args.quick else 40)
+    n = args.samples_per_class or (6 if args.quick else 32)
     if n < 2:
         p.error("--samples-per-class must be at least 2")
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
