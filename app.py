@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from ddpm import interactive as ix
-from ddpm.checkpoint import CheckpointError, load_model, load_schedule, resolve
+from ddpm.checkpoint import CheckpointError, load_model, load_palette, load_schedule, resolve
 from ddpm.data import DataError
 from ddpm.images import sprite_sheet, upscale
 from ddpm.sampling import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS
@@ -46,7 +46,9 @@ CSS = """
 footer { display: none !important; }
 """
 THEME = gr.themes.Soft(primary_hue="violet", secondary_hue="amber")
-LAUNCH_KWARGS = dict(css=CSS, theme=THEME, max_file_size="10mb")
+# Gradio keeps ~200 KB of bookkeeping per session (plus our gr.State) for its 10,000 most recent sessions by
+# default, ~2 GB at capacity; 1,000 bounds the server's memory (the least recently used session is dropped).
+LAUNCH_KWARGS = dict(css=CSS, theme=THEME, max_file_size="10mb", state_session_capacity=1000)
 
 
 # --- ZeroGPU: decorate GPU work with spaces.GPU only where it exists and applies ---------------
@@ -124,8 +126,10 @@ def sampler_key(name: Any) -> str:
 class SpriteLab:
     """The model plus one method per UI action; app wiring lives in build_demo."""
 
-    def __init__(self, model: torch.nn.Module, schedule, device: torch.device, source: str):
+    def __init__(self, model: torch.nn.Module, schedule, device: torch.device, source: str,
+                 palette: np.ndarray | None = None):
         self.model, self.schedule, self.device, self.source = model, schedule, device, source
+        self.palette = palette  # the training data's colours (palette.json), or None
         self.classes = list(model.class_names)
         self.T, self.height = schedule.T, model.height
         self.chart = ix.schedule_chart(schedule)
@@ -135,7 +139,7 @@ class SpriteLab:
         seed = ix.check_number(seed, "seed", 0, ix.MAX_SEED, integer=True)
         rows = ix.generate(self.model, self.schedule, self.classes, ix.check_class(self.classes, cls), 1,
                            DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_GUIDANCE, seed)
-        return rows[0][0]
+        return ix.maybe_snap(rows[0][0], self.palette, True)
 
     # --- 1. forward process -------------------------------------------------------------------
     @user_errors
@@ -170,7 +174,8 @@ class SpriteLab:
 
     # --- 2. reverse process -------------------------------------------------------------------
     def _reverse_settings(self, cls, mix, n, seed, sampler, steps, guidance) -> dict:
-        return dict(cls=ix.check_class(self.classes, cls, (ix.MIX,)), mix=[ix.check_number(w, f"the weight of {c}", 0, 1) for c, w in zip(self.classes, mix)],
+        return dict(cls=ix.check_class(self.classes, cls, (ix.MIX,)),
+                    mix=[ix.check_number(w, f"the weight of {c}", 0, 1) for c, w in zip(self.classes, mix)],
                     n=ix.check_number(n, "sprites", 1, ix.MAX_SPRITES, integer=True),
                     seed=ix.check_number(seed, "seed", 0, ix.MAX_SEED, integer=True),
                     sampler=sampler_key(sampler),
@@ -182,7 +187,8 @@ class SpriteLab:
         return ix.start_reverse(self.model, self.schedule, context, s["sampler"], s["steps"], s["guidance"],
                                 s["seed"], cls=s["cls"], mix=s["mix"], n=s["n"])
 
-    def _run_for(self, run: ix.ReverseRun | None, cls, n, seed, sampler, steps, guidance, mix) -> tuple[ix.ReverseRun, bool]:
+    def _run_for(self, run: ix.ReverseRun | None, cls, n, seed, sampler, steps, guidance,
+                 mix) -> tuple[ix.ReverseRun, bool]:
         """The session's run, or a fresh one when there is none or the settings changed."""
         s = self._reverse_settings(cls, mix, n, seed, sampler, steps, guidance)
         if isinstance(run, ix.ReverseRun) and run.settings == s:
@@ -249,9 +255,10 @@ class SpriteLab:
 
     # --- 3. generate ----------------------------------------------------------------------------
     @user_errors
-    def generate(self, cls, n, sampler, steps, guidance, seed, transparent):
+    def generate(self, cls, n, sampler, steps, guidance, seed, transparent, snap=True):
         rows = ix.generate(self.model, self.schedule, self.classes, cls, n, sampler_key(sampler), steps,
                            guidance, seed)
+        rows = [ix.maybe_snap(r, self.palette, bool(snap)) for r in rows]
         shown = sprite_sheet(rows, scale=GRID, pad=1)
         sheet = sprite_sheet(rows, scale=1, pad=0, transparent=bool(transparent))
         path = ix.write_output(ix.png_bytes(sheet), ".png", stem="sprite-sheet")
@@ -276,18 +283,21 @@ class SpriteLab:
         return self._remix_source(ix.sprite_from_drawing(drawing, self.height))
 
     @user_errors
-    def remix(self, sprite, cls, strength, sampler, steps, guidance, seed):
+    def remix(self, sprite, cls, strength, sampler, steps, guidance, seed, snap=True):
         if sprite is None:
             sprite = self.model_sprite(self.classes[0], 1)
         cls = ix.check_class(self.classes, cls)
         r = ix.remix(self.model, self.schedule, sprite, ix.context_for(self.classes, cls, 1), strength,
                      sampler_key(sampler), steps, guidance, seed)
+        result = ix.maybe_snap(r.result, self.palette, bool(snap))
         # the trajectory: at most 8 evenly spaced frames from the noised start to the result
         keep = np.unique(np.linspace(0, len(r.frames) - 1, min(8, len(r.frames))).round().astype(int))
-        strip = sprite_sheet([np.stack([sprite] + [r.frames[k] for k in keep])], scale=GRID, pad=1)
+        frames = [r.frames[k] for k in keep[:-1]] + [result]
+        strip = sprite_sheet([np.stack([sprite] + frames)], scale=GRID, pad=1)
         info = (f"Noised to **t = {r.t_start}** of {self.T} (strength {r.t_start / self.T:.2f}), then "
-                f"**{r.steps} steps** of {SAMPLER_NAMES[sampler]} as **{cls}**. Trajectory: source, noised, …, result.")
-        return picture(r.result, BIG), picture(strip), info
+                f"**{r.steps} steps** of {SAMPLER_NAMES[sampler]} as **{cls}**. "
+                "Below: the source, the noised start, …, the result.")
+        return picture(result, BIG), picture(strip), info
 
     # --- 5. model -------------------------------------------------------------------------------
     def model_info(self) -> str:
@@ -304,6 +314,8 @@ class SpriteLab:
             f"- **Parameters:** {params:,}",
             f"- **Noise schedule:** `{json.dumps(self.schedule.config())}`",
             f"- **Network config:** `{json.dumps(self.model.config_dict)}`",
+            f"- **Palette:** " + (f"{len(self.palette)} colours (palette.json); final sprites are snapped to them"
+                                  if self.palette is not None else "none (raw colours)"),
             f"- **Defaults:** {SAMPLER_NAMES[DEFAULT_SAMPLER]}, {DEFAULT_STEPS} steps, guidance {DEFAULT_GUIDANCE:g}",
         ]
         card = ""
@@ -312,7 +324,9 @@ class SpriteLab:
             card = re.sub(r"\A---\n.*?\n---\n", "", card, flags=re.S)      # YAML front matter
             card = re.sub(r"!\[[^\]]*\]\([^)]*\)\n?", "", card)             # relative images do not resolve here
         info = "\n".join(lines)
-        return info + ("\n\n---\n\n### Model card\n\n" + card if card else "\n\n*No model card (README.md) in the model folder.*")
+        if not card:
+            return info + "\n\n*No model card (README.md) in the model folder.*"
+        return info + "\n\n---\n\n### Model card\n\n" + card
 
 
 # --- the page ----------------------------------------------------------------------------------
@@ -320,7 +334,8 @@ def sampler_controls(prefix: str, T: int, steps: int = DEFAULT_STEPS):
     sampler = gr.Radio(SAMPLERS, value=DEFAULT_SAMPLER, label="Sampler", elem_id=f"{prefix}-sampler")
     steps = gr.Slider(1, T, value=steps, step=1, label="Steps", elem_id=f"{prefix}-steps")
     guidance = gr.Slider(0, MAX_GUIDANCE, value=DEFAULT_GUIDANCE, step=0.5, label="Guidance (classifier-free)",
-                         info="0 = plain conditional model; higher = more typical of the class", elem_id=f"{prefix}-guidance")
+                         info="0 = plain conditional model; higher = more typical of the class",
+                         elem_id=f"{prefix}-guidance")
     return sampler, steps, guidance
 
 
@@ -338,7 +353,7 @@ def source_picker(lab: SpriteLab, prefix: str, default_class: str, default_seed:
         with gr.Tab("✏️ Draw", id=f"{prefix}-src-draw"):
             draw = gr.Sketchpad(canvas_size=(256, 256), type="numpy", image_mode="RGBA", layers=False,
                                 transforms=(), brush=gr.Brush(default_size=16, colors=PALETTE, default_color=PALETTE[6]),
-                                label="Draw (16 px brush = one sprite pixel)", elem_id=f"{prefix}-draw",
+                                label="Draw a sprite (one brush dab ≈ one pixel)", elem_id=f"{prefix}-draw",
                                 elem_classes=["pixelated"])
             use = gr.Button("Use this drawing", variant="secondary", elem_id=f"{prefix}-draw-use")
     return cls, seed, new, upload, draw, use
@@ -383,21 +398,21 @@ def build_demo(lab: SpriteLab) -> gr.Blocks:
                                            interactive=False, height=250, elem_id="f-chart", show_label=False)
                 view_out = [f_xt, f_info, f_chart, f_eps, f_x0p]
                 src_out = [f_sprite, f_x0] + view_out
-                f_new.click(lab.forward_sprite, [f_cls, f_seed, f_t, f_noise, f_show], src_out, api_name="forward_sprite",
-                            concurrency_id="model")
-                f_upload.upload(lab.forward_upload, [f_upload, f_t, f_noise, f_show, f_cls], src_out,
+                f_new.click(GPU(lab.forward_sprite), [f_cls, f_seed, f_t, f_noise, f_show], src_out,
+                            api_name="forward_sprite", concurrency_id="model")
+                f_upload.upload(GPU(lab.forward_upload), [f_upload, f_t, f_noise, f_show, f_cls], src_out,
                                 api_name="forward_upload", concurrency_id="model")
-                f_use.click(lab.forward_draw, [f_draw, f_t, f_noise, f_show, f_cls], src_out, api_name="forward_draw",
-                            concurrency_id="model")
+                f_use.click(GPU(lab.forward_draw), [f_draw, f_t, f_noise, f_show, f_cls], src_out,
+                            api_name="forward_draw", concurrency_id="model")
                 view_in = [f_sprite, f_t, f_noise, f_show, f_cls]
                 # "always_last": while dragging, a value that arrives during an update is queued, so the final
                 # position is always rendered; hidden progress keeps the picture from flashing.
-                f_t.change(lab.forward_view, view_in, view_out, api_name="forward_view", trigger_mode="always_last",
+                f_t.change(GPU(lab.forward_view), view_in, view_out, api_name="forward_view", trigger_mode="always_last",
                            show_progress="hidden", concurrency_limit=4, concurrency_id="preview")
-                f_noise.change(lab.forward_view, view_in, view_out, api_visibility="private",
+                f_noise.change(GPU(lab.forward_view), view_in, view_out, api_visibility="private",
                                show_progress="hidden", concurrency_id="preview")
                 f_show.change(lambda show: gr.Column(visible=bool(show)), f_show, f_model_col, api_visibility="private",
-                              queue=False).then(lab.forward_view, view_in, view_out, api_visibility="private",
+                              queue=False).then(GPU(lab.forward_view), view_in, view_out, api_visibility="private",
                                                 show_progress="hidden", concurrency_id="preview")
 
             # 2 --------------------------------------------------------------------------------
@@ -436,7 +451,9 @@ def build_demo(lab: SpriteLab) -> gr.Blocks:
                                             visible=False)
                 r_in = [r_run, r_cls, r_n, r_seed, r_sampler, r_steps, r_guidance] + r_mix
                 r_out = [r_run, r_xt, r_x0, r_eps, r_timeline, r_status]
-                r_reset.click(lab.reverse_reset, r_in, r_out, api_name="reverse_reset", concurrency_id="model")
+                r_reset.click(GPU(lab.reverse_reset), r_in, r_out, api_name="reverse_reset",
+                              concurrency_id="model").then(lambda: gr.update(visible=False), None, r_gif,
+                                                           api_visibility="private", queue=False)  # stale GIF
                 r_step.click(GPU(lab.reverse_step), r_in, r_out, api_name="reverse_step", concurrency_id="model")
                 r_go.click(GPU(lab.reverse_run), r_in, r_out, api_name="reverse_run", concurrency_id="model")
                 r_timeline.input(lab.reverse_scrub, [r_run, r_timeline], r_out, api_name="reverse_scrub",
@@ -455,6 +472,8 @@ def build_demo(lab: SpriteLab) -> gr.Blocks:
                         g_sampler, g_steps, g_guidance = sampler_controls("g", T)
                         g_transparent = gr.Checkbox(False, label="Transparent background in the sheet",
                                                     elem_id="g-transparent")
+                        g_snap = gr.Checkbox(True, label="Snap colours to the model's palette",
+                                             visible=lab.palette is not None, elem_id="g-snap")
                         g_go = gr.Button("Generate ✨", variant="primary", elem_id="g-go")
                     with gr.Column(scale=2):
                         g_caption = gr.Markdown(elem_id="g-caption")
@@ -462,7 +481,7 @@ def build_demo(lab: SpriteLab) -> gr.Blocks:
                                           elem_id="g-grid", buttons=["download", "fullscreen"])
                         g_sheet = gr.File(label="Sprite sheet PNG (1 px per pixel, ready for a game)",
                                           interactive=False, elem_id="g-sheet", height=80)
-                g_in = [g_cls, g_n, g_sampler, g_steps, g_guidance, g_seed, g_transparent]
+                g_in = [g_cls, g_n, g_sampler, g_steps, g_guidance, g_seed, g_transparent, g_snap]
                 g_go.click(GPU(lab.generate), g_in, [g_grid, g_sheet, g_caption], api_name="generate",
                            concurrency_id="model")
 
@@ -488,18 +507,20 @@ def build_demo(lab: SpriteLab) -> gr.Blocks:
                                                elem_id="m-seed")
                         with gr.Accordion("Sampler", open=False):
                             m_sampler, m_steps, m_guidance = sampler_controls("m", T)
+                            m_snap = gr.Checkbox(True, label="Snap the result to the model's palette",
+                                                 visible=lab.palette is not None, elem_id="m-snap")
                         m_go = gr.Button("Remix 🪄", variant="primary", elem_id="m-go")
                         m_result = gr.Image(label="Result", format="png", interactive=False, height=260,
                                             elem_classes=pix, elem_id="m-result", buttons=["download", "fullscreen"])
                         m_info = gr.Markdown(elem_id="m-info")
                         m_traj = gr.Image(label="Trajectory", format="png", interactive=False, elem_classes=pix,
-                                          elem_id="m-traj", buttons=["download"])
-                m_new.click(lab.remix_sprite, [m_src_cls, m_src_seed], [m_sprite, m_src], api_name="remix_sprite",
+                                          elem_id="m-traj", buttons=["download"], show_label=False)
+                m_new.click(GPU(lab.remix_sprite), [m_src_cls, m_src_seed], [m_sprite, m_src], api_name="remix_sprite",
                             concurrency_id="model")
-                m_upload.upload(lab.remix_upload, m_upload, [m_sprite, m_src], api_name="remix_upload",
+                m_upload.upload(GPU(lab.remix_upload), m_upload, [m_sprite, m_src], api_name="remix_upload",
                                 concurrency_id="model")
-                m_use.click(lab.remix_draw, m_draw, [m_sprite, m_src], api_name="remix_draw", concurrency_id="model")
-                m_in = [m_sprite, m_cls, m_strength, m_sampler, m_steps, m_guidance, m_seed]
+                m_use.click(GPU(lab.remix_draw), m_draw, [m_sprite, m_src], api_name="remix_draw", concurrency_id="model")
+                m_in = [m_sprite, m_cls, m_strength, m_sampler, m_steps, m_guidance, m_seed, m_snap]
                 m_go.click(GPU(lab.remix), m_in, [m_result, m_traj, m_info], api_name="remix", concurrency_id="model")
 
             # 5 --------------------------------------------------------------------------------
@@ -507,11 +528,11 @@ def build_demo(lab: SpriteLab) -> gr.Blocks:
                 m_card = gr.Markdown(elem_id="model-info")
 
         # Every tab shows something the moment the page opens.
-        demo.load(lab.forward_sprite, [f_cls, f_seed, f_t, f_noise, f_show], src_out, api_visibility="private",
+        demo.load(GPU(lab.forward_sprite), [f_cls, f_seed, f_t, f_noise, f_show], src_out, api_visibility="private",
                   concurrency_id="model")
-        demo.load(lab.reverse_reset, r_in, r_out, api_visibility="private", concurrency_id="model")
+        demo.load(GPU(lab.reverse_reset), r_in, r_out, api_visibility="private", concurrency_id="model")
         demo.load(GPU(lab.generate), g_in, [g_grid, g_sheet, g_caption], api_visibility="private", concurrency_id="model")
-        demo.load(lab.remix_sprite, [m_src_cls, m_src_seed], [m_sprite, m_src], api_visibility="private",
+        demo.load(GPU(lab.remix_sprite), [m_src_cls, m_src_seed], [m_sprite, m_src], api_visibility="private",
                   concurrency_id="model").then(GPU(lab.remix), m_in, [m_result, m_traj, m_info],
                                                api_visibility="private", concurrency_id="model")
         demo.load(lab.model_info, None, m_card, api_name="model_info")
@@ -524,8 +545,7 @@ def create_lab(source: str, device: str | None = None) -> SpriteLab:
     """Load the model and schedule (CheckpointError / ValueError with a one-line message on failure)."""
     dev = ix.pick_device(device)
     model = load_model(source, device=dev)
-    schedule = load_schedule(source)
-    return SpriteLab(model, schedule, dev, str(source))
+    return SpriteLab(model, load_schedule(source), dev, str(source), load_palette(source))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -21,8 +21,8 @@ import torch
 from PIL import Image
 
 from .data import DataError, MAX_IMAGE_PIXELS, open_image, sprite_from_image
-from .images import sprite_sheet
-from .sampling import Step, class_weights, predict_noise, sample_steps, to_uint8
+from .images import snap_to_palette, sprite_sheet
+from .sampling import Step, class_weights, inference_model, predict_noise, sample_steps, to_uint8
 from .schedule import NoiseSchedule
 
 MAX_SPRITES = 16        # per class row in Generate and per batch in Reverse: keeps a request under a second on CPU
@@ -146,6 +146,12 @@ def noise_to_uint8(eps: torch.Tensor) -> np.ndarray:
     return to_uint8(eps / 2.5)
 
 
+def maybe_snap(sprites: np.ndarray, palette: np.ndarray | None, snap: bool) -> np.ndarray:
+    """Final sprites snapped to the model's palette (its palette.json) when asked and available;
+    noisy intermediate frames are never snapped, they would lie about the process."""
+    return snap_to_palette(sprites, palette) if snap and palette is not None else sprites
+
+
 def grid(sprites: np.ndarray, cols: int | None = None, scale: int = 8, pad: int = 1) -> Image.Image:
     """(N, H, W, 3) uint8 sprites laid out in a near-square grid, enlarged crisply."""
     n = len(sprites)
@@ -186,7 +192,9 @@ def forward_view(schedule: NoiseSchedule, sprite: np.ndarray, t: int, noise_seed
     if model is not None and context is not None:
         device = next(model.parameters()).device
         x_in = x_t.to(device)
-        eps = predict_noise(model, x_in, t, schedule.T, context.to(device, torch.float32), guidance=0.0)
+        # inference_model: the library's cached BatchNorm-folded copy, as sample_steps uses
+        eps = predict_noise(inference_model(model), x_in, t, schedule.T, context.to(device, torch.float32),
+                            guidance=0.0)
         view.eps_pred = noise_to_uint8(eps)[0]
         view.x0_pred = to_uint8(schedule.predict_x0(x_in, eps, t))[0]
     return view

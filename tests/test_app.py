@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 import app
-from app_helpers import CLASSES, images, lab, model_dir  # noqa: F401  (fixtures)
+from app_helpers import CLASSES, app_single_thread, images, lab, model_dir  # noqa: F401  (fixtures)
 from ddpm import interactive as ix
 
 T = 500
@@ -235,6 +235,19 @@ def test_generate_is_deterministic_and_transparent_sheets_have_alpha(lab):
 def test_generate_refuses_bad_input(lab, args, match):
     with pytest.raises(gr.Error, match=match):
         lab.generate(*args)
+
+
+def test_generate_and_remix_snap_to_the_models_palette(lab):
+    palette = np.array([[20, 12, 28], [208, 70, 72], [222, 238, 214], [89, 125, 206]], np.uint8)
+    pal_lab = app.SpriteLab(lab.model, lab.schedule, lab.device, lab.source, palette)
+    allowed = {tuple(c) for c in palette}
+    snapped = np.asarray(Image.open(pal_lab.generate("hero", 3, "ddim", 5, 2.0, 0, False, True)[1]))
+    raw = np.asarray(Image.open(pal_lab.generate("hero", 3, "ddim", 5, 2.0, 0, False, False)[1]))
+    assert {tuple(c) for c in snapped.reshape(-1, 3)} <= allowed
+    assert not {tuple(c) for c in raw.reshape(-1, 3)} <= allowed
+    result = pal_lab.remix(lab.model_sprite("hero", 0), "food", 0.5, "ddim", 10, 2.0, 0, True)[0]
+    assert {tuple(c) for c in np.asarray(result).reshape(-1, 3)} <= allowed
+    assert "4 colours" in pal_lab.model_info()
 
 
 # --- remix -------------------------------------------------------------------------------------

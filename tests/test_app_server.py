@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app_helpers import CLASSES, images, lab, model_dir, server  # noqa: F401  (fixtures)
+from app_helpers import CLASSES, app_single_thread, images, lab, model_dir, server  # noqa: F401  (fixtures)
 
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
@@ -110,8 +110,8 @@ def test_non_image_file_type_is_refused(client, tmp_path):
     (("mix", 2, 0, "dpm++", 4, 2.0, 0, 0, 0, 0, 0), "/reverse_run", "at least one class"),
     (("dragon", 2, "dpm++", 5, 2.0, 0, False), "/generate", "dragon"),
     (("hero", 2, "dpm++", 0, 2.0, 0, False), "/generate", "(?i)steps|bound|minimum"),
-    (("hero", 2, "dpm++", 5, 2.0, float("nan"), False), "/generate", "seed must be a finite"),
-    (("food", float("nan"), "dpm++", 10, 2.0, 0), "/remix", "strength must be a finite"),
+    (("hero", 2, "dpm++", 5, 2.0, float("nan"), False, True), "/generate", "seed must be a finite"),
+    (("food", float("nan"), "dpm++", 10, 2.0, 0, True), "/remix", "strength must be a finite"),
 ])
 def test_bad_numbers_and_classes_get_clear_errors(server, client, args, api_name, match):
     if any(isinstance(a, float) and math.isnan(a) for a in args):

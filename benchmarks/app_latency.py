@@ -1,0 +1,109 @@
+"""Server-side latency of the app's three interactive paths (a script, never a test).
+
+    python benchmarks/app_latency.py                 # the shipped weights/ (random n_feat=64 weights if absent)
+    python benchmarks/app_latency.py --model DIR --repeats 30
+
+Each figure is the handler the app calls plus PNG-encoding its pictures the way Gradio does,
+median over repeats after a warm-up:
+  forward slider   one update of x_t, the numbers and the chart      target <= 20 ms
+  reverse step     one Step click for 16 sprites (default sampler)   target <= 25 ms
+  generate 16      16 sprites, default sampler, steps and guidance   target well under 1 s
+Timings on a shared CPU (e.g. next to a training run) are inflated: check the load average printed.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+from gradio.processing_utils import encode_pil_to_bytes  # noqa: E402
+
+import app  # noqa: E402
+from ddpm.sampling import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS  # noqa: E402
+
+
+def encode(outputs) -> None:
+    """PNG-encode every picture in a handler's outputs, as Gradio's postprocessing does."""
+    for out in outputs if isinstance(outputs, tuple) else (outputs,):
+        if isinstance(out, Image.Image):
+            encode_pil_to_bytes(out, "png")
+
+
+def timed(fn, repeats: int, warmup: int = 2) -> tuple[float, float]:
+    """(median, min) milliseconds of fn() over repeats, after warm-up calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times), min(times)
+
+
+def random_model_dir() -> str:
+    from ddpm.checkpoint import save_model
+    from ddpm.model import ContextUnet
+    from ddpm.schedule import NoiseSchedule
+
+    folder = tempfile.mkdtemp(prefix="ddpm-bench-")
+    torch.manual_seed(0)
+    save_model(ContextUnet(n_feat=64, class_names=["hero", "creature", "food", "spell", "item"]), NoiseSchedule(), folder)
+    return folder
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default=None, help="model directory or repo id (default: weights/, else random n_feat=64)")
+    p.add_argument("--device", default=None)
+    p.add_argument("--repeats", type=int, default=20)
+    args = p.parse_args()
+    source = args.model
+    if source is None:
+        source = str(ROOT / "weights") if (ROOT / "weights" / "model.safetensors").is_file() else None
+    if source is None:
+        source = random_model_dir()
+        print("weights/ not found: timing a course-sized model (n_feat=64) with random weights")
+    lab = app.create_lab(source, args.device)
+    params = sum(p.numel() for p in lab.model.parameters())
+    print(f"model {source}: {params:,} parameters, device {lab.device}, torch threads {torch.get_num_threads()}, "
+          f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
+    cls = lab.classes[0]
+    sprite = lab.model_sprite(cls, 0)
+
+    ts = iter(range(10**9))
+    med, best = timed(lambda: encode(lab.forward_view(sprite, 1 + next(ts) % lab.T, 0, False, cls)), args.repeats * 3)
+    print(f"forward slider update      median {med:7.1f} ms  (min {best:6.1f})   target <= 20 ms")
+    med, best = timed(lambda: encode(lab.forward_view(sprite, 1 + next(ts) % lab.T, 0, True, cls)), args.repeats * 3)
+    print(f"  ... with the model's view median {med:7.1f} ms  (min {best:6.1f})")
+
+    n = 16
+    mix = [1.0] + [0.0] * (len(lab.classes) - 1)
+    settings = (cls, n, 0, DEFAULT_SAMPLER, lab.T, DEFAULT_GUIDANCE)  # T steps: never runs out while timing
+    run = lab.reverse_reset(None, *settings, *mix)[0]
+    med, best = timed(lambda: encode(lab.reverse_step(run, *settings, *mix)[1:]), args.repeats)
+    print(f"reverse step, {n} sprites   median {med:7.1f} ms  (min {best:6.1f})   target <= 25 ms "
+          f"({DEFAULT_SAMPLER}, guidance {DEFAULT_GUIDANCE:g})")
+    med, best = timed(lambda: run.advance(), args.repeats)
+    print(f"  ... model step only        median {med:7.1f} ms  (min {best:6.1f})")
+
+    seeds = iter(range(10**9))
+    med, best = timed(lambda: encode(lab.generate(cls, n, DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_GUIDANCE,
+                                                  next(seeds), False)), max(3, args.repeats // 4), warmup=1)
+    print(f"generate {n} sprites         median {med:7.1f} ms  (min {best:6.1f})   target well under 1000 ms "
+          f"({DEFAULT_SAMPLER}, {DEFAULT_STEPS} steps, guidance {DEFAULT_GUIDANCE:g})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
