@@ -410,10 +410,11 @@ def build_demo(lab: SpriteLab) -> gr.Blocks:
                 f_t.change(GPU(lab.forward_view), view_in, view_out, api_name="forward_view", trigger_mode="always_last",
                            show_progress="hidden", concurrency_limit=4, concurrency_id="preview")
                 f_noise.change(GPU(lab.forward_view), view_in, view_out, api_visibility="private",
-                               show_progress="hidden", concurrency_id="preview")
+                               show_progress="hidden", concurrency_limit=4, concurrency_id="preview")
                 f_show.change(lambda show: gr.Column(visible=bool(show)), f_show, f_model_col, api_visibility="private",
                               queue=False).then(GPU(lab.forward_view), view_in, view_out, api_visibility="private",
-                                                show_progress="hidden", concurrency_id="preview")
+                                                show_progress="hidden", concurrency_limit=4,
+                                                concurrency_id="preview")
 
             # 2 --------------------------------------------------------------------------------
             with gr.Tab("2 · Reverse process", id="reverse"):
@@ -437,12 +438,16 @@ def build_demo(lab: SpriteLab) -> gr.Blocks:
                             r_reset = gr.Button("Reset ↺", elem_id="r-reset")
                         r_status = gr.Markdown(elem_id="r-status")
                         with gr.Row():
-                            r_xt = gr.Image(label="x_t", format="png", interactive=False, elem_classes=pix, height=320,
-                                            elem_id="r-xt", buttons=["download", "fullscreen"])
-                            r_x0 = gr.Image(label="predicted x₀", format="png", interactive=False, elem_classes=pix, height=320,
-                                            elem_id="r-x0", buttons=["download", "fullscreen"])
-                            r_eps = gr.Image(label="predicted noise ε̂", format="png", interactive=False, height=320,
-                                             elem_classes=pix, elem_id="r-eps", buttons=["download", "fullscreen"])
+                            # Headings above, not Gradio's label badge, which would cover the first sprite.
+                            grids = []
+                            for title, key in (("x_t (now)", "r-xt"), ("predicted x₀ (the model's guess)", "r-x0"),
+                                               ("predicted noise ε̂", "r-eps")):
+                                with gr.Column(min_width=200):
+                                    gr.Markdown(f"**{title}**")
+                                    grids.append(gr.Image(label=title, show_label=False, format="png", height=320,
+                                                          interactive=False, elem_classes=pix, elem_id=key,
+                                                          buttons=["download", "fullscreen"]))
+                            r_xt, r_x0, r_eps = grids
                         r_timeline = gr.Slider(0, 1, value=0, step=1, label="Timeline (steps taken so far)",
                                                elem_id="r-timeline")
                         with gr.Row():
@@ -457,7 +462,8 @@ def build_demo(lab: SpriteLab) -> gr.Blocks:
                 r_step.click(GPU(lab.reverse_step), r_in, r_out, api_name="reverse_step", concurrency_id="model")
                 r_go.click(GPU(lab.reverse_run), r_in, r_out, api_name="reverse_run", concurrency_id="model")
                 r_timeline.input(lab.reverse_scrub, [r_run, r_timeline], r_out, api_name="reverse_scrub",
-                                 trigger_mode="always_last", show_progress="hidden", concurrency_id="preview")
+                                 trigger_mode="always_last", show_progress="hidden", concurrency_limit=4,
+                                 concurrency_id="preview")
                 r_gif_btn.click(lab.reverse_gif, r_run, r_gif, api_name="reverse_gif", concurrency_id="model")
 
             # 3 --------------------------------------------------------------------------------
@@ -477,7 +483,7 @@ def build_demo(lab: SpriteLab) -> gr.Blocks:
                         g_go = gr.Button("Generate ✨", variant="primary", elem_id="g-go")
                     with gr.Column(scale=2):
                         g_caption = gr.Markdown(elem_id="g-caption")
-                        g_grid = gr.Image(label="Sprites", format="png", interactive=False, elem_classes=pix,
+                        g_grid = gr.Image(label="Sprites", show_label=False, format="png", interactive=False, elem_classes=pix,
                                           elem_id="g-grid", buttons=["download", "fullscreen"])
                         g_sheet = gr.File(label="Sprite sheet PNG (1 px per pixel, ready for a game)",
                                           interactive=False, elem_id="g-sheet", height=80)

@@ -1,7 +1,7 @@
 """Server-side latency of the app's three interactive paths (a script, never a test).
 
     python benchmarks/app_latency.py                 # the shipped weights/ (random n_feat=64 weights if absent)
-    python benchmarks/app_latency.py --model DIR --repeats 30
+    python benchmarks/app_latency.py --model DIR --repeats 30 --threads 1
 
 Each figure is the handler the app calls plus PNG-encoding its pictures the way Gradio does,
 median over repeats after a warm-up:
@@ -67,7 +67,10 @@ def main() -> int:
     p.add_argument("--model", default=None, help="model directory or repo id (default: weights/, else random n_feat=64)")
     p.add_argument("--device", default=None)
     p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     source = args.model
     if source is None:
         source = str(ROOT / "weights") if (ROOT / "weights" / "model.safetensors").is_file() else None
