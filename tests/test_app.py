@@ -320,6 +320,20 @@ def test_gpu_decorator_is_a_no_op_off_spaces(monkeypatch):
     assert app.gpu_decorator()(f) is f
 
 
+def test_gpu_decorator_uses_spaces_on_zero_gpu(monkeypatch):
+    import sys
+    import types
+
+    fake = types.ModuleType("spaces")
+    fake.GPU = lambda fn: ("decorated", fn)
+    monkeypatch.setitem(sys.modules, "spaces", fake)
+    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
+    f = lambda: 1  # noqa: E731
+    assert app.gpu_decorator()(f) == ("decorated", f)
+    monkeypatch.setitem(sys.modules, "spaces", None)  # on ZeroGPU but the package is missing: no-op
+    assert app.gpu_decorator()(f) is f
+
+
 def test_parse_args_defaults(monkeypatch):
     monkeypatch.delenv("DDPM_MODEL", raising=False)
     monkeypatch.delenv("GRADIO_SERVER_NAME", raising=False)
