@@ -341,6 +341,7 @@ def test_parse_args_defaults(monkeypatch):
     assert Path(a.model) == Path(app.__file__).resolve().parent / "weights" and a.host == "127.0.0.1"
     monkeypatch.setenv("DDPM_MODEL", "someone/sprites")
     assert app.parse_args([]).model == "someone/sprites"
+    assert app.parse_args(["--threads", "1", "--port", "9000"]).threads == 1 and a.threads is None
 
 
 @pytest.mark.skipif(not (Path(app.__file__).parent / "weights" / "model.safetensors").is_file(),
