@@ -158,8 +158,9 @@ def test_api_refuses_a_server_path_as_an_upload(served, tmp_path):
 
 
 def listening(pid: int, port: int) -> list[str]:
-    return [c.laddr.ip for c in psutil.Process(pid).net_connections("inet")
-            if c.status == psutil.CONN_LISTEN and c.laddr.port == port]
+    proc = psutil.Process(pid)
+    connections = getattr(proc, "net_connections", None) or proc.connections  # psutil < 6 has only the latter
+    return [c.laddr.ip for c in connections("inet") if c.status == psutil.CONN_LISTEN and c.laddr.port == port]
 
 
 def test_server_listens_on_loopback_only(served):
