@@ -41,7 +41,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import torch  # noqa: E402
 
-from ddpm.checkpoint import load_model, load_schedule  # noqa: E402
+from ddpm.checkpoint import load_model, load_palette, load_schedule  # noqa: E402
 from ddpm.data import load_data  # noqa: E402
 from ddpm.evaluate import cached_classifier, evaluate  # noqa: E402
 from ddpm.sampling import (DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS, inference_model,  # noqa: E402
@@ -89,11 +89,12 @@ def median_ms(times: list[float]) -> float:
 
 
 # --- 1. quality and generation time -----------------------------------------------------------------
-def quality(model, schedule, data, settings, n, guidance, seed, classifier, t0) -> list[dict]:
+def quality(model, schedule, data, settings, n, guidance, seed, classifier, t0, palette=None) -> list[dict]:
     rows = []
     for i, (sampler, steps) in enumerate(settings):
         start = time.perf_counter()
-        res = evaluate(model, schedule, data, sampler, steps, guidance, n, seed, classifier)
+        kw = {} if palette is None else dict(palette=palette)  # snapped to palette.json as the app does
+        res = evaluate(model, schedule, data, sampler, steps, guidance, n, seed, classifier, **kw)
         mean = lambda attr: sum(getattr(r, attr) for r in res) / len(res)  # noqa: E731
         rows.append(dict(setting=label(sampler, steps), sampler=sampler, steps=steps, accuracy=mean("accuracy"),
                          fd=mean("fd"), fd_floor=mean("fd_floor"), near_copies=mean("near_copies"),
@@ -255,7 +256,9 @@ def report(res: dict) -> str:
         lines += ["## Quality against time", "",
                   f"{a['samples_per_class']} samples per class and the same seeds for every setting; accuracy and "
                   f"Frechet distance (FD, classifier features) from `ddpm.evaluate`, means over the classes "
-                  f"(FD floor, real against real at the same count: {rows[0]['fd_floor']:.2f}). Time: median wall "
+                  f"(FD floor, real against real at the same count: {rows[0]['fd_floor']:.2f}); samples "
+                  f"{'snapped to the palette.json colours as the app does' if res.get('palette') else 'in raw colours'}. "
+                  f"Time: median wall "
                   f"time for 16 sprites of one class (batch 16, with guidance), in this run.", "",
                   "| setting | accuracy | FD | FD / DDPM-500 | 16 sprites (s) | speed-up vs DDPM-500 |",
                   "|---|---|---|---|---|---|"]
@@ -355,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--no-palette", action="store_true", help="measure raw colours, not snapped to palette.json")
     p.add_argument("--skip", default="", help="comma-separated sections to skip: quality,generation,steps,app,train")
     args = p.parse_args(argv)
     n = args.samples_per_class or (6 if args.quick else 32)
@@ -379,7 +383,9 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"error: the data's classes {data.class_names} differ from the model's {model.class_names}")
         classifier, _ = cached_classifier(data)
         log(f"quality: {len(settings)} settings, {n} samples per class")
-        res["quality"] = quality(model, schedule, data, settings, n, args.guidance, args.seed, classifier, t0)
+        palette = None if args.no_palette else load_palette(args.model)
+        res["palette"] = palette is not None
+        res["quality"] = quality(model, schedule, data, settings, n, args.guidance, args.seed, classifier, t0, palette)
     if "generation" not in skip:
         log(f"[{time.perf_counter() - t0:6.0f} s] generation time, 16 sprites per setting")
         res["generation"] = generation_times(model, schedule, settings, args.guidance,
