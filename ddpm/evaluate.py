@@ -211,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=100, help="samples per class")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-palette", action="store_true", help="measure raw colours, not snapped to palette.json")
+    p.add_argument("--write-card", action="store_true",
+                   help="also rewrite the model directory's README.md (with this table) and samples.png")
     args = p.parse_args(argv)
     if args.n < 2:
         p.error("--n must be at least 2 (a covariance needs two samples)")
@@ -228,11 +230,36 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"{args.n} samples per class, {args.sampler} {args.steps} steps, guidance {args.guidance}, seed {args.seed}, "
-          f"{'snapped to the palette' if palette is not None else 'raw colours'} "
-          f"({time.time() - start:.0f} s); classifier held-out accuracy {clf_acc:.1%}\n")
-    print(markdown_table(results))
+    settings = (f"{args.n} samples per class, {args.sampler} {args.steps} steps, guidance {args.guidance}, "
+                f"seed {args.seed}, {'snapped to the palette' if palette is not None else 'raw colours'}")
+    print(f"{settings} ({time.time() - start:.0f} s); classifier held-out accuracy {clf_acc:.1%}\n")
+    table = markdown_table(results)
+    print(table)
+    if args.write_card:
+        command = "python -m ddpm.evaluate " + " ".join(argv if argv is not None else sys.argv[1:])
+        write_card(Path(args.model), model, schedule, palette, args, f"{settings}; classifier held-out accuracy "
+                   f"{clf_acc:.1%}. Measured with `{command}`.\n\n{table}")
+        print(f"\nwrote {Path(args.model) / 'README.md'} and {Path(args.model) / 'samples.png'}")
     return 0
+
+
+def write_card(folder: Path, model, schedule, palette, args, evaluation: str) -> None:
+    """Rewrite folder/README.md with the evaluation, and folder/samples.png (8 per class, one row each)."""
+    import json
+
+    from .card import model_card
+    from .images import sprite_sheet
+
+    info_path = folder / "training.json"
+    info = json.loads(info_path.read_text()) if info_path.exists() else {}
+    k, n = model.n_classes, 8
+    context = torch.eye(k).repeat_interleave(n, 0)
+    sprites = to_uint8(sample(model, schedule, context, sampler=args.sampler, steps=args.steps,
+                              guidance=args.guidance, seed=args.seed))
+    if palette is not None:
+        sprites = snap_to_palette(sprites, palette)
+    sprite_sheet(list(sprites.reshape(k, n, *sprites.shape[1:])), scale=4, pad=2).save(folder / "samples.png")
+    (folder / "README.md").write_text(model_card(model.config_dict, info, evaluation))
 
 
 if __name__ == "__main__":

@@ -173,3 +173,21 @@ def test_data_palette_only_for_few_colours():
     assert SpriteData(few, np.zeros(4, np.int64), ["a"]).palette().tolist() == [[0, 0, 0], [255, 255, 255]]
     many = np.random.default_rng(0).integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
     assert SpriteData(many, np.zeros(4, np.int64), ["a"]).palette() is None
+
+
+def test_evaluate_write_card(lib_tiny_model_dir, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    model_dir = tmp_path / "m"
+    shutil.copytree(lib_tiny_model_dir, model_dir)
+    (model_dir / "training.json").write_text(json.dumps({"steps": 1234, "images": 5678, "seconds": 7200.0,
+                                                          "data_counts": {"hero": 3}}))
+    write_npy_dataset(tmp_path / "d", n=30)
+    monkeypatch.setattr(ev, "CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setattr(ev, "train_classifier", lambda data, **k: (ev.SpriteClassifier(len(data.class_names)), 0.5))
+    rc = ev.main(["--model", str(model_dir), "--data", str(tmp_path / "d"), "--n", "4", "--steps", "2", "--write-card"])
+    assert rc == 0
+    card = (model_dir / "README.md").read_text()
+    assert "| hero |" in card and "1,234 steps" in card and "2.00 hours" in card
+    assert "DragonDePlatino" in card and "DawnBringer" in card and "--write-card" in card
+    assert Image.open(model_dir / "samples.png").size == (8 * 16 * 4 + 9 * 8, 5 * 16 * 4 + 6 * 8)
