@@ -17,19 +17,9 @@ import numpy as np
 import torch
 
 from .checkpoint import CheckpointError, load_model, load_palette, load_schedule
+from .interactive import pick_device
 from .sampling import (DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS, MAX_BATCH, SAMPLER_ALIASES,
                        class_weights, sample_steps, to_uint8)
-
-
-def pick_device(requested: str = "auto") -> torch.device:
-    """cuda, then mps, then cpu; or exactly what was asked for."""
-    if requested != "auto":
-        return torch.device(requested)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -65,7 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        device = pick_device(args.device)
+        device = pick_device(None if args.device == "auto" else args.device)
         model = load_model(args.model, device=device)
         schedule = load_schedule(args.model)
         palette = None if args.no_palette else load_palette(args.model)
