@@ -27,6 +27,20 @@ What it does, bounded in count (clients x requests x rounds) and time (--time-li
     (--cache-seconds N runs with delete_cache=(N, N) instead; N must exceed the slowest request, or a
     client is sent a 403 for a file already swept away.)
 Exit status 0 when there were no failures and memory came back within --rss-tolerance (10%).
+
+Recorded 2026-11-29 on the 2-core dev machine, a training run holding one core and other test suites
+running (load average 5-8, so latencies are queueing on a busy CPU, not the app's own speed):
+  python benchmarks/load_test.py        (16 clients x 5 requests, 1 warm-up round + 3 measured rounds)
+    240 of 240 requests, 0 failures; median 6.9 s, p95 34.9 s, max 47.1 s (generate with the defaults,
+    identical for all 16: median 15.1 s; forward slider: median 2.2 s)
+    server RSS 516.5 -> 561.6 MB (+8.7%); after gc + malloc_trim 482.0 -> 524.5 MB (+8.8%)
+    Gradio temp files 221 -> 845 after the run -> 0 after Gradio's own sweep; 65 sessions, at most 72 KB
+    of app state each
+  python benchmarks/load_test.py --clients 4 --requests 20 --rounds 3    (the same 80 requests a round)
+    240 of 240, 0 failures; RSS after gc 467.2 -> 472.6 MB (+1.2%), flat from round to round
+Memory grows with *new sessions*, not with requests: about 0.7-1 MB per session (Gradio's per-session
+copies of the page config plus the app's gr.State), held until Gradio drops the least recently used
+session; app.LAUNCH_KWARGS caps sessions at 1,000 (Gradio's default is 10,000), which bounds it.
 """
 from __future__ import annotations
 
