@@ -10,6 +10,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .model import ContextUnet
@@ -122,10 +123,8 @@ def load_schedule(source: str | os.PathLike) -> NoiseSchedule:
         raise CheckpointError(f"{path}: invalid schedule ({e})") from None
 
 
-def load_palette(source: str | os.PathLike) -> "np.ndarray | None":
+def load_palette(source: str | os.PathLike) -> np.ndarray | None:
     """The training data's colours as (K, 3) uint8 from palette.json, or None when the model has none."""
-    import numpy as np
-
     path = resolve(source) / PALETTE
     if not path.exists():
         return None
@@ -139,7 +138,7 @@ def load_palette(source: str | os.PathLike) -> "np.ndarray | None":
 
 
 def save_model(model: ContextUnet, schedule: NoiseSchedule, folder: str | os.PathLike,
-               model_card: str | None = None, palette: "np.ndarray | None" = None) -> Path:
+               model_card: str | None = None, palette: np.ndarray | None = None) -> Path:
     """Write config.json, model.safetensors, scheduler_config.json, README.md (and palette.json) into folder."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,7 @@ import weakref
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
+import numpy as np
 import torch
 
 from .model import ContextUnet, fold_batchnorm
@@ -329,7 +330,7 @@ def sample(model: torch.nn.Module, schedule: NoiseSchedule, context: torch.Tenso
     return last.x_prev.float().cpu()
 
 
-def to_uint8(x: torch.Tensor) -> "numpy.ndarray":  # noqa: F821
+def to_uint8(x: torch.Tensor) -> np.ndarray:
     """(B, C, H, W) in [-1, 1] to (B, H, W, C) uint8."""
     x = ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return x.permute(0, 2, 3, 1).numpy()

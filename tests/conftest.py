@@ -6,7 +6,8 @@ import pytest
 import torch
 
 LIB_CLASSES = ["hero", "creature", "food", "spell", "item"]
-LIB_TEST_MODULES = {"test_schedule", "test_samplers", "test_model", "test_checkpoint", "test_data", "test_train"}
+LIB_TEST_MODULES = {"test_schedule", "test_samplers", "test_model", "test_checkpoint", "test_data", "test_train",
+                    "test_cli", "test_speed"}
 
 
 @pytest.fixture(autouse=True)

@@ -14,14 +14,6 @@ import ddpm.sample as cli
 from ddpm.data import load_npy
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # --- python -m ddpm.sample ----------------------------------------------------------------------
 def test_sample_png_has_one_row_per_class(lib_tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "sheet.png"

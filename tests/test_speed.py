@@ -14,14 +14,6 @@ from conftest import make_tiny_unet
 T = 500
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class Wrapped(torch.nn.Module):
     """Hides the ContextUnet so predict_noise and sample_steps take their plain paths."""
 
