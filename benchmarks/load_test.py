@@ -323,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--time-limit", type=float, default=900, help="seconds for all rounds together")
     p.add_argument("--rss-tolerance", type=float, default=0.10)
     p.add_argument("--json", default=None, help="also write the figures to this file")
+    p.add_argument("--keep", action="store_true", help="keep the work dir (model, server log, temp files)")
     # internal: the server subprocess
     p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
@@ -389,6 +390,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{cleaned['gradio_temp']['files']} files / {mb(cleaned['gradio_temp']['bytes'])}")
     finally:
         server.close()
+        if not args.keep:
+            import shutil
+
+            shutil.rmtree(work, ignore_errors=True)
 
     expected = args.clients * args.requests * args.rounds
     failures = [x for x in all_records if x["error"]]
