@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from app_helpers import app_single_thread, images, lab, model_dir, server  # noqa: F401  (fixtures)
+from ddpm.sampling import DEFAULT_STEPS
 
 CHROMIUM = "/usr/bin/chromium"
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
@@ -125,21 +126,21 @@ def test_forward_tab(page):
 
 def test_reverse_tab(page):
     page.get_by_role("tab", name=re.compile("Reverse process")).click()
-    wait_text(page, "r-status", r"Step 0 / 20")
+    wait_text(page, "r-status", rf"Step 0 / {DEFAULT_STEPS}\b")
     shot(page, "2-reverse-on-load")
     noise_src, noise = src(page, "r-xt"), pixels(page, "r-xt")
     page.locator("#r-step").click()
-    wait_text(page, "r-status", r"Step 1 / 20")
+    wait_text(page, "r-status", rf"Step 1 / {DEFAULT_STEPS}\b")
     wait_new_src(page, "r-xt", noise_src)
     page.locator("#r-run").click()
-    wait_text(page, "r-status", r"Step 20 / 20.*done")
+    wait_text(page, "r-status", rf"Step {DEFAULT_STEPS} / {DEFAULT_STEPS}.*done")
     final = pixels(page, "r-xt")
     assert np.abs(final - noise).mean() > 5
     shot(page, "2-reverse-done")
     timeline = page.locator("#r-timeline input[type=range]")
     timeline.focus()
     page.keyboard.press("Home")  # scrub back to the start
-    wait_text(page, "r-status", r"Step 0 / 20")
+    wait_text(page, "r-status", rf"Step 0 / {DEFAULT_STEPS}\b")
     assert np.abs(pixels(page, "r-xt") - noise).max() == 0
     page.locator("#r-gif-btn").click()
     link = page.locator("#r-gif a").first
