@@ -7,14 +7,15 @@ import torch
 
 LIB_CLASSES = ["hero", "creature", "food", "spell", "item"]
 LIB_TEST_MODULES = {"test_schedule", "test_samplers", "test_model", "test_checkpoint", "test_data", "test_train",
-                    "test_cli", "test_speed"}
+                    "test_cli", "test_speed", "test_bad_inputs", "test_safety", "test_train_faults"}
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(scope="module", autouse=True)
 def lib_single_thread(request):
-    """Library tests run on one CPU thread (a training run may be using the other core); the thread
-    count is restored afterwards (ddpm.train.main --threads 1 changes it), and other suites are left alone."""
-    if request.node.module is None or request.node.module.__name__.rsplit(".", 1)[-1] not in LIB_TEST_MODULES:
+    """These modules run on one CPU thread (a training run may be using the other core), set before
+    their module-scoped servers start; the thread count is restored afterwards (ddpm.train.main
+    --threads 1 changes it), and other suites are left alone."""
+    if request.module.__name__.rsplit(".", 1)[-1] not in LIB_TEST_MODULES:
         yield
         return
     before = torch.get_num_threads()

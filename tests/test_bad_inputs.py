@@ -78,14 +78,6 @@ from gradio_client.exceptions import AppError  # noqa: E402
 PROJECT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def server(lab):
     demo = app.build_demo(lab)

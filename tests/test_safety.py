@@ -33,14 +33,6 @@ from gradio_client.exceptions import AppError  # noqa: E402
 PROJECT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # --- nothing is unpickled ----------------------------------------------------------------------------
 UNSAFE = re.compile(r"torch\.load\(|pickle\.loads?\(|allow_pickle\s*=\s*True|weights_only\s*=\s*False|"
                     r"(?<![.\w])eval\(|(?<![.\w])exec\(|\bdill\b|joblib\.load")

@@ -26,14 +26,6 @@ PROJECT = Path(__file__).resolve().parent.parent
 STEPS, EVERY = 12, 3
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(autouse=True)
 def restore_signals():
     before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
