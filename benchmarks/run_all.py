@@ -214,20 +214,9 @@ def cold_start(model_dir: str, timeout: float = 180) -> dict:
 
 # --- 4. training ------------------------------------------------------------------------------------
 def training(batch_size: int, seconds: float, rounds: int) -> dict:
-    import numpy as np
     import train_throughput as tt
-    from ddpm.schedule import NoiseSchedule
 
-    rng = np.random.default_rng(0)
-    n = 2420
-    sprites = rng.integers(0, 256, (n, 16, 16, 3), dtype=np.uint8)
-    labels = rng.integers(0, 5, n)
-    onehot = np.eye(5, dtype=np.float32)[labels]
-    schedule = NoiseSchedule()
-    seed_rates, our_rates = [], []
-    for _ in range(rounds):
-        seed_rates.append(tt.seed_loop(sprites, onehot, batch_size, seconds, schedule))
-        our_rates.append(tt.our_loop(sprites, labels, batch_size, seconds, schedule))
+    seed_rates, our_rates = tt.measure(batch_size, seconds, rounds)
     return dict(batch=batch_size, seconds=seconds, rounds=rounds, seed_images_s=statistics.median(seed_rates),
                 ours_images_s=statistics.median(our_rates))
 

@@ -12,11 +12,15 @@ size is used, so the figure needs no ../shared.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
 from ddpm.model import ContextUnet
 from ddpm.schedule import NoiseSchedule
@@ -82,6 +86,23 @@ def our_loop(sprites, labels, batch_size, seconds, schedule):
     return images / (time.perf_counter() - start)
 
 
+def measure(batch_size: int, seconds: float, rounds: int, verbose: bool = False) -> tuple[list[float], list[float]]:
+    """Images/s of the seed-style loop and of ours, alternating for `rounds` rounds, on random data of DawnLike's size."""
+    rng = np.random.default_rng(0)
+    n = 2420
+    sprites = rng.integers(0, 256, (n, 16, 16, 3), dtype=np.uint8)
+    labels = rng.integers(0, 5, n)
+    onehot = np.eye(5, dtype=np.float32)[labels]
+    schedule = NoiseSchedule()
+    seed_rates, our_rates = [], []
+    for r in range(rounds):
+        seed_rates.append(seed_loop(sprites, onehot, batch_size, seconds, schedule))
+        our_rates.append(our_loop(sprites, labels, batch_size, seconds, schedule))
+        if verbose:
+            print(f"round {r + 1}: seed-style {seed_rates[-1]:.0f} images/s, ours {our_rates[-1]:.0f} images/s")
+    return seed_rates, our_rates
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--batch-size", type=int, default=128)
@@ -91,17 +112,7 @@ def main() -> None:
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    rng = np.random.default_rng(0)
-    n = 2420
-    sprites = rng.integers(0, 256, (n, 16, 16, 3), dtype=np.uint8)
-    labels = rng.integers(0, 5, n)
-    onehot = np.eye(5, dtype=np.float32)[labels]
-    schedule = NoiseSchedule()
-    seed_rates, our_rates = [], []
-    for r in range(args.rounds):
-        seed_rates.append(seed_loop(sprites, onehot, args.batch_size, args.seconds, schedule))
-        our_rates.append(our_loop(sprites, labels, args.batch_size, args.seconds, schedule))
-        print(f"round {r + 1}: seed-style {seed_rates[-1]:.0f} images/s, ours {our_rates[-1]:.0f} images/s")
+    seed_rates, our_rates = measure(args.batch_size, args.seconds, args.rounds, verbose=True)
     s, o = float(np.median(seed_rates)), float(np.median(our_rates))
     print(f"\nbatch {args.batch_size}, {torch.get_num_threads()} threads, median of {args.rounds} rounds of "
           f"{args.seconds:.0f} s: seed-style {s:.0f} images/s, ours {o:.0f} images/s, ratio {o / s:.2f}x")
