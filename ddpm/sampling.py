@@ -47,7 +47,6 @@ class Sampler:
     """Base class: holds the schedule; subclasses implement step()."""
 
     name = "base"
-    stochastic = False
 
     def __init__(self, schedule: NoiseSchedule):
         self.schedule = schedule
@@ -76,7 +75,7 @@ class DDPMSampler(Sampler):
     beta_t (1 - abar_{t-1}) / (1 - abar_t) (diffusers' "fixed_small").
     """
 
-    name, stochastic = "ddpm", True
+    name = "ddpm"
 
     def __init__(self, schedule: NoiseSchedule, variance: str = "beta"):
         super().__init__(schedule)
@@ -107,7 +106,6 @@ class DDIMSampler(Sampler):
         if not (math.isfinite(eta) and 0 <= eta <= 1):
             raise ValueError(f"eta must lie in [0, 1], got {eta}")
         self.eta = eta
-        self.stochastic = eta > 0
 
     def step(self, eps, t, t_prev, x_t, generator=None):
         abar_t, abar_prev = self._abar(t, x_t), self._abar(t_prev, x_t)

@@ -218,7 +218,7 @@ class Trainer:
 
         self.data: SpriteData = load_data(args.data, args.height)
         self.schedule = NoiseSchedule(args.T, args.schedule)
-        self.history: dict = {"steps": 0, "images": 0, "seconds": 0.0, "runs": []}
+        self.history: dict = {"steps": 0, "images": 0, "seconds": 0.0}
 
         ckpt_path = self.out / CHECKPOINT
         resume = None
