@@ -65,9 +65,10 @@ def seed_loop(sprites, onehot, batch_size, seconds, schedule):
                 return images / (time.perf_counter() - start)
 
 
-def our_loop(sprites, labels, batch_size, seconds, schedule):
-    model = ContextUnet().to(memory_format=torch.channels_last)
-    ema = ContextUnet().to(memory_format=torch.channels_last).eval()
+def our_loop(sprites, labels, batch_size, seconds, schedule, config: dict | None = None):
+    """Images/s of ddpm.train's step; config: ContextUnet keyword arguments (default: the seed's network)."""
+    model = ContextUnet(**(config or {})).to(memory_format=torch.channels_last)
+    ema = ContextUnet(**(config or {})).to(memory_format=torch.channels_last).eval()
     opt = torch.optim.Adam(model.parameters(), 1e-3)
     data = (torch.from_numpy(sprites).permute(0, 3, 1, 2).float() / 127.5 - 1).contiguous(memory_format=torch.channels_last)
     labels = torch.from_numpy(labels)

@@ -27,8 +27,10 @@ sprites of {n_classes} classes: {classes}. Made with [DDPM Sprite Lab](../README
   (CC-BY 4.0), sliced into 16x16 cells, empty cells and exact duplicates dropped, transparency on
   white. Sprites per class: {counts}.
 - Architecture: n_feat {n_feat}, norm {norm}, time embedding {time_embedding}.
-- Recipe: {recipe}.
-- Trained for {steps:,} steps ({images:,} images) in {hours:.2f} hours ({precision}).
+- Recipe: Adam, MSE on the noise, t ~ U{{1..T}}, horizontal flips, EMA weights shipped.
+- Trained for {steps:,} steps ({images:,} images) in {hours:.2f} hours ({precision}), in stages
+  (each later stage continued from the weights the one before it exported):
+{stages}
 
 ## Evaluation
 
@@ -41,17 +43,29 @@ DragonDePlatino, DawnBringer palette by DawnBringer.
 """
 
 
+RECIPE_KEYS = ["batch_size", "lr", "warmup", "ema", "p_uncond", "schedule", "T", "seed"]
+
+
+def stage_lines(info: dict) -> str:
+    from .train import training_stages  # the one reader of training.json's history
+
+    lines = []
+    for i, stage in enumerate(training_stages(info), 1):
+        recipe = stage.get("recipe", {})
+        lines.append(f"  {i}. {stage['steps']:,} steps ({stage['images']:,} images, {stage['seconds'] / 3600:.2f} h"
+                     f"{', ' + str(recipe['threads']) + ' CPU threads' if recipe.get('threads') else ''}): "
+                     + ", ".join(f"{k} {recipe[k]}" for k in RECIPE_KEYS if k in recipe))
+    return "\n".join(lines)
+
+
 def model_card(config: dict, info: dict, evaluation: str | None = None) -> str:
-    recipe = info.get("recipe", {})
-    keys = ["batch_size", "lr", "warmup", "steps", "ema", "p_uncond", "schedule", "T", "seed"]
     params = sum_params(config)
     return CARD.format(
         params=params, height=config["height"], n_classes=config["n_classes"],
         classes=", ".join(config["class_names"]),
         counts=", ".join(f"{k} {v}" for k, v in info.get("data_counts", {}).items()) or "unknown",
         n_feat=config["n_feat"], norm=config["norm"], time_embedding=config["time_embedding"],
-        recipe=", ".join(f"{k} {recipe[k]}" for k in keys if k in recipe) + "; Adam, MSE on the noise, "
-        "t ~ U{1..T}, horizontal flips, EMA weights shipped",
+        stages=stage_lines(info),
         steps=info.get("steps", 0), images=info.get("images", 0), hours=info.get("seconds", 0) / 3600,
         precision={"no": "fp32", "bf16": "bf16 autocast", "fp16": "fp16 autocast"}.get(info.get("precision"), "fp32"),
         evaluation=evaluation or "Run `python -m ddpm.evaluate --model weights` for the table.",

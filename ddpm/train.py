@@ -48,6 +48,27 @@ def learning_rate(step: int, base_lr: float, warmup: int, total: int, final_frac
     return base_lr * (1 - (1 - final_fraction) * progress)
 
 
+TOTALS = ("steps", "images", "seconds")
+
+
+def training_stages(info: dict) -> list[dict]:
+    """The stages (runs started with --init-from or from scratch) behind an exported model's training.json.
+
+    Each stage has its own steps, images, seconds and recipe. A training.json written before stages
+    were recorded is one stage: its totals and its recipe.
+    """
+    if "stages" in info:
+        return [dict(stage) for stage in info["stages"]]
+    return [dict({k: info.get(k, 0) for k in TOTALS}, recipe=info.get("recipe", {}))]
+
+
+def stage_since(history: dict, recipe: dict) -> dict:
+    """This run's stage: the totals in history minus those of the stages before it."""
+    before = history.get("prior_stages", [])
+    stage = {k: history[k] - sum(s[k] for s in before) for k in TOTALS}
+    return dict(stage, recipe=recipe)
+
+
 def ema_decay(step: int, max_decay: float) -> float:
     """EMA decay warmed up from 0 so early EMA weights are not stuck at the initialisation."""
     return min(max_decay, (1 + step) / (10 + step))
@@ -218,7 +239,8 @@ class Trainer:
 
         self.data: SpriteData = load_data(args.data, args.height)
         self.schedule = NoiseSchedule(args.T, args.schedule)
-        self.history: dict = {"steps": 0, "images": 0, "seconds": 0.0}
+        # totals over every stage of training, and the stages before this run (see training_stages)
+        self.history: dict = {"steps": 0, "images": 0, "seconds": 0.0, "prior_stages": []}
 
         ckpt_path = self.out / CHECKPOINT
         resume = None
@@ -240,9 +262,12 @@ class Trainer:
             info = folder / TRAINING_INFO
             if info.exists():
                 try:
-                    self.history = json.loads(info.read_text())
+                    before = json.loads(info.read_text())
+                    self.history = dict({k: before[k] for k in TOTALS}, prior_stages=training_stages(before))
                 except json.JSONDecodeError as e:
                     raise TrainingError(f"{info}: not valid JSON ({e})") from None
+                except (KeyError, TypeError) as e:
+                    raise TrainingError(f"{info}: not a training history (missing {e})") from None
         else:
             self.model = ContextUnet(3, args.n_feat, len(self.data.class_names), args.height,
                                      self.data.class_names, args.norm, args.time_embedding)
@@ -304,9 +329,10 @@ class Trainer:
 
         model = copy.deepcopy(self.ema).cpu().to(memory_format=torch.contiguous_format)
         history = self.current_history()
-        info = dict(history, recipe={k: v for k, v in vars(self.args).items()
-                                     if k not in ("out", "resume", "export", "init_from")},
-                    precision=self.precision, data_counts=self.data.counts())
+        recipe = {k: v for k, v in vars(self.args).items() if k not in ("out", "resume", "export", "init_from")}
+        this_stage = stage_since(history, recipe)
+        stages = history.pop("prior_stages", []) + [this_stage]
+        info = dict(history, recipe=recipe, stages=stages, precision=self.precision, data_counts=self.data.counts())
         card = model_card(model.config_dict, info)
         save_model(model, self.schedule, folder, card, palette=self.data.palette())
         (Path(folder) / TRAINING_INFO).write_text(json.dumps(info, indent=2) + "\n")

@@ -255,7 +255,28 @@ def test_init_from_an_exported_model(lib_train_data, tmp_path, restore_signals):
     assert load_model(second / "model").config_dict == load_model(first / "model").config_dict
     # the schedule and the training history travel with the model
     assert load_schedule(second / "model").config() == NoiseSchedule(100, "cosine").config()
-    assert json.loads((second / "model" / "training.json").read_text())["steps"] == 5
+    info = json.loads((second / "model" / "training.json").read_text())
+    assert info["steps"] == 5
+    # each run is a stage with its own recipe, and the card lists them
+    assert [s["steps"] for s in info["stages"]] == [3, 2]
+    assert [s["recipe"]["schedule"] for s in info["stages"]] == ["cosine", "linear"]
+    assert sum(s["seconds"] for s in info["stages"]) == pytest.approx(info["seconds"])
+    card = (second / "model" / "README.md").read_text()
+    assert "  1. 3 steps" in card and "  2. 2 steps" in card
+    third = tmp_path / "third"  # a stage interrupted and resumed is still one stage
+    assert train.main(args(lib_train_data, third, 2, "--init-from", second / "model")) == 0
+    assert train.main(args(lib_train_data, third, 4, "--resume")) == 0
+    info = json.loads((third / "model" / "training.json").read_text())
+    assert [s["steps"] for s in info["stages"]] == [3, 2, 4] and info["steps"] == 9
+
+
+def test_training_stages_of_a_history_written_before_stages():
+    legacy = {"steps": 3600, "images": 460800, "seconds": 6891.9, "recipe": {"lr": 0.001}}
+    assert train.training_stages(legacy) == [{"steps": 3600, "images": 460800, "seconds": 6891.9,
+                                              "recipe": {"lr": 0.001}}]
+    history = {"steps": 5000, "images": 640000, "seconds": 9000.0, "prior_stages": train.training_stages(legacy)}
+    assert train.stage_since(history, {"lr": 5e-4}) == {"steps": 1400, "images": 179200,
+                                                         "seconds": pytest.approx(2108.1), "recipe": {"lr": 5e-4}}
 
 
 # --- bad arguments ---------------------------------------------------------------------------------------
