@@ -306,7 +306,7 @@ def test_missing_out_is_an_error(capsys):
 
 @pytest.mark.parametrize("case", ["missing data", "resume without checkpoint", "bad init-from", "wrong height",
                                   "class mismatch", "corrupt checkpoint", "bad init-from schedule",
-                                  "bad init-from history"])
+                                  "bad init-from history", "bad init-from history fields"])
 def test_bad_setups_give_one_error_line(lib_train_data, tmp_path, capsys, restore_signals, case):
     out = tmp_path / "run"
     if case == "missing data":
@@ -324,7 +324,7 @@ def test_bad_setups_give_one_error_line(lib_train_data, tmp_path, capsys, restor
     elif case.startswith("bad init-from "):
         assert train.main(args(lib_train_data, tmp_path / "first", 1)) == 0
         name = "scheduler_config.json" if case.endswith("schedule") else "training.json"
-        (tmp_path / "first" / "model" / name).write_text("{oops")
+        (tmp_path / "first" / "model" / name).write_text('{"steps": 3}' if case.endswith("fields") else "{oops")
         argv, match = args(lib_train_data, out, 5, "--init-from", tmp_path / "first" / "model"), name
     else:
         other = tmp_path / "three_classes"
