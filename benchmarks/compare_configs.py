@@ -32,7 +32,8 @@ from ddpm.checkpoint import load_model, load_schedule  # noqa: E402
 from ddpm.data import load_dawnlike  # noqa: E402
 from ddpm.evaluate import cached_classifier, evaluate  # noqa: E402
 from ddpm.schedule import NoiseSchedule  # noqa: E402
-from train_throughput import our_loop  # noqa: E402
+from ddpm.train import CHECKPOINT, TRAINING_INFO  # noqa: E402
+from train_throughput import our_loop, random_sprites  # noqa: E402
 
 CONFIGS = {  # name (also the run's folder) -> (norm, time embedding); the first is the baseline
     "batch-scalar": ("batch", "scalar"),  # the seed's network
@@ -46,14 +47,14 @@ def train(name: str, work: Path, steps: int, batch_size: int, threads: int, seed
     """Train one configuration with the real CLI (or reuse a finished run); returns its training.json."""
     norm, emb = CONFIGS[name]
     run = work / name
-    info = run / "model" / "training.json"
-    if info.exists() and json.loads(info.read_text())["steps"] == steps:
+    info = run / "model" / TRAINING_INFO
+    if info.exists() and (done := json.loads(info.read_text()))["steps"] == steps:
         print(f"{name}: reusing {run}")
-        return json.loads(info.read_text())
+        return done
     cmd = [sys.executable, "-m", "ddpm.train", "--data", "dawnlike", "--out", str(run), "--steps", str(steps),
            "--batch-size", str(batch_size), "--threads", str(threads), "--seed", str(seed), "--norm", norm,
            "--time-embedding", emb, "--checkpoint-every", str(max(250, steps // 4)), "--sample-every", str(steps)]
-    if (run / "checkpoint.safetensors").exists():
+    if (run / CHECKPOINT).exists():
         cmd.append("--resume")  # an interrupted comparison continues where it stopped
     print(f"{name}: {' '.join(cmd[1:])}", flush=True)
     with open(run.with_suffix(".log"), "w") as log:
@@ -63,9 +64,7 @@ def train(name: str, work: Path, steps: int, batch_size: int, threads: int, seed
 
 def throughput(names: list[str], batch_size: int, seconds: float, rounds: int) -> dict[str, float]:
     """Median images/s of ddpm.train's step per configuration, alternating in rounds (ABCD ABCD ...)."""
-    rng = np.random.default_rng(0)
-    sprites = rng.integers(0, 256, (2420, 16, 16, 3), dtype=np.uint8)
-    labels = rng.integers(0, 5, 2420)
+    sprites, labels = random_sprites()
     schedule = NoiseSchedule()
     rates: dict[str, list[float]] = {n: [] for n in names}
     for r in range(rounds):

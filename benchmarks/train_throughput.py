@@ -87,12 +87,15 @@ def our_loop(sprites, labels, batch_size, seconds, schedule, config: dict | None
     return images / (time.perf_counter() - start)
 
 
+def random_sprites(n: int = 2420, n_classes: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """Random uint8 sprites and class labels of DawnLike's size: throughput needs no ../shared."""
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (n, 16, 16, 3), dtype=np.uint8), rng.integers(0, n_classes, n)
+
+
 def measure(batch_size: int, seconds: float, rounds: int, verbose: bool = False) -> tuple[list[float], list[float]]:
     """Images/s of the seed-style loop and of ours, alternating for `rounds` rounds, on random data of DawnLike's size."""
-    rng = np.random.default_rng(0)
-    n = 2420
-    sprites = rng.integers(0, 256, (n, 16, 16, 3), dtype=np.uint8)
-    labels = rng.integers(0, 5, n)
+    sprites, labels = random_sprites()
     onehot = np.eye(5, dtype=np.float32)[labels]
     schedule = NoiseSchedule()
     seed_rates, our_rates = [], []
