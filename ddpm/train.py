@@ -70,7 +70,12 @@ def stage_since(history: dict, recipe: dict) -> dict:
 
 
 def ema_decay(step: int, max_decay: float) -> float:
-    """EMA decay warmed up from 0 so early EMA weights are not stuck at the initialisation."""
+    """EMA decay warmed up from 0 so early EMA weights are not stuck at the initialisation.
+
+    `step` counts the model's whole training, earlier stages included: a stage started with
+    --init-from begins from weights that are already an average, so it keeps averaging at the
+    decay they reached instead of following the raw weights again.
+    """
     return min(max_decay, (1 + step) / (10 + step))
 
 
@@ -412,7 +417,7 @@ class Trainer:
             self.opt.zero_grad(set_to_none=True)
             acc.backward(loss)
             self.opt.step()
-            update_ema(self.ema, acc.unwrap_model(self.model), ema_decay(self.step, args.ema))
+            update_ema(self.ema, acc.unwrap_model(self.model), ema_decay(self.history["steps"], args.ema))
             self.step += 1
             self.history["steps"] += 1
             self.history["images"] += args.batch_size

@@ -270,6 +270,16 @@ def test_init_from_an_exported_model(lib_train_data, tmp_path, restore_signals):
     assert [s["steps"] for s in info["stages"]] == [3, 2, 4] and info["steps"] == 9
 
 
+def test_a_stage_continues_the_ema_warm_up_of_the_stages_before(lib_train_data, tmp_path, restore_signals,
+                                                                 monkeypatch):
+    decays = []
+    original = train.update_ema
+    monkeypatch.setattr(train, "update_ema", lambda ema, model, decay: (decays.append(decay), original(ema, model, decay)))
+    assert train.main(args(lib_train_data, tmp_path / "first", 3)) == 0
+    assert train.main(args(lib_train_data, tmp_path / "second", 2, "--init-from", tmp_path / "first" / "model")) == 0
+    assert decays == [train.ema_decay(step, 0.999) for step in range(5)]
+
+
 def test_training_stages_of_a_history_written_before_stages():
     legacy = {"steps": 3600, "images": 460800, "seconds": 6891.9, "recipe": {"lr": 0.001}}
     assert train.training_stages(legacy) == [{"steps": 3600, "images": 460800, "seconds": 6891.9,
