@@ -52,9 +52,9 @@ def stage_lines(info: dict) -> str:
     lines = []
     for i, stage in enumerate(training_stages(info), 1):
         recipe = stage.get("recipe", {})
+        threads = f", CPU threads: {recipe['threads']}" if recipe.get("threads") else ""
         lines.append(f"  {i}. {stage['steps']:,} steps ({stage['images']:,} images, {stage['seconds'] / 3600:.2f} h"
-                     f"{', ' + str(recipe['threads']) + ' CPU threads' if recipe.get('threads') else ''}): "
-                     + ", ".join(f"{k} {recipe[k]}" for k in RECIPE_KEYS if k in recipe))
+                     f"{threads}): " + ", ".join(f"{k} {recipe[k]}" for k in RECIPE_KEYS if k in recipe))
     return "\n".join(lines)
 
 

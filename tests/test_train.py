@@ -274,7 +274,8 @@ def test_a_stage_continues_the_ema_warm_up_of_the_stages_before(lib_train_data, 
                                                                  monkeypatch):
     decays = []
     original = train.update_ema
-    monkeypatch.setattr(train, "update_ema", lambda ema, model, decay: (decays.append(decay), original(ema, model, decay)))
+    monkeypatch.setattr(train, "update_ema",
+                        lambda ema, model, decay: (decays.append(decay), original(ema, model, decay)))
     assert train.main(args(lib_train_data, tmp_path / "first", 3)) == 0
     assert train.main(args(lib_train_data, tmp_path / "second", 2, "--init-from", tmp_path / "first" / "model")) == 0
     assert decays == [train.ema_decay(step, 0.999) for step in range(5)]
