@@ -32,7 +32,8 @@ from ddpm.sampling import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_MODEL = str(HERE / "weights")
-SAMPLERS = [("DDPM (ancestral)", "ddpm"), ("DDIM", "ddim"), ("DPM-Solver++ (2M)", "dpm++")]
+SAMPLERS = [("DDPM (ancestral)", "ddpm"), ("DDPM, the seed's variance β", "ddpm-beta"), ("DDIM", "ddim"),
+            ("DPM-Solver++ (2M)", "dpm++")]
 SAMPLER_NAMES = dict((v, k) for k, v in SAMPLERS)
 BIG, GRID = 16, 8  # nearest-neighbour scale of a single sprite (16 px -> 256 px) and of grids
 MAX_GUIDANCE = 10.0

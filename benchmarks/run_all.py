@@ -9,8 +9,9 @@ an idle machine: with more torch threads than free cores (e.g. next to a trainin
 is badly inflated (2 threads beside a busy core measured 8x slower than 1 thread).
 
 Sections, each measured in this one run so machine load affects all settings alike:
-  1. quality against time: for each sampler setting (DDPM-500, the seed's, DDIM 100/50/25/10,
-     DPM-Solver++ 25/20/15/10/8, DDPM 50/25/10), ddpm.evaluate's class accuracy and Frechet distance on the same
+  1. quality against time: for each sampler setting (DDPM-500, the seed's number of steps, DDIM
+     100/50/25/10, DPM-Solver++ 25/20/15/10/8, DDPM 50/25/10, and DDPM-50 with the seed's variance
+     beta), ddpm.evaluate's class accuracy, Frechet distance and isolated-pixel share on the same
      samples per class and the same seeds, and the wall time for 16 sprites of one class with its
      ratio to DDPM-500; the plot docs/quality_vs_time.png;
   2. one reverse step's latency at batch 1, 16 and 64, the library's fast path (shared encoder for
@@ -52,7 +53,7 @@ from ddpm.sampling import (DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS, inf
 # model (12 per class) every deterministic setting, even DDIM-100, had a ~1.75x higher FD than
 # DDPM-500, and strided DDPM came closer (DDPM-25: 1.23x).
 SETTINGS = ("ddpm:500,ddim:100,ddim:50,ddim:25,ddim:10,dpm++:25,dpm++:20,dpm++:15,dpm++:10,dpm++:8,"
-            "ddpm:50,ddpm:25,ddpm:10")
+            "ddpm:50,ddpm:25,ddpm:10,ddpm-beta:50")
 QUALITY_BAR = 1.10  # a setting "meets the bar" with a mean FD at most 10% above DDPM-500's
 
 
@@ -69,7 +70,8 @@ class Plain(torch.nn.Module):
 
 
 def label(sampler: str, steps: int) -> str:
-    return {"ddpm": "DDPM", "ddim": "DDIM", "dpm++": "DPM-Solver++"}.get(sampler, sampler) + f"-{steps}"
+    return {"ddpm": "DDPM", "ddpm-beta": "DDPM (seed's variance)", "ddim": "DDIM",
+            "dpm++": "DPM-Solver++"}.get(sampler, sampler) + f"-{steps}"
 
 
 def parse_settings(text: str) -> list[tuple[str, int]]:
@@ -98,6 +100,7 @@ def quality(model, schedule, data, settings, n, guidance, seed, classifier, t0, 
         mean = lambda attr: sum(getattr(r, attr) for r in res) / len(res)  # noqa: E731
         rows.append(dict(setting=label(sampler, steps), sampler=sampler, steps=steps, accuracy=mean("accuracy"),
                          fd=mean("fd"), fd_floor=mean("fd_floor"), near_copies=mean("near_copies"),
+                         isolated=mean("isolated"), isolated_real=mean("isolated_real"),
                          per_class={r.name: dict(accuracy=r.accuracy, fd=r.fd, fd_floor=r.fd_floor) for r in res},
                          eval_s=time.perf_counter() - start))
         log(f"  [{time.perf_counter() - t0:6.0f} s] {rows[-1]['setting']:16s} accuracy {rows[-1]['accuracy']:.1%}  "
@@ -248,20 +251,22 @@ def report(res: dict) -> str:
                   f"(FD floor, real against real at the same count: {rows[0]['fd_floor']:.2f}); samples "
                   f"{'snapped to the palette.json colours as the app does' if res.get('palette') else 'in raw colours'}. "
                   f"Time: median wall "
-                  f"time for 16 sprites of one class (batch 16, with guidance), in this run.", "",
-                  "| setting | accuracy | FD | FD / DDPM-500 | 16 sprites (s) | speed-up vs DDPM-500 |",
-                  "|---|---|---|---|---|---|"]
+                  f"time for 16 sprites of one class (batch 16, with guidance), in this run. Isolated pixels: "
+                  f"the share of pixels unlike all four neighbours, i.e. speckle (real sprites: "
+                  f"{rows[0]['isolated_real']:.1%}).", "",
+                  "| setting | accuracy | FD | FD / DDPM-500 | isolated pixels | 16 sprites (s) | speed-up vs DDPM-500 |",
+                  "|---|---|---|---|---|---|---|"]
         ref_fd = next((r["fd"] for r in rows if r["setting"] == label("ddpm", 500)), None)
         def timing(s):
             return (f"{s:.2f}" if s is not None else "-") + " | " + (f"{base / s:.1f}x" if s and base else "-")
 
         for r in rows:
             ratio = f"{r['fd'] / ref_fd:.2f}" if ref_fd else "-"
-            lines.append(f"| {r['setting']} | {r['accuracy']:.1%} | {r['fd']:.2f} | {ratio} | "
+            lines.append(f"| {r['setting']} | {r['accuracy']:.1%} | {r['fd']:.2f} | {ratio} | {r['isolated']:.1%} | "
                          f"{timing(gen.get(r['setting']) if gen else None)} |")
         for name, s in (gen or {}).items():
             if name not in {r["setting"] for r in rows}:
-                lines.append(f"| {name} (time only) | - | - | - | {timing(s)} |")
+                lines.append(f"| {name} (time only) | - | - | - | - | {timing(s)} |")
         best = suggest(rows, gen or {})
         lines += [""]
         if best is not None and best["setting"] != label("ddpm", 500):
@@ -312,7 +317,7 @@ def plot(rows: list[dict], gen: dict[str, float], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4), dpi=90)
-    colours = {"ddpm": "tab:red", "ddim": "tab:blue", "dpm++": "tab:green"}
+    colours = {"ddpm": "tab:red", "ddpm-beta": "tab:orange", "ddim": "tab:blue", "dpm++": "tab:green"}
     for ax, key, name in ((ax1, "fd", "Frechet distance (lower is better)"), (ax2, "accuracy", "class accuracy")):
         for sampler in colours:
             pts = sorted((gen[r["setting"]], r[key], r["steps"]) for r in rows if r["sampler"] == sampler and r["setting"] in gen)

@@ -5,7 +5,9 @@ For conditional samples of each class it reports
 - FD: the Frechet distance between the classifier's penultimate features of the samples and of
   real sprites of that class, beside the floor FD of held-out real sprites (same count);
 - near copies: the share of samples within a small pixel distance of a training sprite
-  (flips included), beside the same share for held-out real sprites.
+  (flips included), beside the same share for held-out real sprites;
+- isolated pixels: the share of pixels whose colour differs from all four neighbours, which is
+  what speckle looks like, beside the same share for held-out real sprites (pixel art has some).
 The classifier is trained once per data set and cached outside git (~/.cache/ddpm-sprite-lab).
 """
 from __future__ import annotations
@@ -130,6 +132,19 @@ def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((mu_a - mu_b).pow(2).sum() + s_a.trace() + s_b.trace() - 2 * cross)
 
 
+def isolated_pixel_share(images: torch.Tensor) -> float:
+    """Share of pixels of (B, C, H, W) images in [-1, 1] whose colour differs from each of its
+    neighbours inside the image (four, fewer at the border). 0 for flat images, 1 for a checkerboard."""
+    padded = F.pad(images, (1, 1, 1, 1), value=3.0)  # outside the image: unlike every colour
+    centre = padded[..., 1:-1, 1:-1]
+    h, w = images.shape[-2:]
+    isolated = torch.ones(images.shape[0], h, w, dtype=torch.bool)
+    for dy, dx in ((0, 1), (2, 1), (1, 0), (1, 2)):
+        neighbour = padded[..., dy:dy + h, dx:dx + w]
+        isolated &= (centre - neighbour).abs().amax(1) > 1 / 255  # colours quantised to 8 bits
+    return float(isolated.float().mean())
+
+
 def near_copy_share(samples: torch.Tensor, train: torch.Tensor, threshold: float = NEAR_COPY_RMS) -> float:
     """Share of samples whose RMS distance (in [0, 1] pixel units) to some training sprite or its mirror is below threshold."""
     ref = torch.cat([train, train.flip(-1)]).flatten(1) / 2  # [-1, 1] -> half-range so distances are in [0, 1] units
@@ -146,6 +161,8 @@ class ClassResult:
     fd_floor: float
     near_copies: float
     near_copies_real: float
+    isolated: float
+    isolated_real: float
 
 
 @torch.no_grad()
@@ -184,19 +201,22 @@ def evaluate(model, schedule, data: SpriteData, sampler: str = DEFAULT_SAMPLER, 
         results.append(ClassResult(
             name, acc, frechet_distance(f_fake[:m], f_ref), frechet_distance(f_held, f_ref),
             near_copy_share(fake, real), near_copy_share(held, ref),
+            isolated_pixel_share(fake), isolated_pixel_share(held),
         ))
     return results
 
 
 def markdown_table(results: list[ClassResult]) -> str:
-    rows = ["| class | accuracy | FD | FD floor (real vs real) | near copies | near copies (real vs real) |",
-            "|---|---|---|---|---|---|"]
+    rows = ["| class | accuracy | FD | FD floor (real vs real) | near copies | near copies (real vs real) "
+            "| isolated pixels | isolated pixels (real) |",
+            "|---|---|---|---|---|---|---|---|"]
     for r in results:
         rows.append(f"| {r.name} | {r.accuracy:.1%} | {r.fd:.2f} | {r.fd_floor:.2f} | {r.near_copies:.1%} | "
-                    f"{r.near_copies_real:.1%} |")
+                    f"{r.near_copies_real:.1%} | {r.isolated:.1%} | {r.isolated_real:.1%} |")
     mean = lambda attr: sum(getattr(r, attr) for r in results) / len(results)  # noqa: E731
     rows.append(f"| **mean** | {mean('accuracy'):.1%} | {mean('fd'):.2f} | {mean('fd_floor'):.2f} | "
-                f"{mean('near_copies'):.1%} | {mean('near_copies_real'):.1%} |")
+                f"{mean('near_copies'):.1%} | {mean('near_copies_real'):.1%} | {mean('isolated'):.1%} | "
+                f"{mean('isolated_real'):.1%} |")
     return "\n".join(rows)
 
 

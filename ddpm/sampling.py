@@ -21,10 +21,13 @@ import torch
 from .model import ContextUnet, fold_batchnorm
 from .schedule import NoiseSchedule
 
-SAMPLER_ALIASES = {"ddpm": "ddpm", "ddim": "ddim", "dpm++": "dpm++", "dpmpp": "dpm++", "dpm-solver++": "dpm++"}
+SAMPLER_ALIASES = {"ddpm": "ddpm", "ddpm-beta": "ddpm-beta", "ddim": "ddim", "dpm++": "dpm++", "dpmpp": "dpm++",
+                   "dpm-solver++": "dpm++"}
 # Chosen from docs/benchmarks.md (benchmarks/run_all.py on the shipped model): ancestral DDPM with 50
 # strided steps had the FD closest to the seed's DDPM-500 (1.12x) at a tenth of the steps; every
-# deterministic setting (DDIM, DPM-Solver++, 8 to 100 steps) measured about 1.55x.
+# deterministic setting (DDIM, DPM-Solver++, 8 to 100 steps) measured about 1.55x. "ddpm" uses the
+# posterior variance: with 50 strided steps the seed's variance beta adds more noise per step than
+# the remaining steps remove, which showed as speckle (see DDPMSampler).
 DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_GUIDANCE = "ddpm", 50, 2.0
 MAX_BATCH = 1024
 
@@ -71,17 +74,20 @@ def _noise_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Ten
 class DDPMSampler(Sampler):
     """Ancestral sampling (Ho et al. 2020), for any stride between t and t_prev.
 
-    variance "beta" is the seed's sigma_t^2 = beta_t; "posterior" is the posterior variance
-    beta_t (1 - abar_{t-1}) / (1 - abar_t) (diffusers' "fixed_small").
+    variance "posterior" (sampler "ddpm") is the variance of q(x_prev | x_t, x0),
+    beta (1 - abar_prev) / (1 - abar_t) with beta = 1 - abar_t / abar_prev (diffusers' "fixed_small");
+    "beta" (sampler "ddpm-beta") is the seed's sigma^2 = beta ("fixed_large"). The two agree except
+    near t = 0 when every step is taken, but with strided steps beta is several times larger at
+    small t, and the last steps cannot remove the extra noise: it shows as speckle, which
+    ddpm.evaluate measures as the share of isolated pixels (README, "The shipped model").
     """
 
-    name = "ddpm"
-
-    def __init__(self, schedule: NoiseSchedule, variance: str = "beta"):
+    def __init__(self, schedule: NoiseSchedule, variance: str = "posterior"):
         super().__init__(schedule)
         if variance not in ("beta", "posterior"):
             raise ValueError(f"variance must be 'beta' or 'posterior', got {variance!r}")
         self.variance = variance
+        self.name = "ddpm" if variance == "posterior" else "ddpm-beta"
 
     def step(self, eps, t, t_prev, x_t, generator=None):
         abar_t, abar_prev = self._abar(t, x_t), self._abar(t_prev, x_t)
@@ -160,8 +166,11 @@ class DPMSolverPP2M(Sampler):
 def make_sampler(name: str, schedule: NoiseSchedule, **kwargs) -> Sampler:
     key = SAMPLER_ALIASES.get(str(name).lower())
     if key is None:
-        raise ValueError(f"unknown sampler {name!r}; choose one of ddpm, ddim, dpm++")
-    return {"ddpm": DDPMSampler, "ddim": DDIMSampler, "dpm++": DPMSolverPP2M}[key](schedule, **kwargs)
+        raise ValueError(f"unknown sampler {name!r}; choose one of ddpm, ddpm-beta, ddim, dpm++")
+    if key.startswith("ddpm"):
+        kwargs.setdefault("variance", "posterior" if key == "ddpm" else "beta")
+    return {"ddpm": DDPMSampler, "ddpm-beta": DDPMSampler, "ddim": DDIMSampler, "dpm++": DPMSolverPP2M}[key](
+        schedule, **kwargs)
 
 
 # --- conditioning ---------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ def test_sample_png_has_one_row_per_class(lib_tiny_model_dir, tmp_path, capsys):
     assert "wrote 6 sprites" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm++"])
+@pytest.mark.parametrize("sampler", ["ddpm", "ddpm-beta", "ddim", "dpm++"])
 def test_sample_npz_holds_images_and_labels(lib_tiny_model_dir, tmp_path, sampler):
     out = tmp_path / "s.npz"
     steps = "10"
@@ -89,6 +89,22 @@ def test_near_copy_share_finds_copies_and_mirrors():
     assert ev.near_copy_share(noisy, train) == 0.0
 
 
+def test_isolated_pixel_share_counts_pixels_unlike_all_four_neighbours():
+    flat = torch.ones(2, 3, 16, 16)
+    assert ev.isolated_pixel_share(flat) == 0.0
+    checker = (torch.arange(16)[:, None] + torch.arange(16)[None, :]) % 2 * 2.0 - 1
+    assert ev.isolated_pixel_share(checker.expand(1, 3, 16, 16)) == 1.0
+    dot = flat[:1].clone()
+    dot[0, 1, 5, 7] = 0.0  # one pixel of another colour (one channel is enough)
+    assert ev.isolated_pixel_share(dot) == 1 / 256
+    line = flat[:1].clone()
+    line[0, :, 5, 3:9] = -1  # a 1-px line: its pixels have like neighbours along it
+    assert ev.isolated_pixel_share(line) == 0.0
+    corner = flat[:1].clone()
+    corner[0, :, 0, 0] = -1  # at the border only the neighbours inside the image count
+    assert ev.isolated_pixel_share(corner) == 1 / 256
+
+
 def test_evaluate_reports_every_class(lib_tiny_model_dir, tmp_path):
     from ddpm.checkpoint import load_model, load_schedule
 
@@ -101,6 +117,7 @@ def test_evaluate_reports_every_class(lib_tiny_model_dir, tmp_path):
     assert [r.name for r in results] == LIB_CLASSES
     for r in results:
         assert 0 <= r.accuracy <= 1 and 0 <= r.near_copies <= 1 and r.fd >= 0 and r.fd_floor >= 0
+        assert 0 <= r.isolated <= 1 and 0 <= r.isolated_real <= 1
     table = ev.markdown_table(results)
     assert table.count("\n") == len(LIB_CLASSES) + 2 and "| hero |" in table and "**mean**" in table
 

@@ -142,12 +142,13 @@ def test_benchmark_suite_quick_smoke(tmp_path, monkeypatch):
     write_npy_dataset(tmp_path / "data", n=40)
     out = tmp_path / "out"
     assert run_all.main(["--model", str(tmp_path / "model"), "--data", str(tmp_path / "data"), "--out", str(out),
-                         "--quick", "--samples-per-class", "3", "--settings", "ddpm:6,ddim:3,dpm++:3",
+                         "--quick", "--samples-per-class", "3", "--settings", "ddpm:6,ddim:3,dpm++:3,ddpm-beta:3",
                          "--skip", "app,train"]) == 0
     res = json.loads((out / "benchmarks.json").read_text())
-    assert [r["setting"] for r in res["quality"]] == ["DDPM-6", "DDIM-3", "DPM-Solver++-3"]
+    assert [r["setting"] for r in res["quality"]] == ["DDPM-6", "DDIM-3", "DPM-Solver++-3", "DDPM (seed's variance)-3"]
+    assert all(0 <= r["isolated"] <= 1 for r in res["quality"])
     assert {"DDPM-6", "DDIM-3", "DPM-Solver++-3"} <= set(res["generation"])
     assert [r["batch"] for r in res["steps"]] == [1, 16, 64]
     text = (out / "benchmarks.md").read_text()
-    assert "| DDIM-3 |" in text and "| 64 |" in text
+    assert "| DDIM-3 |" in text and "| 64 |" in text and "| isolated pixels |" in text
     assert (out / "quality_vs_time.png").stat().st_size > 1000
