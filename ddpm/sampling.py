@@ -10,6 +10,7 @@ network with an all-zero context, learned by context dropout during training.
 """
 from __future__ import annotations
 
+import functools
 import math
 import weakref
 from dataclasses import dataclass
@@ -163,14 +164,16 @@ class DPMSolverPP2M(Sampler):
         return x_prev, x0
 
 
+SAMPLER_FACTORIES = {"ddpm": functools.partial(DDPMSampler, variance="posterior"),
+                     "ddpm-beta": functools.partial(DDPMSampler, variance="beta"),
+                     "ddim": DDIMSampler, "dpm++": DPMSolverPP2M}
+
+
 def make_sampler(name: str, schedule: NoiseSchedule, **kwargs) -> Sampler:
     key = SAMPLER_ALIASES.get(str(name).lower())
     if key is None:
         raise ValueError(f"unknown sampler {name!r}; choose one of ddpm, ddpm-beta, ddim, dpm++")
-    if key.startswith("ddpm"):
-        kwargs.setdefault("variance", "posterior" if key == "ddpm" else "beta")
-    return {"ddpm": DDPMSampler, "ddpm-beta": DDPMSampler, "ddim": DDIMSampler, "dpm++": DPMSolverPP2M}[key](
-        schedule, **kwargs)
+    return SAMPLER_FACTORIES[key](schedule, **kwargs)
 
 
 # --- conditioning ---------------------------------------------------------------------------------
