@@ -43,7 +43,7 @@ DragonDePlatino, DawnBringer palette by DawnBringer.
 """
 
 
-RECIPE_KEYS = ["batch_size", "lr", "warmup", "ema", "p_uncond", "schedule", "T", "seed"]
+RECIPE_KEYS = ["batch_size", "lr", "warmup", "ema", "p_uncond", "min_snr", "low_t_share", "low_t_max", "schedule", "T", "seed"]
 
 
 def stage_lines(info: dict) -> str:

@@ -90,14 +90,33 @@ def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
             v.copy_(model_state[k])
 
 
+def min_snr_weights(snr: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-gamma loss weights for noise prediction (Hang et al. 2023): min(SNR, gamma) / SNR.
+
+    The plain noise MSE weights the low-noise steps, where only imperceptible detail is left to
+    decide, as heavily as the rest; capping their weight leaves the network's capacity to the
+    steps that decide shapes and colour regions. gamma = 0 keeps the uniform weights of the seed.
+    """
+    if gamma <= 0:
+        return torch.ones_like(snr)
+    return snr.clamp(max=gamma) / snr
+
+
 def training_batch(images: torch.Tensor, labels: torch.Tensor, n_classes: int, batch_size: int, T: int,
-                   p_uncond: float, generator: torch.Generator):
-    """Random sprites, flips, times t ~ U{1..T}, noise, and one-hot contexts with dropout, all from one generator."""
+                   p_uncond: float, generator: torch.Generator, low_t_share: float = 0.0, low_t_max: int = 0):
+    """Random sprites, flips, times t, noise, and one-hot contexts with dropout, all from one generator.
+
+    t ~ U{1..T} as in the seed; with low_t_share > 0, that share of the batch draws t ~ U{1..low_t_max}
+    instead (see --low-t-share).
+    """
     n = images.shape[0]
     g = generator
     idx = torch.randint(n, (batch_size,), generator=g)
     flip = torch.rand(batch_size, generator=g) < 0.5
     t = torch.randint(1, T + 1, (batch_size,), generator=g)
+    if low_t_share > 0:  # drawn only then, so that the seed's recipe gives the same batches as before
+        low = torch.rand(batch_size, generator=g) < low_t_share
+        t = torch.where(low, torch.randint(1, min(low_t_max, T) + 1, (batch_size,), generator=g), t)
     noise = torch.randn((batch_size, *images.shape[1:]), generator=g)
     keep = (torch.rand(batch_size, generator=g) >= p_uncond).float()
     x0 = images[idx.to(images.device)]
@@ -187,6 +206,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--ema", type=float, default=0.999, help="EMA decay")
+    p.add_argument("--min-snr", type=float, default=0, metavar="GAMMA",
+                   help="weight each step's noise MSE by min(SNR, GAMMA) / SNR (0: uniform, as the seed)")
+    p.add_argument("--low-t-share", type=float, default=0, metavar="P",
+                   help="draw this share of each batch's times from 1..--low-t-max instead of 1..T (0: uniform, as "
+                        "the seed): the low-noise steps decide each pixel's colour")
+    p.add_argument("--low-t-max", type=int, default=150, help="the highest time --low-t-share draws")
     p.add_argument("--p-uncond", type=float, default=0.1, help="context dropout for classifier-free guidance")
     p.add_argument("--height", type=int, default=16)
     p.add_argument("--n-feat", type=int, default=64)
@@ -214,6 +239,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--ema must lie in [0, 1)")
     if not 0 <= args.p_uncond < 1:
         p.error("--p-uncond must lie in [0, 1)")
+    if not 0 <= args.low_t_share <= 1:
+        p.error("--low-t-share must lie in [0, 1]")
+    if args.low_t_max < 1:
+        p.error("--low-t-max must be at least 1")
+    if not (math.isfinite(args.min_snr) and args.min_snr >= 0):
+        p.error("--min-snr must be 0 (off) or a positive number such as 5")
     return args
 
 
@@ -389,6 +420,7 @@ class Trainer:
         bar = tqdm(total=total, initial=self.step, disable=not self.is_main, dynamic_ncols=True, mininterval=2)
         deadline = self.started + args.time_limit * 60 if args.time_limit else math.inf
         n_classes = len(self.data.class_names)
+        snr = self.schedule.snr()
         batch = args.batch_size // acc.num_processes
         channels_last = self.device.type == "cpu"
         tick, ticked = time.time(), self.step
@@ -400,13 +432,14 @@ class Trainer:
             for group in self.opt.param_groups:
                 group["lr"] = lr
             x0, t, noise, context = training_batch(self.images, self.labels, n_classes, batch, T, args.p_uncond,
-                                                   self.generator)
+                                                   self.generator, args.low_t_share, args.low_t_max)
             x_t = self.schedule.add_noise(x0, noise, t)
             if channels_last:
                 x_t = x_t.contiguous(memory_format=torch.channels_last)
             with acc.autocast():
                 pred = self.model(x_t, (t.float() / T).to(self.device), context)
-            loss = F.mse_loss(pred.float(), noise)
+            per_sprite = (pred.float() - noise).pow(2).mean((1, 2, 3))
+            loss = (per_sprite * min_snr_weights(snr[t], args.min_snr).to(per_sprite)).mean()
             loss_value = loss.item()
             if not math.isfinite(loss_value):
                 msg = (f"loss became {loss_value} at step {self.step}; stopping. The last good checkpoint is "

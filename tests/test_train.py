@@ -93,6 +93,49 @@ def test_learning_rate_and_ema_schedules():
     assert train.ema_decay(10 ** 6, 0.999) == 0.999
 
 
+def test_min_snr_weights_cap_the_low_noise_steps():
+    snr = NoiseSchedule(500).snr()[1:]
+    assert torch.equal(train.min_snr_weights(snr, 0), torch.ones_like(snr))  # off: the seed's uniform MSE
+    w = train.min_snr_weights(snr, 5.0)
+    assert torch.equal(w[snr <= 5], torch.ones_like(w[snr <= 5]))
+    assert torch.allclose(w[snr > 5], 5 / snr[snr > 5])
+    assert w[0] < 0.01 and w[-1] == 1  # t = 1 barely counts; the noisiest steps count fully
+    assert bool((w[1:] >= w[:-1]).all())  # monotone in t
+
+
+def batch_times(share: float, low_max: int, seed: int = 0) -> torch.Tensor:
+    images, labels = torch.zeros(10, 3, 16, 16), torch.zeros(10, dtype=torch.long)
+    g = torch.Generator().manual_seed(seed)
+    return train.training_batch(images, labels, 5, 4000, 500, 0.1, g, share, low_max)[1]
+
+
+def test_low_t_share_draws_that_share_of_the_times_from_the_low_range():
+    uniform = batch_times(0.0, 150)
+    assert uniform.min() >= 1 and uniform.max() == 500
+    assert abs(float((uniform <= 150).float().mean()) - 0.3) < 0.04
+    # the seed's recipe draws exactly the batches it drew before the option existed
+    g = torch.Generator().manual_seed(0)
+    plain = train.training_batch(torch.zeros(10, 3, 16, 16), torch.zeros(10, dtype=torch.long), 5, 4000, 500, 0.1, g)
+    assert torch.equal(plain[1], uniform)
+    half = batch_times(0.5, 150)
+    assert half.min() >= 1 and half.max() == 500
+    assert abs(float((half <= 150).float().mean()) - (0.5 + 0.5 * 0.3)) < 0.04
+    only_low = batch_times(1.0, 20)
+    assert only_low.min() >= 1 and only_low.max() == 20
+    assert batch_times(1.0, 10 ** 6).max() <= 500  # never beyond T
+
+
+def test_weighted_recipes_train_and_are_recorded(lib_train_data, tmp_path, restore_signals):
+    out = tmp_path / "run"
+    assert train.main(args(lib_train_data, out, 30, "--min-snr", 5, "--low-t-share", 0.5, "--low-t-max", 100)) == 0
+    values = [float(r[1]) for r in losses(out)]
+    assert all(map(torch.isfinite, torch.tensor(values)))
+    info = json.loads((out / "model" / "training.json").read_text())
+    assert info["recipe"]["min_snr"] == 5 and info["recipe"]["low_t_share"] == 0.5
+    card = (out / "model" / "README.md").read_text()
+    assert "min_snr 5.0" in card and "low_t_share 0.5" in card and "low_t_max 100" in card
+
+
 # --- resume ------------------------------------------------------------------------------------------------
 def checkpoint_tensors(out: Path) -> dict[str, torch.Tensor]:
     tensors, _ = train.load_checkpoint(out / train.CHECKPOINT)
@@ -298,6 +341,10 @@ def test_training_stages_of_a_history_written_before_stages():
     (["--lr", "-1"], "--lr"),
     (["--ema", "1"], "--ema"),
     (["--p-uncond", "1.5"], "--p-uncond"),
+    (["--min-snr", "-1"], "--min-snr"),
+    (["--min-snr", "inf"], "--min-snr"),
+    (["--low-t-share", "1.5"], "--low-t-share"),
+    (["--low-t-max", "0"], "--low-t-max"),
     (["--norm", "layer"], "--norm"),
     (["--steps", "many"], "--steps"),
 ])
