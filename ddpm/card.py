@@ -43,7 +43,15 @@ DragonDePlatino, DawnBringer palette by DawnBringer.
 """
 
 
-RECIPE_KEYS = ["batch_size", "lr", "warmup", "ema", "p_uncond", "min_snr", "low_t_share", "low_t_max", "schedule", "T", "seed"]
+RECIPE_KEYS = ["batch_size", "lr", "warmup", "ema", "p_uncond", "min_snr", "low_t_share", "low_t_max", "schedule",
+               "T", "seed"]
+# Options listed only when a stage used them: the seed's uniform loss is the unstated default.
+UNLESS_OFF = {"min_snr": "min_snr", "low_t_share": "low_t_share", "low_t_max": "low_t_share"}
+
+
+def recipe_text(recipe: dict) -> str:
+    return ", ".join(f"{k} {recipe[k]}" for k in RECIPE_KEYS
+                     if k in recipe and (k not in UNLESS_OFF or recipe.get(UNLESS_OFF[k])))
 
 
 def stage_lines(info: dict) -> str:
@@ -54,7 +62,7 @@ def stage_lines(info: dict) -> str:
         recipe = stage.get("recipe", {})
         threads = f", CPU threads: {recipe['threads']}" if recipe.get("threads") else ""
         lines.append(f"  {i}. {stage['steps']:,} steps ({stage['images']:,} images, {stage['seconds'] / 3600:.2f} h"
-                     f"{threads}): " + ", ".join(f"{k} {recipe[k]}" for k in RECIPE_KEYS if k in recipe))
+                     f"{threads}): " + recipe_text(recipe))
     return "\n".join(lines)
 
 

@@ -306,6 +306,7 @@ def test_init_from_an_exported_model(lib_train_data, tmp_path, restore_signals):
     assert sum(s["seconds"] for s in info["stages"]) == pytest.approx(info["seconds"])
     card = (second / "model" / "README.md").read_text()
     assert "  1. 3 steps" in card and "  2. 2 steps" in card
+    assert "min_snr" not in card and "low_t" not in card  # options a stage did not use are not listed
     third = tmp_path / "third"  # a stage interrupted and resumed is still one stage
     assert train.main(args(lib_train_data, third, 2, "--init-from", second / "model")) == 0
     assert train.main(args(lib_train_data, third, 4, "--resume")) == 0
