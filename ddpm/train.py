@@ -90,12 +90,16 @@ def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
             v.copy_(model_state[k])
 
 
+LOW_T_MAX = 150  # the highest time --low-t-share draws, unless --low-t-max says otherwise
+
+
 def min_snr_weights(snr: torch.Tensor, gamma: float) -> torch.Tensor:
     """Min-SNR-gamma loss weights for noise prediction (Hang et al. 2023): min(SNR, gamma) / SNR.
 
-    The plain noise MSE weights the low-noise steps, where only imperceptible detail is left to
-    decide, as heavily as the rest; capping their weight leaves the network's capacity to the
-    steps that decide shapes and colour regions. gamma = 0 keeps the uniform weights of the seed.
+    The plain noise MSE weights the low-noise steps as heavily as the rest; the idea of capping
+    their weight is to leave more of the network's capacity to the steps that decide shapes (on
+    the shipped model it did not help: README, "Where the speckle comes from"). gamma = 0 keeps
+    the uniform weights of the seed.
     """
     if gamma <= 0:
         return torch.ones_like(snr)
@@ -103,7 +107,8 @@ def min_snr_weights(snr: torch.Tensor, gamma: float) -> torch.Tensor:
 
 
 def training_batch(images: torch.Tensor, labels: torch.Tensor, n_classes: int, batch_size: int, T: int,
-                   p_uncond: float, generator: torch.Generator, low_t_share: float = 0.0, low_t_max: int = 0):
+                   p_uncond: float, generator: torch.Generator, low_t_share: float = 0.0,
+                   low_t_max: int = LOW_T_MAX):
     """Random sprites, flips, times t, noise, and one-hot contexts with dropout, all from one generator.
 
     t ~ U{1..T} as in the seed; with low_t_share > 0, that share of the batch draws t ~ U{1..low_t_max}
@@ -211,7 +216,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--low-t-share", type=float, default=0, metavar="P",
                    help="draw this share of each batch's times from 1..--low-t-max instead of 1..T (0: uniform, as "
                         "the seed): the low-noise steps decide each pixel's colour")
-    p.add_argument("--low-t-max", type=int, default=150, help="the highest time --low-t-share draws")
+    p.add_argument("--low-t-max", type=int, default=LOW_T_MAX, help="the highest time --low-t-share draws")
     p.add_argument("--p-uncond", type=float, default=0.1, help="context dropout for classifier-free guidance")
     p.add_argument("--height", type=int, default=16)
     p.add_argument("--n-feat", type=int, default=64)
