@@ -8,6 +8,9 @@ For conditional samples of each class it reports
   (flips included), beside the same share for held-out real sprites;
 - isolated pixels: the share of pixels whose colour differs from all four neighbours, which is
   what speckle looks like, beside the same share for held-out real sprites (pixel art has some).
+With --noise-error it samples nothing and reports instead the network's noise-prediction error per
+range of t and per class, on the same noised sprites for any model given the same --seed: a cheap,
+paired way to compare two checkpoints, far steadier than training losses.
 The classifier is trained once per data set and cached outside git (~/.cache/ddpm-sprite-lab).
 """
 from __future__ import annotations
@@ -35,6 +38,9 @@ CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dd
 CLASSIFIER_VERSION = 1
 NEAR_COPY_RMS = 0.05  # RMS pixel distance in [0, 1] units below which a sprite counts as a copy
 FEATURES = 64
+# Edges of the t ranges for --noise-error, as fractions of T: for T = 500, t 1-10, 11-25, 26-50,
+# 51-100, 101-150, 151-250, 251-500. Finer at low t, where each pixel's colour is decided.
+NOISE_ERROR_EDGES = (0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
 
 
 class SpriteClassifier(nn.Module):
@@ -206,6 +212,49 @@ def evaluate(model, schedule, data: SpriteData, sampler: str = DEFAULT_SAMPLER, 
     return results
 
 
+def t_ranges(T: int) -> list[tuple[int, int]]:
+    """Consecutive ranges (first, last) of t covering 1..T, cut at NOISE_ERROR_EDGES."""
+    edges = sorted({round(f * T) for f in NOISE_ERROR_EDGES})
+    return [(a + 1, b) for a, b in zip(edges, edges[1:])]
+
+
+@torch.no_grad()
+def noise_error_by_t(model, schedule, data: SpriteData, seed: int = 0, batch: int = 256
+                     ) -> tuple[list[tuple[int, int]], np.ndarray]:
+    """Mean squared error of the predicted noise, per range of t (rows) and per class (columns; the
+    last column is over all sprites).
+
+    Every sprite is noised once in each range, conditioned on its own class; t and the noise come
+    from `seed` alone, so two models evaluated with the same seed see exactly the same inputs.
+    """
+    x, y = data.to_tensors()
+    k, n = len(data.class_names), len(x)
+    ranges = t_ranges(schedule.T)
+    g = torch.Generator().manual_seed(seed)
+    errors = np.zeros((len(ranges), k + 1))
+    model.eval()
+    for i, (first, last) in enumerate(ranges):
+        t = torch.randint(first, last + 1, (n,), generator=g)
+        noise = torch.randn(x.shape, generator=g)
+        per_sprite = torch.empty(n)
+        for j in range(0, n, batch):
+            part = slice(j, j + batch)
+            x_t = schedule.add_noise(x[part], noise[part], t[part])
+            predicted = model(x_t, t[part].float() / schedule.T, F.one_hot(y[part], k).float())
+            per_sprite[part] = ((predicted - noise[part]) ** 2).mean((1, 2, 3))
+        for c in range(k):
+            errors[i, c] = per_sprite[y == c].mean() if (y == c).any() else float("nan")
+        errors[i, k] = per_sprite.mean()
+    return ranges, errors
+
+
+def noise_error_table(ranges: list[tuple[int, int]], errors: np.ndarray, class_names: list[str]) -> str:
+    rows = ["| t | " + " | ".join(class_names) + " | all |", "|---" * (len(class_names) + 2) + "|"]
+    for (first, last), row in zip(ranges, errors):
+        rows.append(f"| {first}-{last} | " + " | ".join(f"{e:.4f}" for e in row) + " |")
+    return "\n".join(rows)
+
+
 def markdown_table(results: list[ClassResult]) -> str:
     rows = ["| class | accuracy | FD | FD floor (real vs real) | near copies | near copies (real vs real) "
             "| isolated pixels | isolated pixels (real) |",
@@ -231,9 +280,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=100, help="samples per class")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-palette", action="store_true", help="measure raw colours, not snapped to palette.json")
+    p.add_argument("--noise-error", action="store_true",
+                   help="sample nothing; report the noise-prediction error per range of t and per class instead")
     p.add_argument("--write-card", action="store_true",
                    help="also rewrite the model directory's README.md (with this table) and samples.png")
     args = p.parse_args(argv)
+    if args.noise_error and args.write_card:
+        p.error("--write-card needs samples; leave out --noise-error")
     if args.n < 2:
         p.error("--n must be at least 2 (a covariance needs two samples)")
     try:
@@ -242,6 +295,13 @@ def main(argv: list[str] | None = None) -> int:
         data = load_data(args.data, model.height)
         if data.class_names != model.class_names:
             raise DataError(f"the data's classes {data.class_names} differ from the model's {model.class_names}")
+        if args.noise_error:
+            start = time.time()
+            ranges, errors = noise_error_by_t(model, schedule, data, seed=args.seed)
+            print(f"noise MSE of {args.model}: each of the {len(data.images)} sprites noised once per range of t, "
+                  f"seed {args.seed} ({time.time() - start:.0f} s)\n")
+            print(noise_error_table(ranges, errors, data.class_names))
+            return 0
         classifier, clf_acc = cached_classifier(data)
         start = time.time()
         palette = None if args.no_palette else load_palette(args.model)

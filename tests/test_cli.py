@@ -138,6 +138,67 @@ def test_evaluate_cli_bad_model(tmp_path, capsys):
     assert "no such directory" in capsys.readouterr().err
 
 
+
+# --- the noise error per range of t (--noise-error) ------------------------------------------------
+class _KnownSpriteModel(torch.nn.Module):
+    """Predicts the noise exactly by knowing the one sprite every x_t was made from (or predicts 0)."""
+
+    def __init__(self, schedule, x0: torch.Tensor, exact: bool = True):
+        super().__init__()
+        self.schedule, self.x0, self.exact = schedule, x0, exact
+
+    def forward(self, x_t, t_over_T, context):
+        if not self.exact:
+            return torch.zeros_like(x_t)
+        t = torch.round(t_over_T * self.schedule.T).long()
+        return self.schedule.predict_eps(x_t, self.x0.expand_as(x_t), t)
+
+
+def test_t_ranges_cover_every_step_once():
+    assert ev.t_ranges(500) == [(1, 10), (11, 25), (26, 50), (51, 100), (101, 150), (151, 250), (251, 500)]
+    for T in (20, 37, 1000):
+        covered = [t for first, last in ev.t_ranges(T) for t in range(first, last + 1)]
+        assert covered == list(range(1, T + 1)), T
+
+
+def test_noise_error_is_zero_for_an_exact_model_and_one_for_predicting_zero(tmp_path):
+    from ddpm.data import SpriteData
+    from ddpm.schedule import NoiseSchedule
+
+    sprite = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    data = SpriteData(np.repeat(sprite[None], 40, 0), np.arange(40) % 5, list(LIB_CLASSES))
+    schedule = NoiseSchedule()
+    x0 = data.to_tensors()[0][:1]
+    ranges, exact = ev.noise_error_by_t(_KnownSpriteModel(schedule, x0), schedule, data, batch=16)
+    assert exact.shape == (len(ranges), len(LIB_CLASSES) + 1)
+    assert exact.max() < 1e-6
+    _, zero = ev.noise_error_by_t(_KnownSpriteModel(schedule, x0, exact=False), schedule, data)
+    # predicting 0 leaves the noise itself: 40 x 768 standard normal values per range, mean square near 1
+    assert np.abs(zero[:, -1] - 1).max() < 0.05
+
+
+def test_noise_error_pairs_models_on_the_same_draws(lib_tiny_model_dir, tmp_path):
+    from ddpm.checkpoint import load_model, load_schedule
+
+    write_npy_dataset(tmp_path / "d", n=30)
+    data = load_npy(tmp_path / "d")
+    model, schedule = load_model(lib_tiny_model_dir), load_schedule(lib_tiny_model_dir)
+    _, a = ev.noise_error_by_t(model, schedule, data, seed=3)
+    _, b = ev.noise_error_by_t(model, schedule, data, seed=3, batch=7)
+    _, c = ev.noise_error_by_t(model, schedule, data, seed=4)
+    assert np.allclose(a, b, rtol=1e-5) and not np.allclose(a, c)
+
+
+def test_evaluate_cli_noise_error(lib_tiny_model_dir, tmp_path, monkeypatch, capsys):
+    write_npy_dataset(tmp_path / "d", n=30)
+    monkeypatch.setattr(ev, "cached_classifier", lambda data: pytest.fail("--noise-error needs no classifier"))
+    assert ev.main(["--model", str(lib_tiny_model_dir), "--data", str(tmp_path / "d"), "--noise-error"]) == 0
+    out = capsys.readouterr().out
+    assert "| t | hero | creature | food | spell | item | all |" in out and "| 251-500 |" in out
+    with pytest.raises(SystemExit):
+        ev.main(["--model", str(lib_tiny_model_dir), "--noise-error", "--write-card"])
+    assert "--write-card needs samples" in capsys.readouterr().err
+
 # --- palette snapping -------------------------------------------------------------------------------
 def test_snap_to_palette_maps_to_nearest_colour():
     from ddpm.images import snap_to_palette
