@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from .checkpoint import SCHEDULER_CONFIG, CheckpointError, load_model, load_schedule, resolve, save_model
 from .data import DataError, SpriteData, load_data
-from .model import NORMS, TIME_EMBEDDINGS, ContextUnet
+from .model import DEFAULT_N_FEAT, NORMS, TIME_EMBEDDINGS, ContextUnet, widen
 from .schedule import SCHEDULES, NoiseSchedule
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -219,7 +219,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--low-t-max", type=int, default=LOW_T_MAX, help="the highest time --low-t-share draws")
     p.add_argument("--p-uncond", type=float, default=0.1, help="context dropout for classifier-free guidance")
     p.add_argument("--height", type=int, default=16)
-    p.add_argument("--n-feat", type=int, default=64)
+    p.add_argument("--n-feat", type=int, default=None,
+                   help="network width (default 64); with --init-from, a whole multiple of the model's width "
+                        "widens it without changing what it computes (Net2WiderNet), to keep training it larger")
     p.add_argument("--norm", choices=NORMS, default="batch")
     p.add_argument("--time-embedding", choices=TIME_EMBEDDINGS, default="scalar")
     p.add_argument("--schedule", choices=SCHEDULES, default="linear")
@@ -238,6 +240,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("steps", "batch_size", "checkpoint_every", "sample_every", "T"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.n_feat is not None and args.n_feat < 1:
+        p.error("--n-feat must be at least 1")
     if not (math.isfinite(args.lr) and args.lr > 0):
         p.error("--lr must be a positive number")
     if not 0 <= args.ema < 1:
@@ -298,6 +302,11 @@ class Trainer:
             # clear error rather than a traceback
             folder = resolve(args.init_from)
             self.model = load_model(folder)
+            if args.n_feat and args.n_feat != self.model.n_feat:
+                try:
+                    self.model = widen(self.model, args.n_feat, torch.Generator().manual_seed(args.seed))
+                except ValueError as e:
+                    raise TrainingError(f"--n-feat with --init-from: {e}") from None
             if (folder / SCHEDULER_CONFIG).exists():
                 self.schedule = load_schedule(folder)
             info = folder / TRAINING_INFO
@@ -310,7 +319,7 @@ class Trainer:
                 except (KeyError, TypeError) as e:
                     raise TrainingError(f"{info}: not a training history (missing {e})") from None
         else:
-            self.model = ContextUnet(3, args.n_feat, len(self.data.class_names), args.height,
+            self.model = ContextUnet(3, args.n_feat or DEFAULT_N_FEAT, len(self.data.class_names), args.height,
                                      self.data.class_names, args.norm, args.time_embedding)
         if self.model.class_names != self.data.class_names:
             raise TrainingError(f"the model's classes {self.model.class_names} differ from the data's "
@@ -371,7 +380,7 @@ class Trainer:
         model = copy.deepcopy(self.ema).cpu().to(memory_format=torch.contiguous_format)
         history = self.current_history()
         recipe = {k: v for k, v in vars(self.args).items() if k not in ("out", "resume", "export", "init_from")}
-        this_stage = stage_since(history, recipe)
+        this_stage = dict(stage_since(history, recipe), precision=self.precision)
         stages = history.pop("prior_stages", []) + [this_stage]
         info = dict(history, recipe=recipe, stages=stages, precision=self.precision, data_counts=self.data.counts())
         card = model_card(model.config_dict, info)

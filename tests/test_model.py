@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ddpm.model import ContextUnet, EmbedFC, ResidualConvBlock, level_channels
+from ddpm.model import ContextUnet, EmbedFC, ResidualConvBlock, level_channels, widen
 
 from conftest import LIB_CLASSES
 
@@ -159,3 +159,42 @@ def test_trains_under_distributed_data_parallel(tmp_path):
             ddp(torch.randn(2, 3, 16, 16), torch.rand(2), torch.eye(5)[:2]).square().mean().backward()
     finally:
         dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("norm", ["batch", "group"])
+@pytest.mark.parametrize("time_embedding", ["scalar", "sinusoidal"])
+@pytest.mark.parametrize("height,factor", [(16, 2), (32, 3)])
+def test_widen_computes_the_same_function(norm, time_embedding, height, factor):
+    torch.manual_seed(0)
+    model = ContextUnet(n_feat=8, n_classes=3, height=height, norm=norm, time_embedding=time_embedding)
+    x, t, c = torch.randn(6, 3, height, height), torch.rand(6), torch.eye(3)[torch.arange(6) % 3]
+    with torch.no_grad():  # train-mode passes give the BatchNorm running statistics real values
+        for _ in range(3):
+            model(torch.randn_like(x), t, c)
+    wide = widen(model, 8 * factor, torch.Generator().manual_seed(1))
+    assert wide.n_feat == 8 * factor and wide.config_dict == dict(model.config_dict, n_feat=8 * factor)
+    assert sum(p.numel() for p in wide.parameters()) > (factor ** 2 - 1) * sum(p.numel() for p in model.parameters())
+    for mode in (True, False):  # batch statistics, then running statistics
+        model.train(mode), wide.train(mode)
+        with torch.no_grad():
+            expected, got = model(x, t, c), wide(x, t, c)
+        assert torch.allclose(got, expected, atol=1e-5, rtol=1e-4), (got - expected).abs().max()
+
+
+def test_widened_copies_of_a_channel_grow_apart_in_training():
+    torch.manual_seed(0)
+    wide = widen(ContextUnet(n_feat=8, n_classes=3), 16, torch.Generator().manual_seed(0))
+    first = wide.init_conv.conv1[0].weight  # its output channels 0 and 1 are copies of one old channel
+    assert torch.equal(first[0], first[1])
+    opt = torch.optim.SGD(wide.parameters(), lr=0.1)
+    _, out = run_forward_backward(wide, batch=4)
+    opt.step()
+    assert not torch.allclose(first[0], first[1])
+
+
+def test_widen_needs_a_whole_multiple_of_the_width():
+    model = ContextUnet(n_feat=16, n_classes=3)
+    for n_feat in (24, 8):
+        with pytest.raises(ValueError, match="whole multiple"):
+            widen(model, n_feat)
+    assert widen(model, 16).state_dict().keys() == model.state_dict().keys()
