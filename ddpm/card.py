@@ -43,15 +43,17 @@ DragonDePlatino, DawnBringer palette by DawnBringer.
 """
 
 
-RECIPE_KEYS = ["batch_size", "lr", "warmup", "ema", "p_uncond", "min_snr", "low_t_share", "low_t_max", "schedule",
+PRECISION_NAMES = {"no": "fp32", "bf16": "bf16 autocast", "fp16": "fp16 autocast"}
+RECIPE_KEYS = ["n_feat", "batch_size", "lr", "warmup", "ema", "p_uncond", "min_snr", "low_t_share", "low_t_max", "schedule",
                "T", "seed"]
 # Options listed only when a stage used them: the seed's uniform loss is the unstated default.
 UNLESS_OFF = {"min_snr": "min_snr", "low_t_share": "low_t_share", "low_t_max": "low_t_share"}
 
 
 def recipe_text(recipe: dict) -> str:
+    # None: the option was left to the model a stage started from (n_feat with --init-from)
     return ", ".join(f"{k} {recipe[k]}" for k in RECIPE_KEYS
-                     if k in recipe and (k not in UNLESS_OFF or recipe.get(UNLESS_OFF[k])))
+                     if recipe.get(k) is not None and (k not in UNLESS_OFF or recipe.get(UNLESS_OFF[k])))
 
 
 def stage_lines(info: dict) -> str:
@@ -61,8 +63,9 @@ def stage_lines(info: dict) -> str:
     for i, stage in enumerate(training_stages(info), 1):
         recipe = stage.get("recipe", {})
         threads = f", CPU threads: {recipe['threads']}" if recipe.get("threads") else ""
+        precision = f", {PRECISION_NAMES.get(stage['precision'], stage['precision'])}" if "precision" in stage else ""
         lines.append(f"  {i}. {stage['steps']:,} steps ({stage['images']:,} images, {stage['seconds'] / 3600:.2f} h"
-                     f"{threads}): " + recipe_text(recipe))
+                     f"{threads}{precision}): " + recipe_text(recipe))
     return "\n".join(lines)
 
 
@@ -75,9 +78,22 @@ def model_card(config: dict, info: dict, evaluation: str | None = None) -> str:
         n_feat=config["n_feat"], norm=config["norm"], time_embedding=config["time_embedding"],
         stages=stage_lines(info),
         steps=info.get("steps", 0), images=info.get("images", 0), hours=info.get("seconds", 0) / 3600,
-        precision={"no": "fp32", "bf16": "bf16 autocast", "fp16": "fp16 autocast"}.get(info.get("precision"), "fp32"),
+        precision=overall_precision(info),
         evaluation=evaluation or "Run `python -m ddpm.evaluate --model weights` for the table.",
     )
+
+
+def overall_precision(info: dict) -> str:
+    """The precision of the whole training, or "by stage" when the stages differ (as recorded since stages
+    carry their own; before that, info["precision"] was the last run's)."""
+    from .train import training_stages
+
+    recorded = [stage.get("precision") for stage in training_stages(info)]
+    if not any(recorded):
+        return PRECISION_NAMES.get(info.get("precision"), "fp32")
+    if len(set(recorded)) == 1:
+        return PRECISION_NAMES.get(recorded[0], recorded[0])
+    return "precision by stage below"
 
 
 def sum_params(config: dict) -> int:

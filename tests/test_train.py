@@ -314,6 +314,27 @@ def test_init_from_an_exported_model(lib_train_data, tmp_path, restore_signals):
     assert [s["steps"] for s in info["stages"]] == [3, 2, 4] and info["steps"] == 9
 
 
+def test_init_from_with_a_larger_n_feat_widens_the_model(lib_train_data, tmp_path, restore_signals):
+    # GroupNorm: a training step moves BatchNorm's running statistics even at a zero learning rate
+    assert train.main(args(lib_train_data, tmp_path / "first", 2, "--norm", "group")) == 0
+    second = tmp_path / "second"
+    argv = args(lib_train_data, second, 1, "--init-from", tmp_path / "first" / "model", "--lr", "1e-12")
+    argv[argv.index("--n-feat") + 1] = "32"
+    assert train.main(argv) == 0
+    small, wide = load_model(tmp_path / "first" / "model"), load_model(second / "model")
+    assert wide.n_feat == 32 and small.n_feat == 16
+    # one step at a negligible learning rate: the widened model still computes what the small one did
+    # (the EMA of an unchanged network is that network)
+    x, t, c = torch.randn(4, 3, 16, 16), torch.rand(4), torch.eye(5)[:4]
+    with torch.no_grad():
+        assert torch.allclose(wide(x, t, c), small(x, t, c), atol=1e-4)
+    info = json.loads((second / "model" / "training.json").read_text())
+    assert [s["recipe"]["n_feat"] for s in info["stages"]] == [16, 32] and info["steps"] == 3
+    assert info["stages"][-1]["precision"] in ("no", "bf16")  # each stage records its own
+    card = (second / "model" / "README.md").read_text()
+    assert "n_feat 16, batch_size 16" in card and "n_feat 32, batch_size 16" in card  # the stages' widths
+
+
 def test_a_stage_continues_the_ema_warm_up_of_the_stages_before(lib_train_data, tmp_path, restore_signals,
                                                                  monkeypatch):
     decays = []
@@ -365,7 +386,7 @@ def test_missing_out_is_an_error(capsys):
 
 @pytest.mark.parametrize("case", ["missing data", "resume without checkpoint", "bad init-from", "wrong height",
                                   "class mismatch", "corrupt checkpoint", "bad init-from schedule",
-                                  "bad init-from history", "bad init-from history fields"])
+                                  "bad init-from history", "bad init-from history fields", "widen by a fraction"])
 def test_bad_setups_give_one_error_line(lib_train_data, tmp_path, capsys, restore_signals, case):
     out = tmp_path / "run"
     if case == "missing data":
@@ -385,6 +406,11 @@ def test_bad_setups_give_one_error_line(lib_train_data, tmp_path, capsys, restor
         name = "scheduler_config.json" if case.endswith("schedule") else "training.json"
         (tmp_path / "first" / "model" / name).write_text('{"steps": 3}' if case.endswith("fields") else "{oops")
         argv, match = args(lib_train_data, out, 5, "--init-from", tmp_path / "first" / "model"), name
+    elif case == "widen by a fraction":
+        assert train.main(args(lib_train_data, tmp_path / "first", 1)) == 0
+        argv = args(lib_train_data, out, 5, "--init-from", tmp_path / "first" / "model")
+        argv[argv.index("--n-feat") + 1] = "24"
+        match = "whole multiple"
     else:
         other = tmp_path / "three_classes"
         write_npy_dataset(other, n=12, n_classes=3)
@@ -394,3 +420,16 @@ def test_bad_setups_give_one_error_line(lib_train_data, tmp_path, capsys, restor
     assert train.main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and match in err and "\n" not in err, err
+
+
+def test_the_card_gives_each_stage_its_precision():
+    from ddpm.card import overall_precision, stage_lines
+
+    stage = {"steps": 10, "images": 1280, "seconds": 60.0, "recipe": {"lr": 1e-3}}
+    legacy = dict(stage, precision="no")  # before stages recorded it: the last run's, for the whole
+    assert overall_precision(legacy) == "fp32" and ", fp32" not in stage_lines(legacy)
+    mixed = dict(stage, steps=20, stages=[dict(stage, precision="no"), dict(stage, precision="bf16")])
+    assert overall_precision(mixed) == "precision by stage below"
+    assert "0.02 h, fp32)" in stage_lines(mixed) and "0.02 h, bf16 autocast)" in stage_lines(mixed)
+    same = dict(mixed, stages=[dict(stage, precision="bf16")] * 2)
+    assert overall_precision(same) == "bf16 autocast"
