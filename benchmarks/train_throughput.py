@@ -65,8 +65,9 @@ def seed_loop(sprites, onehot, batch_size, seconds, schedule):
                 return images / (time.perf_counter() - start)
 
 
-def our_loop(sprites, labels, batch_size, seconds, schedule, config: dict | None = None):
-    """Images/s of ddpm.train's step; config: ContextUnet keyword arguments (default: the seed's network)."""
+def our_loop(sprites, labels, batch_size, seconds, schedule, config: dict | None = None, bf16: bool = False):
+    """Images/s of ddpm.train's step; config: ContextUnet keyword arguments (default: the seed's network);
+    bf16: the forward pass under bf16 autocast, as ddpm.train's --precision bf16."""
     model = ContextUnet(**(config or {})).to(memory_format=torch.channels_last)
     ema = ContextUnet(**(config or {})).to(memory_format=torch.channels_last).eval()
     opt = torch.optim.Adam(model.parameters(), 1e-3)
@@ -77,7 +78,8 @@ def our_loop(sprites, labels, batch_size, seconds, schedule, config: dict | None
     while time.perf_counter() - start <= seconds:
         x0, t, noise, context = training_batch(data, labels, 5, batch_size, schedule.T, 0.1, g)
         x_t = schedule.add_noise(x0, noise, t).contiguous(memory_format=torch.channels_last)
-        loss = F.mse_loss(model(x_t, t.float() / schedule.T, context), noise)
+        with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+            loss = F.mse_loss(model(x_t, t.float() / schedule.T, context).float(), noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
