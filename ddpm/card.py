@@ -84,8 +84,8 @@ def model_card(config: dict, info: dict, evaluation: str | None = None) -> str:
 
 
 def overall_precision(info: dict) -> str:
-    """The precision of the whole training, or "by stage" when the stages differ (as recorded since stages
-    carry their own; before that, info["precision"] was the last run's)."""
+    """The precision of the whole training, or "by stage" when the stages differ. Stages record their own;
+    a training.json written before they did holds only info["precision"], the last run's."""
     from .train import training_stages
 
     recorded = [stage.get("precision") for stage in training_stages(info)]

@@ -382,7 +382,7 @@ class Trainer:
         recipe = {k: v for k, v in vars(self.args).items() if k not in ("out", "resume", "export", "init_from")}
         this_stage = dict(stage_since(history, recipe), precision=self.precision)
         stages = history.pop("prior_stages", []) + [this_stage]
-        info = dict(history, recipe=recipe, stages=stages, precision=self.precision, data_counts=self.data.counts())
+        info = dict(history, recipe=recipe, stages=stages, data_counts=self.data.counts())  # precision: per stage
         card = model_card(model.config_dict, info)
         save_model(model, self.schedule, folder, card, palette=self.data.palette())
         (Path(folder) / TRAINING_INFO).write_text(json.dumps(info, indent=2) + "\n")
