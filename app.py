@@ -28,7 +28,7 @@ from ddpm import interactive as ix
 from ddpm.checkpoint import CheckpointError, load_model, load_palette, load_schedule, resolve
 from ddpm.data import DataError
 from ddpm.images import sprite_sheet, upscale
-from ddpm.sampling import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS
+from ddpm.sampling import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS, PRECISIONS, resolve_precision
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_MODEL = str(HERE / "weights")
@@ -128,8 +128,9 @@ class SpriteLab:
     """The model plus one method per UI action; app wiring lives in build_demo."""
 
     def __init__(self, model: torch.nn.Module, schedule, device: torch.device, source: str,
-                 palette: np.ndarray | None = None):
+                 palette: np.ndarray | None = None, precision: str = "fp32"):
         self.model, self.schedule, self.device, self.source = model, schedule, device, source
+        self.precision = precision  # what the network runs in while sampling (ddpm.sampling.PRECISIONS)
         self.palette = palette  # the training data's colours (palette.json), or None
         self.classes = list(model.class_names)
         self.T, self.height = schedule.T, model.height
@@ -139,7 +140,7 @@ class SpriteLab:
     def model_sprite(self, cls: str, seed: Any) -> np.ndarray:
         seed = ix.check_number(seed, "seed", 0, ix.MAX_SEED, integer=True)
         rows = ix.generate(self.model, self.schedule, self.classes, ix.check_class(self.classes, cls), 1,
-                           DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_GUIDANCE, seed)
+                           DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_GUIDANCE, seed, self.precision)
         return ix.maybe_snap(rows[0][0], self.palette, True)
 
     # --- 1. forward process -------------------------------------------------------------------
@@ -186,7 +187,7 @@ class SpriteLab:
     def _new_run(self, s: dict) -> ix.ReverseRun:
         context = ix.context_for(self.classes, s["cls"], s["n"], s["mix"])
         return ix.start_reverse(self.model, self.schedule, context, s["sampler"], s["steps"], s["guidance"],
-                                s["seed"], cls=s["cls"], mix=s["mix"], n=s["n"])
+                                s["seed"], self.precision, cls=s["cls"], mix=s["mix"], n=s["n"])
 
     def _run_for(self, run: ix.ReverseRun | None, cls, n, seed, sampler, steps, guidance,
                  mix) -> tuple[ix.ReverseRun, bool]:
@@ -258,7 +259,7 @@ class SpriteLab:
     @user_errors
     def generate(self, cls, n, sampler, steps, guidance, seed, transparent, snap=True):
         rows = ix.generate(self.model, self.schedule, self.classes, cls, n, sampler_key(sampler), steps,
-                           guidance, seed)
+                           guidance, seed, self.precision)
         rows = [ix.maybe_snap(r, self.palette, bool(snap)) for r in rows]
         shown = sprite_sheet(rows, scale=GRID, pad=1)
         sheet = sprite_sheet(rows, scale=1, pad=0, transparent=bool(transparent))
@@ -289,7 +290,7 @@ class SpriteLab:
             sprite = self.model_sprite(self.classes[0], 1)
         cls = ix.check_class(self.classes, cls)
         r = ix.remix(self.model, self.schedule, sprite, ix.context_for(self.classes, cls, 1), strength,
-                     sampler_key(sampler), steps, guidance, seed)
+                     sampler_key(sampler), steps, guidance, seed, self.precision)
         result = ix.maybe_snap(r.result, self.palette, bool(snap))
         # the trajectory: at most 8 evenly spaced frames from the noised start to the result
         keep = np.unique(np.linspace(0, len(r.frames) - 1, min(8, len(r.frames))).round().astype(int))
@@ -310,7 +311,7 @@ class SpriteLab:
         lines = [
             "### This model",
             f"- **Loaded from:** `{self.source}`" + (f" (`{folder}`)" if folder and str(folder) != self.source else ""),
-            f"- **Device:** `{self.device}` &nbsp;·&nbsp; torch {torch.__version__} &nbsp;·&nbsp; gradio {gr.__version__}",
+            f"- **Device:** `{self.device}`, network in {self.precision} &nbsp;·&nbsp; torch {torch.__version__} &nbsp;·&nbsp; gradio {gr.__version__}",
             f"- **Classes ({len(self.classes)}):** " + ", ".join(f"`{c}`" for c in self.classes),
             f"- **Parameters:** {params:,}",
             f"- **Noise schedule:** `{json.dumps(self.schedule.config())}`",
@@ -550,11 +551,15 @@ def build_demo(lab: SpriteLab) -> gr.Blocks:
     return demo
 
 
-def create_lab(source: str, device: str | None = None) -> SpriteLab:
-    """Load the model and schedule (CheckpointError / ValueError with a one-line message on failure)."""
+def create_lab(source: str, device: str | None = None, precision: str = "fp32") -> SpriteLab:
+    """Load the model and schedule (CheckpointError / ValueError with a one-line message on failure).
+
+    precision: fp32, bf16, or auto (bf16 where the device runs it fast, ddpm.sampling.resolve_precision).
+    """
     dev = ix.pick_device(device)
+    precision = resolve_precision(precision, dev)
     model = load_model(source, device=dev)
-    return SpriteLab(model, load_schedule(source), dev, str(source), load_palette(source))
+    return SpriteLab(model, load_schedule(source), dev, str(source), load_palette(source), precision)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -562,6 +567,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", default=os.environ.get("DDPM_MODEL", DEFAULT_MODEL),
                    help="model directory or Hugging Face Hub repo id (default: env DDPM_MODEL, else ./weights)")
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
+    p.add_argument("--precision", default="auto", choices=["auto", *PRECISIONS],
+                   help="what the network runs in while sampling; auto: bf16 on GPUs and on CPUs with "
+                        "AVX512_BF16 or AMX, where it is 2-3x faster, else fp32")
     p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
                    help="address to listen on (default 127.0.0.1; 0.0.0.0 to serve your network)")
     p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
@@ -575,11 +583,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(max(1, args.threads))
     try:
-        lab = create_lab(args.model, args.device)
+        lab = create_lab(args.model, args.device, args.precision)
     except (CheckpointError, ValueError, RuntimeError) as e:
         print(f"error: cannot load the model from {args.model!r}: {e}", file=sys.stderr)
         return 2
-    print(f"DDPM Sprite Lab: model {lab.source} ({', '.join(lab.classes)}) on {lab.device}")
+    print(f"DDPM Sprite Lab: model {lab.source} ({', '.join(lab.classes)}) on {lab.device}, {lab.precision}")
     build_demo(lab).launch(server_name=args.host, server_port=args.port, **LAUNCH_KWARGS)
     return 0
 

@@ -1,7 +1,7 @@
 """Server-side latency of the app's three interactive paths (a script, never a test).
 
     python benchmarks/app_latency.py                 # the shipped weights/ (random n_feat=64 weights if absent)
-    python benchmarks/app_latency.py --model DIR --repeats 30 --threads 1
+    python benchmarks/app_latency.py --model DIR --repeats 30 --threads 1 --precision fp32
 
 Each figure is the handler the app calls plus PNG-encoding its pictures the way Gradio does,
 median over repeats after a warm-up:
@@ -29,7 +29,7 @@ from PIL import Image  # noqa: E402
 from gradio.processing_utils import encode_pil_to_bytes  # noqa: E402
 
 import app  # noqa: E402
-from ddpm.sampling import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS  # noqa: E402
+from ddpm.sampling import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS, PRECISIONS  # noqa: E402
 
 
 def encode(outputs) -> None:
@@ -76,6 +76,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default=None, help="model directory or repo id (default: weights/, else random n_feat=64)")
     p.add_argument("--device", default=None)
+    p.add_argument("--precision", default="auto", choices=["auto", *PRECISIONS],
+                   help="as app.py --precision (auto: bf16 where the CPU or GPU runs it fast)")
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = p.parse_args()
@@ -87,9 +89,9 @@ def main() -> int:
     if source is None:
         source = random_model_dir()
         print("weights/ not found: timing a course-sized model (n_feat=64) with random weights")
-    lab = app.create_lab(source, args.device)
+    lab = app.create_lab(source, args.device, args.precision)
     params = sum(p.numel() for p in lab.model.parameters())
-    print(f"model {source}: {params:,} parameters, device {lab.device}, torch threads {torch.get_num_threads()}, "
+    print(f"model {source}: {params:,} parameters, device {lab.device}, {lab.precision}, torch threads {torch.get_num_threads()}, "
           f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
     cls = lab.classes[0]
     sprite = lab.model_sprite(cls, 0)

@@ -25,12 +25,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 
 from ddpm.data import DAWNLIKE_DIR
 from ddpm.model import ContextUnet
-from ddpm.sampling import inference_model
+from ddpm.sampling import PRECISIONS, bf16_is_fast, inference_model
 from ddpm.schedule import NoiseSchedule
 from train_throughput import our_loop, random_sprites
 
 WIDTHS = (64, 128)
-PRECISIONS = ("fp32", "bf16")
 
 
 def autocast(precision: str):
@@ -103,8 +102,7 @@ def main() -> None:
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    bf16_cpu = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    print(f"{torch.get_num_threads()} threads; this CPU {'has' if bf16_cpu else 'lacks'} native bf16 "
+    print(f"{torch.get_num_threads()} threads; this CPU {'has' if bf16_is_fast('cpu') else 'lacks'} native bf16 "
           f"(AVX512_BF16 / AMX); median of {args.rounds} rounds\n", flush=True)
     print(speed_table(args.seconds, args.rounds), "\n", flush=True)
     if args.speed_only:

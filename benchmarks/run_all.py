@@ -45,8 +45,8 @@ import torch  # noqa: E402
 from ddpm.checkpoint import load_model, load_palette, load_schedule  # noqa: E402
 from ddpm.data import load_data  # noqa: E402
 from ddpm.evaluate import cached_classifier, evaluate  # noqa: E402
-from ddpm.sampling import (DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS, inference_model,  # noqa: E402
-                           make_sampler, predict_noise, sample)
+from ddpm.sampling import (DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS, PRECISIONS,  # noqa: E402
+                           inference_model, make_sampler, predict_noise, resolve_precision, sample)
 
 # The issue's list, plus the library's default DPM-Solver++ 20, DPM-Solver++ 8 (16 sprites in 0.5 s
 # needs fewer than 10 guided steps on 2 AVX2 cores) and strided ancestral DDPM 50/25/10: on an early
@@ -91,12 +91,13 @@ def median_ms(times: list[float]) -> float:
 
 
 # --- 1. quality and generation time -----------------------------------------------------------------
-def quality(model, schedule, data, settings, n, guidance, seed, classifier, t0, palette=None) -> list[dict]:
+def quality(model, schedule, data, settings, n, guidance, seed, classifier, t0, palette=None,
+            precision="fp32") -> list[dict]:
     rows = []
     for i, (sampler, steps) in enumerate(settings):
         start = time.perf_counter()
         kw = {} if palette is None else dict(palette=palette)  # snapped to palette.json as the app does
-        res = evaluate(model, schedule, data, sampler, steps, guidance, n, seed, classifier, **kw)
+        res = evaluate(model, schedule, data, sampler, steps, guidance, n, seed, classifier, precision=precision, **kw)
         mean = lambda attr: sum(getattr(r, attr) for r in res) / len(res)  # noqa: E731
         rows.append(dict(setting=label(sampler, steps), sampler=sampler, steps=steps, accuracy=mean("accuracy"),
                          fd=mean("fd"), fd_floor=mean("fd_floor"), near_copies=mean("near_copies"),
@@ -108,7 +109,8 @@ def quality(model, schedule, data, settings, n, guidance, seed, classifier, t0, 
     return rows
 
 
-def generation_times(model, schedule, settings, guidance, repeats, slow_repeats, n=16) -> dict[str, float]:
+def generation_times(model, schedule, settings, guidance, repeats, slow_repeats, n=16,
+                     precision="fp32") -> dict[str, float]:
     """Median seconds to sample n sprites of class 0 per setting, in interleaved rounds.
 
     Settings of 100 steps or more run only slow_repeats times. Also times the default setting on
@@ -124,20 +126,21 @@ def generation_times(model, schedule, settings, guidance, repeats, slow_repeats,
     at = 1 + [name for name, *_ in jobs].index(label(DEFAULT_SAMPLER, DEFAULT_STEPS))
     jobs.insert(at, (f"{label(DEFAULT_SAMPLER, DEFAULT_STEPS)}, plain model call (no fast path)", plain,
                      DEFAULT_SAMPLER, DEFAULT_STEPS))
-    sample(model, schedule, context[:2], sampler="ddim", steps=2, guidance=guidance, seed=0)  # warm-up, builds the copy
+    sample(model, schedule, context[:2], sampler="ddim", steps=2, guidance=guidance, seed=0,
+           precision=precision)  # warm-up, builds the copy
     times: dict[str, list[float]] = {name: [] for name, *_ in jobs}
     for r in range(repeats):
         for name, net, s, k in jobs:
             if k >= 100 and r >= slow_repeats:
                 continue
             start = time.perf_counter()
-            sample(net, schedule, context, sampler=s, steps=k, guidance=guidance, seed=r)
+            sample(net, schedule, context, sampler=s, steps=k, guidance=guidance, seed=r, precision=precision)
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(v) for name, v in times.items()}
 
 
 # --- 2. one reverse step ----------------------------------------------------------------------------
-def step_latency(model, schedule, batches, guidance, repeats) -> list[dict]:
+def step_latency(model, schedule, batches, guidance, repeats, precision="fp32") -> list[dict]:
     fast, plain = inference_model(model.eval()), Plain(model)
     rows = []
     for b in batches:
@@ -147,7 +150,7 @@ def step_latency(model, schedule, batches, guidance, repeats) -> list[dict]:
         t = schedule.T // 2
 
         def one(net):
-            with torch.inference_mode():
+            with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16"):
                 sampler.reset()
                 sampler.step(predict_noise(net, x, t, schedule.T, c, guidance), t, t - 25, x)
 
@@ -165,14 +168,14 @@ def step_latency(model, schedule, batches, guidance, repeats) -> list[dict]:
 
 
 # --- 3. the app -------------------------------------------------------------------------------------
-def forward_slider(model_dir: str, repeats: int) -> dict:
+def forward_slider(model_dir: str, repeats: int, precision: str = "fp32") -> dict:
     """Median ms of one forward-slider update, as benchmarks/app_latency.py measures it."""
     try:
         import app
         from app_latency import encode, timed
     except Exception as e:  # noqa: BLE001 - the app is optional for the rest of the suite
         return dict(error=f"{type(e).__name__}: {e}")
-    lab = app.create_lab(model_dir, None)
+    lab = app.create_lab(model_dir, None, precision)
     cls = lab.classes[0]
     sprite = lab.model_sprite(cls, 0)
     ts = iter(range(10 ** 9))
@@ -238,7 +241,7 @@ def report(res: dict) -> str:
     lines = [f"# Benchmarks", "",
              f"`{res['command']}`", "",
              f"Model `{a['model']}` ({res['params']:,} parameters), data `{a['data']}`, guidance {a['guidance']:g}, "
-             f"{res['threads']} torch threads on {res['cpus']} CPUs ({res['cpu']}), torch {torch.__version__}, "
+             f"network in {a.get('precision', 'fp32')}, {res['threads']} torch threads on {res['cpus']} CPUs ({res['cpu']}), torch {torch.__version__}, "
              f"load average {res['load_before']:.2f} at the start and {res['load_after']:.2f} at the end; "
              f"{res['total_s']:.0f} s in all." + (" **Quick mode: too few samples for the quality figures to mean much.**"
                                                     if a["quick"] else ""), ""]
@@ -351,6 +354,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--settings", default=SETTINGS, help="sampler:steps list")
     p.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--precision", default="auto", choices=["auto", *PRECISIONS],
+                   help="what the network runs in, as app.py --precision (auto: bf16 where the CPU runs it fast)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--no-palette", action="store_true", help="measure raw colours, not snapped to palette.json")
     p.add_argument("--skip", default="", help="comma-separated sections to skip: quality,generation,steps,app,train")
@@ -364,10 +369,11 @@ def main(argv: list[str] | None = None) -> int:
     settings = parse_settings(args.settings)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    precision = resolve_precision(args.precision, "cpu")
     t0 = time.perf_counter()
     model, schedule = load_model(args.model), load_schedule(args.model)
     res = dict(command="python benchmarks/run_all.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-               args=dict(vars(args), samples_per_class=n), params=sum(q.numel() for q in model.parameters()),
+               args=dict(vars(args), samples_per_class=n, precision=precision), params=sum(q.numel() for q in model.parameters()),
                threads=torch.get_num_threads(), cpus=os.cpu_count(), cpu=platform.processor() or platform.machine(),
                load_before=os.getloadavg()[0])
 
@@ -379,19 +385,21 @@ def main(argv: list[str] | None = None) -> int:
         log(f"quality: {len(settings)} settings, {n} samples per class")
         palette = None if args.no_palette else load_palette(args.model)
         res["palette"] = palette is not None
-        res["quality"] = quality(model, schedule, data, settings, n, args.guidance, args.seed, classifier, t0, palette)
+        res["quality"] = quality(model, schedule, data, settings, n, args.guidance, args.seed, classifier, t0, palette,
+                                 precision)
     if "generation" not in skip:
         log(f"[{time.perf_counter() - t0:6.0f} s] generation time, 16 sprites per setting")
         res["generation"] = generation_times(model, schedule, settings, args.guidance,
-                                             repeats=1 if args.quick else 3, slow_repeats=1)
+                                             repeats=1 if args.quick else 3, slow_repeats=1, precision=precision)
     if "steps" not in skip:
         log(f"[{time.perf_counter() - t0:6.0f} s] one reverse step at batch 1, 16, 64")
-        res["steps"] = step_latency(model, schedule, (1, 16, 64), args.guidance, repeats=3 if args.quick else 15)
+        res["steps"] = step_latency(model, schedule, (1, 16, 64), args.guidance, repeats=3 if args.quick else 15,
+                                    precision=precision)
     if "app" not in skip:
         log(f"[{time.perf_counter() - t0:6.0f} s] the app: forward slider and cold start")
         app_res = {}
         try:
-            app_res.update(forward_slider(args.model, 5 if args.quick else 30))
+            app_res.update(forward_slider(args.model, 5 if args.quick else 30, precision))
         except Exception as e:  # noqa: BLE001
             app_res["error"] = f"{type(e).__name__}: {e}"
         if "error" in app_res:

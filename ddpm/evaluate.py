@@ -32,7 +32,7 @@ from torch import nn
 from .checkpoint import CheckpointError, load_model, load_palette, load_schedule
 from .data import DataError, SpriteData, load_data
 from .images import snap_to_palette
-from .sampling import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLER_ALIASES, sample, to_uint8
+from .sampling import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS, PRECISIONS, SAMPLER_ALIASES, sample, to_uint8
 
 CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ddpm-sprite-lab"
 CLASSIFIER_VERSION = 1
@@ -175,10 +175,11 @@ class ClassResult:
 def evaluate(model, schedule, data: SpriteData, sampler: str = DEFAULT_SAMPLER, steps: int = DEFAULT_STEPS,
              guidance: float = DEFAULT_GUIDANCE, n_per_class: int = 100, seed: int = 0,
              classifier: SpriteClassifier | None = None, batch: int = 250,
-             palette: "np.ndarray | None" = None) -> list[ClassResult]:
+             palette: "np.ndarray | None" = None, precision: str = "fp32") -> list[ClassResult]:
     """Sample n_per_class sprites of each class and measure them against the real ones.
 
     With a palette, samples are snapped to it (ddpm.images.snap_to_palette) as the app and CLI do.
+    precision: what the network runs in while sampling (ddpm.sampling.PRECISIONS).
     """
     if classifier is None:
         classifier, _ = cached_classifier(data)
@@ -194,7 +195,7 @@ def evaluate(model, schedule, data: SpriteData, sampler: str = DEFAULT_SAMPLER, 
         chunks = []
         for i in range(0, n_per_class, batch):
             chunks.append(sample(model, schedule, context[i:i + batch], sampler=sampler, steps=steps,
-                                 guidance=guidance, seed=seed + 7919 * c + i))
+                                 guidance=guidance, seed=seed + 7919 * c + i, precision=precision))
         # quantise as a saved PNG would be (and snap to the palette as the app does)
         fake = to_uint8(torch.cat(chunks))
         if palette is not None:
@@ -279,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
     p.add_argument("--n", type=int, default=100, help="samples per class")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                   help="run the network in bf16 autocast while sampling (fast only on CPUs with AVX512_BF16/AMX)")
     p.add_argument("--no-palette", action="store_true", help="measure raw colours, not snapped to palette.json")
     p.add_argument("--noise-error", action="store_true",
                    help="sample nothing; report the noise-prediction error per range of t and per class instead")
@@ -306,12 +309,12 @@ def main(argv: list[str] | None = None) -> int:
         start = time.time()
         palette = None if args.no_palette else load_palette(args.model)
         results = evaluate(model, schedule, data, args.sampler, args.steps, args.guidance, args.n, args.seed, classifier,
-                           palette=palette)
+                           palette=palette, precision=args.precision)
     except (CheckpointError, DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     settings = (f"{args.n} samples per class, {args.sampler} {args.steps} steps, guidance {args.guidance}, "
-                f"seed {args.seed}, {'snapped to the palette' if palette is not None else 'raw colours'}")
+                f"seed {args.seed}, {args.precision}, {'snapped to the palette' if palette is not None else 'raw colours'}")
     print(f"{settings} ({time.time() - start:.0f} s); classifier held-out accuracy {clf_acc:.1%}\n")
     table = markdown_table(results)
     print(table)
@@ -335,7 +338,7 @@ def write_card(folder: Path, model, schedule, palette, args, evaluation: str) ->
     k, n = model.n_classes, 8
     context = torch.eye(k).repeat_interleave(n, 0)
     sprites = to_uint8(sample(model, schedule, context, sampler=args.sampler, steps=args.steps,
-                              guidance=args.guidance, seed=args.seed))
+                              guidance=args.guidance, seed=args.seed, precision=args.precision))
     if palette is not None:
         sprites = snap_to_palette(sprites, palette)
     sprite_sheet(list(sprites.reshape(k, n, *sprites.shape[1:])), scale=4, pad=2).save(folder / "samples.png")

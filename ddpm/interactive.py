@@ -337,12 +337,13 @@ class ReverseRun:
 
 
 def start_reverse(model: torch.nn.Module, schedule: NoiseSchedule, context: torch.Tensor, sampler: str,
-                  steps: int, guidance: float, seed: int, **settings) -> ReverseRun:
+                  steps: int, guidance: float, seed: int, precision: str = "fp32", **settings) -> ReverseRun:
     """A ReverseRun at pure noise x_T (frame 0, with the model's first predictions), not yet stepped."""
     steps = check_number(steps, "steps", 1, schedule.T, integer=True)
     guidance = check_number(guidance, "guidance", 0, 50)
     seed = check_number(seed, "seed", 0, MAX_SEED, integer=True)
-    it = sample_steps(model, schedule, context, sampler=sampler, steps=steps, guidance=guidance, seed=seed)
+    it = sample_steps(model, schedule, context, sampler=sampler, steps=steps, guidance=guidance, seed=seed,
+                      precision=precision)
     run = ReverseRun(dict(settings, sampler=sampler, steps=steps, guidance=guidance, seed=seed), it, steps)
     run.pending = first = next(it)
     run.frames.append(Frame(0, first.t, to_uint8(first.x_t), to_uint8(first.x0), noise_to_uint8(first.eps)))
@@ -363,7 +364,7 @@ def trajectory_gif(frames: Sequence[Frame], scale: int = 4, ms: int = 90, hold_m
 
 # --- generating and remixing ---------------------------------------------------------------------
 def generate(model: torch.nn.Module, schedule: NoiseSchedule, class_names: Sequence[str], choice: str, n: int,
-             sampler: str, steps: int, guidance: float, seed: int) -> list[np.ndarray]:
+             sampler: str, steps: int, guidance: float, seed: int, precision: str = "fp32") -> list[np.ndarray]:
     """Rows of (n, H, W, 3) uint8 sprites: one row, or one per class for ALL_CLASSES."""
     choice = check_class(class_names, choice, (ALL_CLASSES,))
     n = check_number(n, "how many", 1, MAX_SPRITES, integer=True)
@@ -373,7 +374,8 @@ def generate(model: torch.nn.Module, schedule: NoiseSchedule, class_names: Seque
     names = list(class_names) if choice == ALL_CLASSES else [choice]
     context = torch.cat([context_for(class_names, name, n) for name in names])
     last = None
-    for last in sample_steps(model, schedule, context, sampler=sampler, steps=steps, guidance=guidance, seed=seed):
+    for last in sample_steps(model, schedule, context, sampler=sampler, steps=steps, guidance=guidance, seed=seed,
+                             precision=precision):
         pass
     sprites = to_uint8(last.x_prev)
     return [sprites[i * n:(i + 1) * n] for i in range(len(names))]
@@ -400,7 +402,7 @@ class Remix:
 
 
 def remix(model: torch.nn.Module, schedule: NoiseSchedule, sprite: np.ndarray, context: torch.Tensor,
-          strength: float, sampler: str, steps: int, guidance: float, seed: int) -> Remix:
+          strength: float, sampler: str, steps: int, guidance: float, seed: int, precision: str = "fp32") -> Remix:
     """SDEdit a sprite toward the context's class via sample_steps(x_start=..., t_start=...)."""
     steps = check_number(steps, "steps", 1, schedule.T, integer=True)
     guidance = check_number(guidance, "guidance", 0, 50)
@@ -410,7 +412,7 @@ def remix(model: torch.nn.Module, schedule: NoiseSchedule, sprite: np.ndarray, c
     x_start = to_model_input(sprite)
     frames, last = [], None
     for last in sample_steps(model, schedule, context[:1], sampler=sampler, steps=n_steps, guidance=guidance,
-                             seed=seed, x_start=x_start, t_start=t_start):
+                             seed=seed, x_start=x_start, t_start=t_start, precision=precision):
         frames.append(to_uint8(last.x_t)[0])
     result = to_uint8(last.x_prev)[0]
     return Remix(result, frames + [result], t_start, n_steps)

@@ -18,8 +18,8 @@ import torch
 
 from .checkpoint import CheckpointError, load_model, load_palette, load_schedule
 from .interactive import pick_device
-from .sampling import (DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS, MAX_BATCH, SAMPLER_ALIASES,
-                       class_weights, sample_steps, to_uint8)
+from .sampling import (DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS, MAX_BATCH, PRECISIONS,
+                       SAMPLER_ALIASES, class_weights, resolve_precision, sample_steps, to_uint8)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -37,6 +37,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-palette", action="store_true",
                    help="keep the raw colours instead of snapping them to the model's palette.json (when it has one)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="auto", choices=["auto", *PRECISIONS],
+                   help="what the network runs in; auto: bf16 on GPUs and on CPUs with AVX512_BF16 or AMX, else fp32")
     p.add_argument("--out", required=True, help="output file: .png sprite sheet or .npz arrays")
     args = p.parse_args(argv)
     if Path(args.out).suffix.lower() not in (".png", ".npz"):
@@ -56,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         device = pick_device(None if args.device == "auto" else args.device)
+        precision = resolve_precision(args.precision, device)
         model = load_model(args.model, device=device)
         schedule = load_schedule(args.model)
         palette = None if args.no_palette else load_palette(args.model)
@@ -74,8 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
     last = None
-    for last in tqdm(sample_steps(model, schedule, context, args.sampler, args.steps, args.guidance, args.seed),
-                     total=args.steps, desc=f"{args.sampler} x{len(context)}", file=sys.stderr):
+    steps = sample_steps(model, schedule, context, args.sampler, args.steps, args.guidance, args.seed,
+                         precision=precision)
+    for last in tqdm(steps, total=args.steps, desc=f"{args.sampler} x{len(context)}, {precision}", file=sys.stderr):
         pass
     images = to_uint8(last.x_prev)
     if palette is not None:

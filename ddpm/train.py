@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from .checkpoint import SCHEDULER_CONFIG, CheckpointError, load_model, load_schedule, resolve, save_model
 from .data import DataError, SpriteData, load_data
 from .model import DEFAULT_N_FEAT, NORMS, TIME_EMBEDDINGS, ContextUnet, widen
+from .sampling import bf16_is_fast, sample, to_uint8
 from .schedule import SCHEDULES, NoiseSchedule
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -262,10 +263,7 @@ def pick_precision(requested: str, device: torch.device) -> str:
         return "no" if requested == "fp32" else requested
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    try:  # AVX512_BF16 / AMX CPUs run bf16 autocast much faster than fp32
-        return "bf16" if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() else "no"
-    except (AttributeError, RuntimeError):
-        return "no"
+    return "bf16" if bf16_is_fast(device) else "no"
 
 
 class Trainer:
@@ -391,7 +389,6 @@ class Trainer:
         if not self.is_main:
             return
         from .images import sprite_sheet
-        from .sampling import sample, to_uint8
 
         n, k = 8, len(self.data.class_names)
         context = torch.eye(k).repeat_interleave(n, 0)

@@ -224,6 +224,27 @@ def test_generate_is_deterministic_and_transparent_sheets_have_alpha(lab):
     assert t.mode == "RGBA" and t.size == (64, 16)
 
 
+def test_bf16_lab_samples_in_bf16(model_dir, lab):
+    bf16 = app.create_lab(str(model_dir), "cpu", "bf16")
+    assert lab.precision == "fp32" and bf16.precision == "bf16"
+    fp32_sheet = arr(Image.open(lab.generate("hero", 4, "ddim", 5, 2.0, 3, False)[1]))
+    bf16_sheet = arr(Image.open(bf16.generate("hero", 4, "ddim", 5, 2.0, 3, False)[1]))
+    assert fp32_sheet.shape == bf16_sheet.shape and not (fp32_sheet == bf16_sheet).all()
+    # bf16 rounding moves some colours a little, never the picture as a whole
+    assert np.abs(fp32_sheet.astype(int) - bf16_sheet.astype(int)).mean() < 8
+    assert "bf16" in bf16.model_info()
+
+
+def test_auto_precision_is_bf16_only_where_it_is_fast(model_dir, monkeypatch):
+    import ddpm.sampling
+
+    for fast, expected in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(ddpm.sampling, "bf16_is_fast", lambda device, fast=fast: fast)
+        assert app.create_lab(str(model_dir), "cpu", "auto").precision == expected
+    with pytest.raises(ValueError, match="precision must be one of fp32, bf16"):
+        app.create_lab(str(model_dir), "cpu", "fp16")
+
+
 @pytest.mark.parametrize("args,match", [
     (("dragon", 4, "dpm++", 5, 2, 0, False), "unknown class"),
     (("hero", 0, "dpm++", 5, 2, 0, False), "how many"),
@@ -342,6 +363,7 @@ def test_parse_args_defaults(monkeypatch):
     monkeypatch.setenv("DDPM_MODEL", "someone/sprites")
     assert app.parse_args([]).model == "someone/sprites"
     assert app.parse_args(["--threads", "1", "--port", "9000"]).threads == 1 and a.threads is None
+    assert a.precision == "auto" and app.parse_args(["--precision", "fp32"]).precision == "fp32"
 
 
 @pytest.mark.skipif(not (Path(app.__file__).parent / "weights" / "model.safetensors").is_file(),

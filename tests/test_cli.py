@@ -45,6 +45,18 @@ def test_sample_same_seed_same_sprites(lib_tiny_model_dir, tmp_path):
     assert not np.array_equal(a, c)
 
 
+def test_sample_precision_bf16_differs_slightly_from_fp32(lib_tiny_model_dir, tmp_path):
+    images = {}
+    for precision in ("fp32", "bf16", "fp32"):
+        path = tmp_path / f"{precision}.npz"
+        argv = ["--model", str(lib_tiny_model_dir), "--n", "2", "--steps", "3", "--sampler", "ddim", "--out", str(path)]
+        assert cli.main(argv + ["--precision", precision]) == 0
+        images.setdefault(precision, []).append(np.load(path)["images"].astype(int))
+    assert np.array_equal(*images["fp32"])
+    assert not np.array_equal(images["fp32"][0], images["bf16"][0])
+    assert np.abs(images["fp32"][0] - images["bf16"][0]).mean() < 8
+
+
 @pytest.mark.parametrize("args, message", [
     (["--classes", "hero,dragon"], "unknown class 'dragon'"),
     (["--steps", "501"], "at most T = 500"),
@@ -59,7 +71,7 @@ def test_sample_bad_input_one_clear_line(lib_tiny_model_dir, tmp_path, capsys, a
 
 
 @pytest.mark.parametrize("args", [["--out", "x.jpg"], ["--n", "0"], ["--guidance", "nan"], ["--steps", "0"],
-                                  ["--n", "many"]])
+                                  ["--n", "many"], ["--precision", "fp16"]])
 def test_sample_bad_arguments_exit_2(tmp_path, args):
     with pytest.raises(SystemExit) as e:
         cli.main(["--out", str(tmp_path / "x.png")] + args if args[0] != "--out" else args)
@@ -131,6 +143,10 @@ def test_evaluate_cli_prints_table(lib_tiny_model_dir, tmp_path, monkeypatch, ca
     out = capsys.readouterr().out
     assert "| class | accuracy | FD |" in out and "classifier held-out accuracy 50.0%" in out
     assert list((tmp_path / "cache").glob("classifier-*.safetensors")), "the classifier is cached"
+    assert "seed 0, fp32," in out
+    assert ev.main(["--model", str(lib_tiny_model_dir), "--data", str(tmp_path / "d"), "--n", "4", "--steps", "2",
+                    "--precision", "bf16"]) == 0
+    assert "seed 0, bf16," in capsys.readouterr().out
 
 
 def test_evaluate_cli_bad_model(tmp_path, capsys):
