@@ -25,15 +25,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 
 from ddpm.data import DAWNLIKE_DIR
 from ddpm.model import ContextUnet
-from ddpm.sampling import PRECISIONS, bf16_is_fast, inference_model
+from ddpm.sampling import PRECISIONS, bf16_is_fast, inference_model, precision_autocast
 from ddpm.schedule import NoiseSchedule
 from train_throughput import our_loop, random_sprites
 
 WIDTHS = (64, 128)
-
-
-def autocast(precision: str):
-    return torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16")
 
 
 def guided_call_ms(model: torch.nn.Module, precision: str, seconds: float, batch: int = 16) -> float:
@@ -41,7 +37,7 @@ def guided_call_ms(model: torch.nn.Module, precision: str, seconds: float, batch
     x = torch.randn(batch, 3, 16, 16).contiguous(memory_format=torch.channels_last)
     t, c = torch.full((batch,), 0.5), torch.eye(5)[torch.arange(batch) % 5]
     calls, start = 0, time.perf_counter()
-    with torch.inference_mode(), autocast(precision):
+    with torch.inference_mode(), precision_autocast(precision):
         model.forward_guided(x, t, c, 2.0)  # warm-up: oneDNN picks its kernels on the first call
         start = time.perf_counter()
         while time.perf_counter() - start < seconds:
@@ -82,7 +78,7 @@ def noise_error_table(model_dir: str) -> str:
     data = load_data("dawnlike", model.height)
     results = {}
     for precision in PRECISIONS:
-        with autocast(precision):
+        with precision_autocast(precision):
             ranges, errors = noise_error_by_t(model, schedule, data, seed=0)
         results[precision] = errors[:, -1]
     rows = [f"noise MSE of {model_dir} (all classes, seed 0)", "", "| t | fp32 | bf16 autocast | change |",

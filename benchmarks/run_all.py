@@ -46,7 +46,8 @@ from ddpm.checkpoint import load_model, load_palette, load_schedule  # noqa: E40
 from ddpm.data import load_data  # noqa: E402
 from ddpm.evaluate import cached_classifier, evaluate  # noqa: E402
 from ddpm.sampling import (DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS, PRECISIONS,  # noqa: E402
-                           inference_model, make_sampler, predict_noise, resolve_precision, sample)
+                           inference_model, make_sampler, precision_autocast, predict_noise,
+                           resolve_precision, sample)
 
 # The list, plus the library's default DPM-Solver++ 20, DPM-Solver++ 8 (16 sprites in 0.5 s
 # needs fewer than 10 guided steps on 2 AVX2 cores) and strided ancestral DDPM 50/25/10: on an early
@@ -150,7 +151,7 @@ def step_latency(model, schedule, batches, guidance, repeats, precision="fp32") 
         t = schedule.T // 2
 
         def one(net):
-            with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16"):
+            with torch.inference_mode(), precision_autocast(precision):
                 sampler.reset()
                 sampler.step(predict_noise(net, x, t, schedule.T, c, guidance), t, t - 25, x)
 

@@ -258,6 +258,11 @@ def check_precision(precision: str) -> str:
     return precision
 
 
+def precision_autocast(precision: str, device_type: str = "cpu") -> torch.autocast:
+    """The context the network runs in for `precision`: bf16 autocast, or (fp32) a disabled one."""
+    return torch.autocast(device_type, torch.bfloat16, enabled=check_precision(precision) == "bf16")
+
+
 def resolve_precision(requested: str, device: torch.device | str) -> str:
     """"auto" is bf16 where bf16_is_fast(device), else fp32; anything else must be in PRECISIONS."""
     if requested == "auto":
@@ -368,9 +373,8 @@ def sample_steps(
     x, context = x.to(device), context.to(device, torch.float32)
     model.eval()
     net = inference_model(model)
-    autocast = functools.partial(torch.autocast, device.type, torch.bfloat16, enabled=precision == "bf16")
     for i, (t, t_prev) in enumerate(zip(ts[:-1], ts[1:])):
-        with autocast():
+        with precision_autocast(precision, device.type):
             eps = predict_noise(net, x, t, schedule.T, context, guidance)
         x_prev, x0 = sampler.step(eps, t, t_prev, x, generator)
         yield Step(i, len(ts) - 1, t, t_prev, x, x0, eps, x_prev)
