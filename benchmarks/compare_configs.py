@@ -2,7 +2,7 @@
 
   python benchmarks/compare_configs.py --steps 500 --threads 1 --out docs/
 
-Trains each configuration (the seed's BatchNorm + scalar t/T embedding, and the GroupNorm and
+Trains each configuration (the course's BatchNorm + scalar t/T embedding, and the GroupNorm and
 sinusoidal options) from scratch on DawnLike for the same number of steps with `python -m
 ddpm.train`, then:
   - measures training throughput of all of them in alternating rounds in this one process, so
@@ -36,7 +36,7 @@ from ddpm.train import CHECKPOINT, TRAINING_INFO  # noqa: E402
 from train_throughput import our_loop, random_sprites  # noqa: E402
 
 CONFIGS = {  # name (also the run's folder) -> (norm, time embedding); the first is the baseline
-    "batch-scalar": ("batch", "scalar"),  # the seed's network
+    "batch-scalar": ("batch", "scalar"),  # the course's network
     "group-scalar": ("group", "scalar"),
     "batch-sinusoidal": ("batch", "sinusoidal"),
     "group-sinusoidal": ("group", "sinusoidal"),
@@ -86,8 +86,8 @@ def report(rows: list[dict], args) -> str:
         f"then {args.n} samples per class with DDPM-50, guidance 2, raw colours. Throughput: median of "
         f"{args.rounds} alternating rounds of {args.seconds:.0f} s each in one process. "
         "FD: Frechet distance of classifier features to real sprites (lower is better).", "",
-        "Configurations are named norm-time embedding; batch-scalar is the seed's network.", "",
-        "| configuration | mean FD | mean accuracy | images/s | hours for these steps | FD vs seed | speed vs seed |",
+        "Configurations are named norm-time embedding; batch-scalar is the course's network.", "",
+        "| configuration | mean FD | mean accuracy | images/s | hours for these steps | FD vs the course's | speed vs the course's |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -99,7 +99,7 @@ def report(rows: list[dict], args) -> str:
         lines.append(f"| {r['name']} | " + " | ".join(f"{v:.2f}" for v in r["per_class"].values()) + " |")
     best = min(rows, key=lambda r: r["fd"])
     lines += ["", f"Lowest FD after the same steps: **{best['name']}**, at {best['images_per_s'] / base['images_per_s']:.2f}x "
-              "the seed's training speed. These are short runs from scratch: "
+              "the course's training speed. These are short runs from scratch: "
               "they rank how fast each configuration learns, not where a long run ends.", ""]
     return "\n".join(lines)
 

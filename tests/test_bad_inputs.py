@@ -1,7 +1,7 @@
 """Bad inputs through the HTTP API, the CLIs and the loaders: a clear message, and the process keeps working.
 
 Each case below is one distinct bad input; the list names every test that covers it, in this file
-and in the others, so the cases can be counted (issue 6 asks for at least 25). After every server
+and in the others, so the cases can be counted and none is lost. After every server
 case the same server answers a normal request (`still_serves`); after the CLI cases a normal
 sample run succeeds in the same process.
 
