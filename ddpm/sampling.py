@@ -64,7 +64,7 @@ class Sampler:
         """Forget any state kept between steps (multistep solvers)."""
 
     def _abar(self, t: int, like: torch.Tensor) -> torch.Tensor:
-        return self.schedule._gather(self.schedule.alpha_bars, t, like)
+        return self.schedule.alpha_bar(t, like)
 
     def step(self, eps: torch.Tensor, t: int, t_prev: int, x_t: torch.Tensor,
              generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,15 +77,31 @@ def _noise_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Ten
     return torch.randn(x.shape, generator=generator, dtype=torch.float32).to(x.device, x.dtype)
 
 
-class DDPMSampler(Sampler):
-    """Ancestral sampling (Ho et al. 2020), for any stride between t and t_prev.
+def posterior_mean_coefficients(abar_t: torch.Tensor, abar_prev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The coefficients of x0 and x_t in the mean of q(x_prev | x_t, x0), Ho et al. 2020 eq. (7).
 
-    variance "posterior" (sampler "ddpm") is the variance of q(x_prev | x_t, x0),
-    beta (1 - abar_prev) / (1 - abar_t) with beta = 1 - abar_t / abar_prev (diffusers' "fixed_small");
-    "beta" (sampler "ddpm-beta") is the seed's sigma^2 = beta ("fixed_large"). The two agree except
-    near t = 0 when every step is taken, but with strided steps beta is several times larger at
-    small t, and the last steps cannot remove the extra noise: it shows as speckle, which
-    ddpm.evaluate measures as the share of isolated pixels (README, "The shipped model").
+    With alpha = abar_t / abar_prev and beta = 1 - alpha the alpha and beta of the (possibly strided)
+    step: mu = sqrt(abar_prev) beta / (1 - abar_t) x0 + sqrt(alpha) (1 - abar_prev) / (1 - abar_t) x_t.
+    """
+    alpha = abar_t / abar_prev
+    beta = 1 - alpha
+    return abar_prev.sqrt() * beta / (1 - abar_t), alpha.sqrt() * (1 - abar_prev) / (1 - abar_t)
+
+
+def posterior_variance(abar_t: torch.Tensor, abar_prev: torch.Tensor) -> torch.Tensor:
+    """beta tilde = (1 - abar_prev) / (1 - abar_t) beta, the variance of q(x_prev | x_t, x0), eq. (7)."""
+    return (1 - abar_t / abar_prev) * (1 - abar_prev) / (1 - abar_t)
+
+
+class DDPMSampler(Sampler):
+    """Ancestral sampling (Ho et al. 2020, Algorithm 2), for any stride between t and t_prev.
+
+    x_prev = mu(x0, x_t) + sigma z with x0 predicted from eps (eq. 15 solved for x0). variance
+    "posterior" (sampler "ddpm") takes sigma^2 = beta tilde, the variance of q(x_prev | x_t, x0)
+    (diffusers' "fixed_small"); "beta" (sampler "ddpm-beta") is the course's sigma^2 = beta
+    ("fixed_large"). The two agree except near t = 0 when every step is taken, but with strided
+    steps beta is several times larger at small t, and the last steps cannot remove the extra
+    noise: it shows as speckle, which ddpm.evaluate measures as the share of isolated pixels.
     """
 
     def __init__(self, schedule: NoiseSchedule, variance: str = "posterior"):
@@ -100,14 +116,12 @@ class DDPMSampler(Sampler):
 
     def step(self, eps, t, t_prev, x_t, generator=None):
         abar_t, abar_prev = self._abar(t, x_t), self._abar(t_prev, x_t)
-        alpha = abar_t / abar_prev  # the alpha of the (possibly strided) step
-        beta = 1 - alpha
         x0 = self.schedule.predict_x0(x_t, eps, t)
-        # posterior mean of q(x_prev | x_t, x0)
-        mean = (abar_prev.sqrt() * beta / (1 - abar_t)) * x0 + (alpha.sqrt() * (1 - abar_prev) / (1 - abar_t)) * x_t
+        coef_x0, coef_xt = posterior_mean_coefficients(abar_t, abar_prev)
+        mean = coef_x0 * x0 + coef_xt * x_t
         if t_prev == 0:
             return mean, x0
-        var = beta if self.variance == "beta" else beta * (1 - abar_prev) / (1 - abar_t)
+        var = 1 - abar_t / abar_prev if self.variance == "beta" else posterior_variance(abar_t, abar_prev)
         return mean + var.sqrt() * _noise_like(x_t, generator), x0
 
 
@@ -125,7 +139,8 @@ class DDIMSampler(Sampler):
     def step(self, eps, t, t_prev, x_t, generator=None):
         abar_t, abar_prev = self._abar(t, x_t), self._abar(t_prev, x_t)
         x0 = self.schedule.predict_x0(x_t, eps, t)
-        sigma = self.eta * ((1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev)).sqrt()
+        # Song et al. 2021 eq. (16): sigma = eta sqrt(beta tilde); eq. (12) for x_prev.
+        sigma = self.eta * posterior_variance(abar_t, abar_prev).sqrt()
         x_prev = abar_prev.sqrt() * x0 + (1 - abar_prev - sigma ** 2).clamp(min=0).sqrt() * eps
         if self.eta > 0 and t_prev > 0:
             x_prev = x_prev + sigma * _noise_like(x_t, generator)
@@ -133,10 +148,14 @@ class DDIMSampler(Sampler):
 
 
 class DPMSolverPP2M(Sampler):
-    """DPM-Solver++(2M) (Lu et al. 2022), data prediction, midpoint form as in diffusers.
+    """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2), data prediction, as in diffusers.
 
-    Second order from the second step on, using the previous step's x0 prediction; the final
-    step to t = 0 is first order (it returns the predicted x0).
+    In the paper's notation a step goes from t_{i-1} to t_i with lambda = log(alpha / sigma):
+    h_i = lambda_{t_i} - lambda_{t_{i-1}}, r_i = h_{i-1} / h_i,
+    D_i = (1 + 1 / (2 r_i)) x0_{i-1} - 1 / (2 r_i) x0_{i-2},
+    x_{t_i} = (sigma_{t_i} / sigma_{t_{i-1}}) x_{t_{i-1}} - alpha_{t_i} (exp(-h_i) - 1) D_i.
+    Here t_{i-1} is `t` and t_i is `t_prev`. The first step has no earlier x0 and is first order
+    (D = x0); the final step to t = 0 returns the predicted x0.
     """
 
     name = "dpm++"
@@ -146,8 +165,8 @@ class DPMSolverPP2M(Sampler):
         self.reset()
 
     def reset(self) -> None:
-        self._prev_x0: torch.Tensor | None = None
-        self._prev_lambda: torch.Tensor | None = None
+        self._last_x0: torch.Tensor | None = None  # x0_{i-2}: the x0 predicted one step earlier
+        self._last_lambda: torch.Tensor | None = None  # lambda at that step's t
 
     def _alpha_sigma_lambda(self, t: int, like: torch.Tensor):
         abar = self._abar(t, like)
@@ -156,19 +175,19 @@ class DPMSolverPP2M(Sampler):
 
     def step(self, eps, t, t_prev, x_t, generator=None):
         x0 = self.schedule.predict_x0(x_t, eps, t)
-        alpha_s, sigma_s, lambda_s = self._alpha_sigma_lambda(t, x_t)
+        _, sigma_t, lambda_t = self._alpha_sigma_lambda(t, x_t)
         if t_prev == 0:
             self.reset()
             return x0, x0
-        alpha_t, sigma_t, lambda_t = self._alpha_sigma_lambda(t_prev, x_t)
-        h = lambda_t - lambda_s
-        if self._prev_x0 is None:
+        alpha_prev, sigma_prev, lambda_prev = self._alpha_sigma_lambda(t_prev, x_t)
+        h = lambda_prev - lambda_t
+        if self._last_x0 is None:
             d = x0
         else:
-            r = (lambda_s - self._prev_lambda) / h
-            d = x0 + 0.5 / r * (x0 - self._prev_x0)
-        x_prev = (sigma_t / sigma_s) * x_t - alpha_t * torch.expm1(-h) * d
-        self._prev_x0, self._prev_lambda = x0, lambda_s
+            r = (lambda_t - self._last_lambda) / h
+            d = x0 + 0.5 / r * (x0 - self._last_x0)
+        x_prev = (sigma_prev / sigma_t) * x_t - alpha_prev * torch.expm1(-h) * d
+        self._last_x0, self._last_lambda = x0, lambda_t
         return x_prev, x0
 
 

@@ -61,6 +61,10 @@ class NoiseSchedule:
         v = values[t].to(device=like.device, dtype=like.dtype)
         return v.reshape(-1, *([1] * (like.dim() - 1)))
 
+    def alpha_bar(self, t: torch.Tensor | int, like: torch.Tensor) -> torch.Tensor:
+        """abar_t, shaped to broadcast over a batch like `like`, in its dtype and on its device."""
+        return self._gather(self.alpha_bars, t, like)
+
     # --- the forward process -------------------------------------------------------------
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
         """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps (the seed scaled eps by 1 - abar_t)."""
