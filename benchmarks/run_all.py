@@ -9,16 +9,16 @@ an idle machine: with more torch threads than free cores (e.g. next to a trainin
 is badly inflated (2 threads beside a busy core measured 8x slower than 1 thread).
 
 Sections, each measured in this one run so machine load affects all settings alike:
-  1. quality against time: for each sampler setting (DDPM-500, the seed's number of steps, DDIM
-     100/50/25/10, DPM-Solver++ 25/20/15/10/8, DDPM 50/25/10, and DDPM-50 with the seed's variance
+  1. quality against time: for each sampler setting (DDPM-500, the course's number of steps, DDIM
+     100/50/25/10, DPM-Solver++ 25/20/15/10/8, DDPM 50/25/10, and DDPM-50 with the course's variance
      beta), ddpm.evaluate's class accuracy, Frechet distance and isolated-pixel share on the same
      samples per class and the same seeds, and the wall time for 16 sprites of one class with its
      ratio to DDPM-500; the plot docs/quality_vs_time.png;
   2. one reverse step's latency at batch 1, 16 and 64, the library's fast path (shared encoder for
-     guidance, BatchNorm folded, channels-last) against the plain model call (as the seed did it);
+     guidance, BatchNorm folded, channels-last) against the plain model call (as the course did it);
   3. the app: the forward slider's server time (pieces of benchmarks/app_latency.py) and cold start
      (launching `python app.py` until the page answers);
-  4. training throughput of ddpm.train's step against a seed-style loop (benchmarks/train_throughput.py).
+  4. training throughput of ddpm.train's step against a course-style loop (benchmarks/train_throughput.py).
 Outputs: OUT/benchmarks.md (also printed), OUT/benchmarks.json, OUT/quality_vs_time.png.
 """
 from __future__ import annotations
@@ -59,7 +59,7 @@ QUALITY_BAR = 1.10  # a setting "meets the bar" with a mean FD at most 10% above
 
 
 class Plain(torch.nn.Module):
-    """The model called as the seed did: one forward over the doubled batch, no folding, NCHW."""
+    """The model called as the course did: one forward over the doubled batch, no folding, NCHW."""
 
     def __init__(self, inner: torch.nn.Module):
         super().__init__()
@@ -231,8 +231,8 @@ def cold_start(model_dir: str, timeout: float = 180) -> dict:
 def training(batch_size: int, seconds: float, rounds: int) -> dict:
     import train_throughput as tt
 
-    seed_rates, our_rates = tt.measure(batch_size, seconds, rounds)
-    return dict(batch=batch_size, seconds=seconds, rounds=rounds, seed_images_s=statistics.median(seed_rates),
+    course_rates, our_rates = tt.measure(batch_size, seconds, rounds)
+    return dict(batch=batch_size, seconds=seconds, rounds=rounds, course_images_s=statistics.median(course_rates),
                 ours_images_s=statistics.median(our_rates))
 
 
@@ -323,8 +323,8 @@ def report(res: dict) -> str:
                   f"Course network, batch {tr['batch']}, median of {tr['rounds']} alternating rounds of "
                   f"{tr['seconds']:g} s (benchmarks/train_throughput.py):", "",
                   "| loop | images/s |", "|---|---|",
-                  f"| seed-style | {tr['seed_images_s']:.0f} |", f"| ours (ddpm.train) | {tr['ours_images_s']:.0f} |",
-                  f"| ratio | {tr['ours_images_s'] / tr['seed_images_s']:.2f}x |", ""]
+                  f"| course-style | {tr['course_images_s']:.0f} |", f"| ours (ddpm.train) | {tr['ours_images_s']:.0f} |",
+                  f"| ratio | {tr['ours_images_s'] / tr['course_images_s']:.2f}x |", ""]
     return "\n".join(lines)
 
 

@@ -1,8 +1,8 @@
-"""Training throughput: our loop against a seed-style loop, same network, same batch, one run.
+"""Training throughput: our loop against a course-style loop, same network, same batch, one run.
 
   python benchmarks/train_throughput.py [--batch-size 128] [--seconds 20] [--rounds 3]
 
-The seed-style loop is the course notebook's: a torch Dataset that converts each sprite with
+The course-style loop is the course notebook's: a torch Dataset that converts each sprite with
 per-sample transforms (ToTensor + Normalize equivalents), a shuffling DataLoader, contiguous
 (NCHW) tensors, random context masks drawn per batch. Ours is ddpm.train's step: the whole data
 set as one channels_last tensor, batches drawn with one generator, EMA update included. The two
@@ -27,7 +27,7 @@ from ddpm.schedule import NoiseSchedule
 from ddpm.train import ema_decay, training_batch, update_ema
 
 
-class SeedDataset(torch.utils.data.Dataset):
+class CourseDataset(torch.utils.data.Dataset):
     """The course's CustomDataset: per-sample numpy -> tensor conversion and normalisation."""
 
     def __init__(self, sprites: np.ndarray, onehot: np.ndarray):
@@ -42,10 +42,10 @@ class SeedDataset(torch.utils.data.Dataset):
         return x, torch.tensor(self.onehot[i]).float()
 
 
-def seed_loop(sprites, onehot, batch_size, seconds, schedule):
+def course_loop(sprites, onehot, batch_size, seconds, schedule):
     model = ContextUnet()
     opt = torch.optim.Adam(model.parameters(), 1e-3)
-    loader = torch.utils.data.DataLoader(SeedDataset(sprites, onehot), batch_size=batch_size, shuffle=True)
+    loader = torch.utils.data.DataLoader(CourseDataset(sprites, onehot), batch_size=batch_size, shuffle=True)
     ab = schedule.alpha_bars.float()
     images, start = 0, time.perf_counter()
     while True:
@@ -66,7 +66,7 @@ def seed_loop(sprites, onehot, batch_size, seconds, schedule):
 
 
 def our_loop(sprites, labels, batch_size, seconds, schedule, config: dict | None = None, bf16: bool = False):
-    """Images/s of ddpm.train's step; config: ContextUnet keyword arguments (default: the seed's network);
+    """Images/s of ddpm.train's step; config: ContextUnet keyword arguments (default: the course's network);
     bf16: the forward pass under bf16 autocast, as ddpm.train's --precision bf16."""
     model = ContextUnet(**(config or {})).to(memory_format=torch.channels_last)
     ema = ContextUnet(**(config or {})).to(memory_format=torch.channels_last).eval()
@@ -96,17 +96,17 @@ def random_sprites(n: int = 2420, n_classes: int = 5) -> tuple[np.ndarray, np.nd
 
 
 def measure(batch_size: int, seconds: float, rounds: int, verbose: bool = False) -> tuple[list[float], list[float]]:
-    """Images/s of the seed-style loop and of ours, alternating for `rounds` rounds, on random data of DawnLike's size."""
+    """Images/s of the course-style loop and of ours, alternating for `rounds` rounds, on random data of DawnLike's size."""
     sprites, labels = random_sprites()
     onehot = np.eye(5, dtype=np.float32)[labels]
     schedule = NoiseSchedule()
-    seed_rates, our_rates = [], []
+    course_rates, our_rates = [], []
     for r in range(rounds):
-        seed_rates.append(seed_loop(sprites, onehot, batch_size, seconds, schedule))
+        course_rates.append(course_loop(sprites, onehot, batch_size, seconds, schedule))
         our_rates.append(our_loop(sprites, labels, batch_size, seconds, schedule))
         if verbose:
-            print(f"round {r + 1}: seed-style {seed_rates[-1]:.0f} images/s, ours {our_rates[-1]:.0f} images/s")
-    return seed_rates, our_rates
+            print(f"round {r + 1}: course-style {course_rates[-1]:.0f} images/s, ours {our_rates[-1]:.0f} images/s")
+    return course_rates, our_rates
 
 
 def main() -> None:
@@ -118,10 +118,10 @@ def main() -> None:
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    seed_rates, our_rates = measure(args.batch_size, args.seconds, args.rounds, verbose=True)
-    s, o = float(np.median(seed_rates)), float(np.median(our_rates))
+    course_rates, our_rates = measure(args.batch_size, args.seconds, args.rounds, verbose=True)
+    s, o = float(np.median(course_rates)), float(np.median(our_rates))
     print(f"\nbatch {args.batch_size}, {torch.get_num_threads()} threads, median of {args.rounds} rounds of "
-          f"{args.seconds:.0f} s: seed-style {s:.0f} images/s, ours {o:.0f} images/s, ratio {o / s:.2f}x")
+          f"{args.seconds:.0f} s: course-style {s:.0f} images/s, ours {o:.0f} images/s, ratio {o / s:.2f}x")
 
 
 if __name__ == "__main__":

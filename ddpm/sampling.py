@@ -27,7 +27,7 @@ SAMPLER_ALIASES = {"ddpm": "ddpm", "ddpm-beta": "ddpm-beta", "ddim": "ddim", "dp
 # Chosen with benchmarks/run_all.py (docs/benchmarks.md) and ddpm.evaluate at 100 samples per class on two
 # seeds (README, "Speed and quality"): ancestral DDPM with 50 strided steps and the posterior variance, at a
 # tenth of DDPM-500's time, leaves as few isolated pixels (speckle) as DDPM-500 (16%); every deterministic
-# setting (DDIM, DPM-Solver++, 8 to 100 steps) leaves 19-20%, and the seed's variance beta about 19% with
+# setting (DDIM, DPM-Solver++, 8 to 100 steps) leaves 19-20%, and the course's variance beta about 19% with
 # lower accuracy: with 50 strided steps it adds more noise than the remaining steps remove (see DDPMSampler).
 # Guidance 1.5 for the shipped n_feat 128 model: at 2 its sprites vary less than the real ones (higher
 # FD); at 1.5 it beats the course-sized model at 2 on FD and speckle on two seeds (README, "The shipped model").

@@ -1,4 +1,4 @@
-"""ContextUnet: shapes for every supported height, options, the fixed seed defects."""
+"""ContextUnet: shapes for every supported height, options, the course's defects fixed."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -73,7 +73,7 @@ def test_residual_shortcut_is_a_trained_parameter():
     state = model.state_dict()
     assert "init_conv.shortcut.weight" in state and "init_conv.shortcut.bias" in state
     before = model.init_conv.shortcut.weight.detach().clone()
-    # the shortcut is the same module every call (the seed built a new random one in forward)
+    # the shortcut is the same module every call (the course built a new random one in forward)
     with torch.no_grad():
         model.eval()
         x, t, c = torch.randn(2, 3, 16, 16), torch.rand(2), torch.eye(5)[:2]

@@ -325,7 +325,7 @@ def test_ddpm_names_pick_the_variance():
 
 def test_strided_posterior_variance_adds_less_noise_near_the_end(schedule):
     # why "ddpm" defaults to the posterior variance: the spread of x_prev around the mean, for a
-    # 10-step stride near t = 0, is several times smaller than with the seed's beta
+    # 10-step stride near t = 0, is several times smaller than with the course's beta
     x_t, eps = inputs(3, (64, 3, 16, 16))
     spread = {}
     for variance in ("beta", "posterior"):
@@ -350,7 +350,7 @@ def test_sdedit_start_stays_close_to_x_start(lib_tiny_unet):
         run = list(sample_steps(lib_tiny_unet, schedule, c, sampler="ddim", steps=steps, guidance=0, seed=1,
                                 x_start=x_start, t_start=t_start))
         assert run[0].t == t_start
-        # the first x_t is x_start noised to t_start with the seed's noise
+        # the first x_t is x_start noised to t_start with the sampling seed's noise
         noise = torch.randn((2, 3, 16, 16), generator=torch.Generator().manual_seed(1))
         torch.testing.assert_close(run[0].x_t, schedule.add_noise(x_start, noise, t_start))
         distances[t_start] = (run[-1].x_prev - x_start).abs().mean().item()
@@ -359,7 +359,7 @@ def test_sdedit_start_stays_close_to_x_start(lib_tiny_unet):
 
 
 def test_full_ddpm_run_matches_diffusers(schedule):
-    # the seed's 500 ancestral steps; the noise comes from one generator in the same order
+    # the course's 500 ancestral steps; the noise comes from one generator in the same order
     sched = diffusers.DDPMScheduler(num_train_timesteps=T, trained_betas=trained_betas(schedule),
                                     variance_type="fixed_large", clip_sample=False)
     x_theirs, _ = inputs(8, (2, 3, 8, 8))

@@ -95,7 +95,7 @@ def test_learning_rate_and_ema_schedules():
 
 def test_min_snr_weights_cap_the_low_noise_steps():
     snr = NoiseSchedule(500).snr()[1:]
-    assert torch.equal(train.min_snr_weights(snr, 0), torch.ones_like(snr))  # off: the seed's uniform MSE
+    assert torch.equal(train.min_snr_weights(snr, 0), torch.ones_like(snr))  # off: the course's uniform MSE
     w = train.min_snr_weights(snr, 5.0)
     assert torch.equal(w[snr <= 5], torch.ones_like(w[snr <= 5]))
     assert torch.allclose(w[snr > 5], 5 / snr[snr > 5])
@@ -113,7 +113,7 @@ def test_low_t_share_draws_that_share_of_the_times_from_the_low_range():
     uniform = batch_times(0.0, 150)
     assert uniform.min() >= 1 and uniform.max() == 500
     assert abs(float((uniform <= 150).float().mean()) - 0.3) < 0.04
-    # the seed's recipe draws exactly the batches it drew before the option existed
+    # the course's recipe draws exactly the batches it drew before the option existed
     g = torch.Generator().manual_seed(0)
     plain = train.training_batch(torch.zeros(10, 3, 16, 16), torch.zeros(10, dtype=torch.long), 5, 4000, 500, 0.1, g)
     assert torch.equal(plain[1], uniform)
