@@ -26,14 +26,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import SCHEDULER_CONFIG, CheckpointError, load_model, load_schedule, resolve, save_model
+from .checkpoint import CheckpointError, load_model, save_model
 from .data import DataError, SpriteData, load_data
+from .history import TOTALS, stage_since, training_stages
 from .model import DEFAULT_N_FEAT, NORMS, TIME_EMBEDDINGS, ContextUnet, widen
 from .sampling import bf16_is_fast, sample, to_uint8
 from .schedule import SCHEDULES, NoiseSchedule
 
 CHECKPOINT = "checkpoint.safetensors"
-TRAINING_INFO = "training.json"
 
 
 class TrainingError(RuntimeError):
@@ -47,27 +47,6 @@ def learning_rate(step: int, base_lr: float, warmup: int, total: int, final_frac
         return base_lr * (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return base_lr * (1 - (1 - final_fraction) * progress)
-
-
-TOTALS = ("steps", "images", "seconds")
-
-
-def training_stages(info: dict) -> list[dict]:
-    """The stages (runs started with --init-from or from scratch) behind an exported model's training.json.
-
-    Each stage has its own steps, images, seconds and recipe. A training.json written before stages
-    were recorded is one stage: its totals and its recipe.
-    """
-    if "stages" in info:
-        return [dict(stage) for stage in info["stages"]]
-    return [dict({k: info.get(k, 0) for k in TOTALS}, recipe=info.get("recipe", {}))]
-
-
-def stage_since(history: dict, recipe: dict) -> dict:
-    """This run's stage: the totals in history minus those of the stages before it."""
-    before = history.get("prior_stages", [])
-    stage = {k: history[k] - sum(s[k] for s in before) for k in TOTALS}
-    return dict(stage, recipe=recipe)
 
 
 def ema_decay(step: int, max_decay: float) -> float:
@@ -296,26 +275,18 @@ class Trainer:
             self.schedule = NoiseSchedule(**resume[1]["schedule"])
             self.model = ContextUnet(**config)
         elif args.init_from:
-            # resolve() so a Hub repo id works too; a bad scheduler_config.json or training.json is one
-            # clear error rather than a traceback
-            folder = resolve(args.init_from)
-            self.model = load_model(folder)
+            # a local folder or a Hub repo id; the schedule and history come with the model, and a bad
+            # scheduler_config.json or training.json is one clear CheckpointError
+            self.model = load_model(args.init_from)
+            self.schedule = self.model.noise_schedule
+            before = self.model.training_info
+            if before is not None:
+                self.history = dict({k: before[k] for k in TOTALS}, prior_stages=training_stages(before))
             if args.n_feat and args.n_feat != self.model.n_feat:
                 try:
                     self.model = widen(self.model, args.n_feat, torch.Generator().manual_seed(args.seed))
                 except ValueError as e:
                     raise TrainingError(f"--n-feat with --init-from: {e}") from None
-            if (folder / SCHEDULER_CONFIG).exists():
-                self.schedule = load_schedule(folder)
-            info = folder / TRAINING_INFO
-            if info.exists():
-                try:
-                    before = json.loads(info.read_text())
-                    self.history = dict({k: before[k] for k in TOTALS}, prior_stages=training_stages(before))
-                except json.JSONDecodeError as e:
-                    raise TrainingError(f"{info}: not valid JSON ({e})") from None
-                except (KeyError, TypeError) as e:
-                    raise TrainingError(f"{info}: not a training history (missing {e})") from None
         else:
             self.model = ContextUnet(3, args.n_feat or DEFAULT_N_FEAT, len(self.data.class_names), args.height,
                                      self.data.class_names, args.norm, args.time_embedding)
@@ -373,17 +344,14 @@ class Trainer:
     def export(self, folder: Path) -> None:
         if not self.is_main:
             return
-        from .card import model_card
-
         model = copy.deepcopy(self.ema).cpu().to(memory_format=torch.contiguous_format)
         history = self.current_history()
         recipe = {k: v for k, v in vars(self.args).items() if k not in ("out", "resume", "export", "init_from")}
         this_stage = dict(stage_since(history, recipe), precision=self.precision)
         stages = history.pop("prior_stages", []) + [this_stage]
         info = dict(history, recipe=recipe, stages=stages, data_counts=self.data.counts())  # precision: per stage
-        card = model_card(model.config_dict, info)
-        save_model(model, self.schedule, folder, card, palette=self.data.palette())
-        (Path(folder) / TRAINING_INFO).write_text(json.dumps(info, indent=2) + "\n")
+        model.evaluation = None  # not measured for these weights yet
+        save_model(model, self.schedule, folder, palette=self.data.palette(), training_info=info)
 
     def sample_grid(self) -> None:
         if not self.is_main:

@@ -347,11 +347,13 @@ def test_a_stage_continues_the_ema_warm_up_of_the_stages_before(lib_train_data, 
 
 
 def test_training_stages_of_a_history_written_before_stages():
+    from ddpm.history import stage_since, training_stages
+
     legacy = {"steps": 3600, "images": 460800, "seconds": 6891.9, "recipe": {"lr": 0.001}}
-    assert train.training_stages(legacy) == [{"steps": 3600, "images": 460800, "seconds": 6891.9,
-                                              "recipe": {"lr": 0.001}}]
-    history = {"steps": 5000, "images": 640000, "seconds": 9000.0, "prior_stages": train.training_stages(legacy)}
-    assert train.stage_since(history, {"lr": 5e-4}) == {"steps": 1400, "images": 179200,
+    assert training_stages(legacy) == [{"steps": 3600, "images": 460800, "seconds": 6891.9,
+                                        "recipe": {"lr": 0.001}}]
+    history = {"steps": 5000, "images": 640000, "seconds": 9000.0, "prior_stages": training_stages(legacy)}
+    assert stage_since(history, {"lr": 5e-4}) == {"steps": 1400, "images": 179200,
                                                          "seconds": pytest.approx(2108.1), "recipe": {"lr": 5e-4}}
 
 
