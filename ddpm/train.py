@@ -41,8 +41,16 @@ class TrainingError(RuntimeError):
 
 
 # --- small named pieces ------------------------------------------------------------------------
-def learning_rate(step: int, base_lr: float, warmup: int, total: int, final_fraction: float = 0.1) -> float:
-    """Linear warm-up to base_lr, then linear decay to final_fraction * base_lr at `total` steps."""
+def learning_rate(step: int, base_lr: float, warmup: int, total: int, final_fraction: float = 0.1,
+                  start: tuple[int, float] | None = None) -> float:
+    """Linear warm-up to base_lr, then linear decay to final_fraction * base_lr at `total` steps.
+
+    start = (step0, lr0): from step0 on, decay linearly from lr0 instead (a run resumed with another
+    --steps, --lr or --warmup continues from the learning rate it had, see resumed_lr_start).
+    """
+    if start is not None and step >= start[0]:
+        progress = min(1.0, (step - start[0]) / max(1, total - start[0]))
+        return start[1] + (final_fraction * base_lr - start[1]) * progress
     if step < warmup:
         return base_lr * (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
@@ -108,6 +116,24 @@ def training_batch(images: torch.Tensor, labels: torch.Tensor, n_classes: int, b
     x0 = torch.where(flip.to(images.device).view(-1, 1, 1, 1), x0.flip(-1), x0)
     context = F.one_hot(labels[idx.to(labels.device)], n_classes).float() * keep.to(images.device)[:, None]
     return x0, t, noise.to(images.device), context
+
+
+def resumed_lr_start(step: int, before: dict, now: argparse.Namespace,
+                     start_before: tuple[int, float] | None) -> tuple[int, float] | None:
+    """Where a resumed run's learning-rate decay starts, so that the rate does not jump.
+
+    `before` holds the --steps, --lr and --warmup the checkpoint was trained with. With the same three
+    the schedule goes on as it was. With others, from `step` on the rate decays linearly from the one
+    it had reached to the new end (inside the warm-up only a new --steps is possible: the warm-up does
+    not depend on it).
+    """
+    same = (before["steps"], before["lr"], before["warmup"]) == (now.steps, now.lr, now.warmup)
+    if same or (step < before["warmup"] and (before["lr"], before["warmup"]) == (now.lr, now.warmup)):
+        return start_before
+    if step < before["warmup"]:
+        raise TrainingError(f"--lr and --warmup cannot change while resuming inside the warm-up (step {step} of "
+                            f"{before['warmup']}); resume with --lr {before['lr']} --warmup {before['warmup']}")
+    return step, learning_rate(step, before["lr"], before["warmup"], before["steps"], start=start_before)
 
 
 def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list]:
@@ -207,7 +233,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--schedule", choices=SCHEDULES, default="linear")
     p.add_argument("--T", type=int, default=500)
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
-                   help="auto: bf16 autocast where the CPU or GPU supports it, else fp32")
+                   help="auto: under `accelerate launch`, the launcher's --mixed_precision (its default is no: "
+                        "fp32); otherwise bf16 autocast where the CPU or GPU supports it, else fp32")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: all cores)")
     p.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.safetensors")
@@ -237,9 +264,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def pick_precision(requested: str, device: torch.device) -> str:
+def pick_precision(requested: str, device: torch.device, launcher: str | None = None) -> str:
+    """Accelerate's mixed_precision for --precision. `launcher` is what `accelerate launch` passes on
+    (ACCELERATE_MIXED_PRECISION, always set by it, "no" unless --mixed_precision says otherwise):
+    "auto" defers to it; an explicit --precision wins over it."""
     if requested != "auto":
         return "no" if requested == "fp32" else requested
+    if launcher:
+        return launcher
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return "bf16" if bf16_is_fast(device) else "no"
@@ -253,7 +285,7 @@ class Trainer:
         if args.threads:
             torch.set_num_threads(args.threads)
         device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-        self.precision = pick_precision(args.precision, device)
+        self.precision = pick_precision(args.precision, device, os.environ.get("ACCELERATE_MIXED_PRECISION"))
         self.accelerator = Accelerator(mixed_precision=self.precision, cpu=device.type == "cpu")
         self.device = self.accelerator.device
         self.out = Path(args.out)
@@ -300,6 +332,7 @@ class Trainer:
         self.opt = torch.optim.Adam(self.model.parameters(), lr=args.lr)
         self.generator = torch.Generator().manual_seed(args.seed + self.accelerator.process_index)
         self.step = 0
+        self.lr_start: tuple[int, float] | None = None  # see learning_rate
         if resume is not None:
             tensors, meta = resume
             self.model.load_state_dict(_sub(tensors, "model."))
@@ -308,6 +341,8 @@ class Trainer:
             self.opt.load_state_dict(_unflatten_optimizer(opt_tensors, meta["param_groups"]))
             self.step = meta["step"]
             self.history = meta["history"]
+            self.lr_start = resumed_lr_start(self.step, meta["args"], args,
+                                             tuple(meta["lr_start"]) if meta.get("lr_start") else None)
             if self.accelerator.process_index == 0:
                 self.generator.set_state(tensors["rng.data"])
             else:  # other processes: a fresh stream per (process, step)
@@ -328,7 +363,7 @@ class Trainer:
     def meta(self) -> dict:
         m = self.accelerator.unwrap_model(self.model)
         return {"config": m.config_dict, "schedule": self.schedule.config(), "args": vars(self.args),
-                "history": self.current_history()}
+                "history": self.current_history(), "lr_start": self.lr_start}
 
     def current_history(self) -> dict:
         h = dict(self.history)
@@ -366,8 +401,11 @@ class Trainer:
         sprite_sheet(list(sprites), scale=4, pad=1).save(self.out / "samples" / f"step_{self.step:07d}.png")
 
     def weights_finite(self) -> bool:
+        """True when the weights are finite on every process (a decision all processes take together)."""
         states = (self.accelerator.unwrap_model(self.model).state_dict(), self.ema.state_dict())
-        return all(bool(torch.isfinite(v).all()) for sd in states for v in sd.values() if v.is_floating_point())
+        finite = all(bool(torch.isfinite(v).all()) for sd in states for v in sd.values() if v.is_floating_point())
+        votes = self.accelerator.reduce(torch.tensor(float(finite), device=self.device), "sum")
+        return int(votes.item()) == self.accelerator.num_processes
 
     def report_nan_weights(self) -> int:
         print(f"the weights became NaN or inf at step {self.step}; stopping without saving them. The last good "
@@ -406,8 +444,8 @@ class Trainer:
         rate = 0.0
         status = 0
         self.model.train()
-        while self.step < total and not self.stop_requested:
-            lr = learning_rate(self.step, args.lr, args.warmup, total)
+        while self.step < total:
+            lr = learning_rate(self.step, args.lr, args.warmup, total, start=self.lr_start)
             for group in self.opt.param_groups:
                 group["lr"] = lr
             x0, t, noise, context = training_batch(self.images, self.labels, n_classes, batch, T, args.p_uncond,
@@ -419,11 +457,14 @@ class Trainer:
                 pred = self.model(x_t, (t.float() / T).to(self.device), context)
             per_sprite = (pred.float() - noise).pow(2).mean((1, 2, 3))
             loss = (per_sprite * min_snr_weights(snr[t], args.min_snr).to(per_sprite)).mean()
-            loss_value = loss.item()
+            # the mean over processes: what is logged is the whole batch's loss, and a NaN on any
+            # process stops them all at the same step
+            loss_value = acc.reduce(loss.detach(), "mean").item()
             if not math.isfinite(loss_value):
                 msg = (f"loss became {loss_value} at step {self.step}; stopping. The last good checkpoint is "
                        f"{self.out / CHECKPOINT} (resume with --resume, perhaps with a lower --lr)")
-                print(msg, file=sys.stderr)
+                if self.is_main:
+                    print(msg, file=sys.stderr)
                 status = 3
                 break
             self.opt.zero_grad(set_to_none=True)
@@ -451,8 +492,12 @@ class Trainer:
             if self.step % args.sample_every == 0:
                 self.sample_grid()
                 self.model.train()
-            if now > deadline:
-                print(f"time limit of {args.time_limit} min reached at step {self.step}")
+            # a signal or the time limit may reach one process first: all stop at the same step
+            if self.stop_requested or now > deadline:
+                acc.set_trigger()
+            if acc.check_trigger():
+                if self.is_main and now > deadline:
+                    print(f"time limit of {args.time_limit} min reached at step {self.step}")
                 break
         bar.close()
         if log_file:
