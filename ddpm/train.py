@@ -1,8 +1,11 @@
 """Train a ContextUnet on sprites: python -m ddpm.train --data dawnlike --out runs/dawnlike
 
 Runs on HF Accelerate, so the same command works on the CPU, on one GPU, or under
-`accelerate launch` on several. The whole data set lives on the device as one tensor and
-batches are drawn with a seeded generator: no DataLoader workers, no per-sample Python.
+`accelerate launch` on several processes (`--multi_gpu --num_processes N --num_machines 1 -m
+ddpm.train ...`; on a machine without GPUs that gives N CPU processes over gloo). --batch-size is
+the whole batch, split over the processes; only the first process writes files, the log holds the
+loss averaged over all, and all stop at the same step. The whole data set lives on the device as
+one tensor and batches are drawn with a seeded generator: no DataLoader workers, no per-sample Python.
 
 Files written to --out:
   checkpoint.safetensors  model, EMA, optimizer and RNG state, written atomically

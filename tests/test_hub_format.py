@@ -238,3 +238,29 @@ def test_ddpm_model_imports_on_its_own():
     proc = subprocess.run([sys.executable, "-c", "import ddpm.model, sys; print(sorted(m for m in sys.modules "
                            "if m.startswith('ddpm.')))"], cwd=PROJECT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+# --- the package: pyproject.toml ------------------------------------------------------------------------------
+def test_pyproject_declares_what_the_package_imports_and_its_commands():
+    import importlib
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((PROJECT / "pyproject.toml").read_text())["project"]
+    declared = {Requirement(r).name.lower().replace("-", "_"): Requirement(r) for r in project["dependencies"]}
+    distribution = {"PIL": "pillow"}  # import name -> distribution name, where they differ
+    imported = set()
+    for path in (PROJECT / "ddpm").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else [])
+            imported |= {n.split(".")[0] for n in names}
+    third_party = {n for n in imported if n not in sys.stdlib_module_names and n != "ddpm"}
+    missing = {distribution.get(n, n).lower() for n in third_party} - set(declared)
+    assert not missing, f"imported by ddpm but not in pyproject.toml: {sorted(missing)}"
+    assert declared["torch"].specifier.contains(torch.__version__.split("+")[0])
+    for command, target in project["scripts"].items():
+        module, function = target.split(":")
+        assert callable(getattr(importlib.import_module(module), function)), command
+    assert set(project["scripts"]) == {"ddpm-train", "ddpm-sample", "ddpm-evaluate"}
