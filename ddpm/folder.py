@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .history import TRAINING_INFO, HistoryError, read_history, write_history
+from .history import TRAINING_INFO, HistoryError, check_history, write_history
 from .schedule import NoiseSchedule, ScheduleConfigError
 
 CONFIG, WEIGHTS, SCHEDULER_CONFIG, PALETTE, CARD = (
@@ -55,15 +55,19 @@ def resolve(source: str | os.PathLike, local_files_only: bool = False, revision:
                               f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
 
 
+def read_json(path: Path) -> object:
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+
+
 def read_config(folder: Path, known: set[str]) -> dict:
     """config.json as a dict whose keys are all in `known` (the network's constructor arguments)."""
     path = folder / CONFIG
     if not path.is_file():
         raise CheckpointError(f"{path}: missing; a model directory holds {CONFIG} and {WEIGHTS}")
-    try:
-        config = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    config = read_json(path)
     if not isinstance(config, dict):
         raise CheckpointError(f"{path}: expected a JSON object")
     unknown = set(config) - known
@@ -114,9 +118,7 @@ def read_schedule(folder: Path) -> NoiseSchedule:
     if not path.is_file():
         raise CheckpointError(f"{path}: missing; a model directory records the noise schedule it was trained with")
     try:
-        return NoiseSchedule.from_config(json.loads(path.read_text()))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+        return NoiseSchedule.from_config(read_json(path))
     except ScheduleConfigError as e:
         raise CheckpointError(f"{path}: invalid schedule ({e})") from None
 
@@ -136,10 +138,14 @@ def read_palette(folder: Path) -> np.ndarray | None:
 
 
 def read_training_info(folder: Path) -> dict | None:
+    """The training history from training.json (ddpm.history), or None when the model has none."""
+    path = folder / TRAINING_INFO
+    if not path.is_file():
+        return None
     try:
-        return read_history(folder)
+        return check_history(read_json(path))
     except HistoryError as e:
-        raise CheckpointError(str(e)) from None
+        raise CheckpointError(f"{path}: {e}") from None
 
 
 def read_card(folder: Path) -> str | None:

@@ -14,7 +14,7 @@ TOTALS = ("steps", "images", "seconds")
 
 
 class HistoryError(ValueError):
-    """A training.json that cannot be read; the message names the file."""
+    """A training.json that is not a training history."""
 
 
 def training_stages(info: dict) -> list[dict]:
@@ -34,20 +34,13 @@ def stage_since(history: dict, recipe: dict) -> dict:
     return dict(stage, recipe=recipe)
 
 
-def read_history(folder: str | Path) -> dict | None:
-    """folder/training.json as a dict, or None when the model has none."""
-    path = Path(folder) / TRAINING_INFO
-    if not path.is_file():
-        return None
-    try:
-        info = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise HistoryError(f"{path}: not valid JSON ({e})") from None
+def check_history(info: object) -> dict:
+    """info if it is a training history (an object with the totals), else HistoryError."""
     if not isinstance(info, dict):
-        raise HistoryError(f"{path}: expected a JSON object")
+        raise HistoryError("expected a JSON object")
     missing = [k for k in TOTALS if not isinstance(info.get(k), (int, float))]
     if missing:
-        raise HistoryError(f"{path}: not a training history (missing {missing[0]!r})")
+        raise HistoryError(f"not a training history (missing {missing[0]!r})")
     return info
 
 

@@ -58,6 +58,25 @@ def lib_tiny_model_dir(tmp_path_factory):
     return folder
 
 
+def stop_after(monkeypatch, n_updates: int) -> None:
+    """Deliver SIGTERM (as a user's kill would) during the n-th optimizer step of ddpm.train: the run
+    finishes that step, saves and stops."""
+    import os
+    import signal
+
+    import ddpm.train as train
+
+    original, calls = train.update_ema, [0]
+
+    def update_ema(*a, **kw):
+        calls[0] += 1
+        if calls[0] == n_updates:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(*a, **kw)
+
+    monkeypatch.setattr(train, "update_ema", update_ema)
+
+
 def write_npy_dataset(folder, n: int = 64, height: int = 16, n_classes: int = 5, seed: int = 0):
     """sprites.npy and labels.npy in the course's format: class k is a coloured square on white."""
     rng = np.random.default_rng(seed)

@@ -8,9 +8,7 @@ import csv
 import json
 import os
 import shutil
-import signal
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -21,7 +19,7 @@ from safetensors.torch import load_file
 import ddpm.train as train
 
 from app_helpers import free_port
-from conftest import write_npy_dataset
+from conftest import stop_after, write_npy_dataset
 
 PROJECT = Path(__file__).resolve().parent.parent
 
@@ -133,23 +131,10 @@ def run_args(data: Path, out: Path, steps: int, *extra) -> list[str]:
             "--threads", "1", "--warmup", "3", "--lr", "2e-3", "--sample-every", "100000", *map(str, extra)]
 
 
-def stop_during_update(monkeypatch, n: int) -> None:
-    """SIGTERM (as a user's kill) during the n-th optimizer step: the run saves and stops after it."""
-    original, calls = train.update_ema, [0]
-
-    def update_ema(*a, **kw):
-        calls[0] += 1
-        if calls[0] == n:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return original(*a, **kw)
-
-    monkeypatch.setattr(train, "update_ema", update_ema)
-
-
 @pytest.mark.parametrize("new_steps", [20, 7])
 def test_resuming_with_another_steps_keeps_the_learning_rate_continuous(small_data, tmp_path, monkeypatch, new_steps):
     out = tmp_path / "run"
-    stop_during_update(monkeypatch, 5)
+    stop_after(monkeypatch, 5)
     assert train.main(run_args(small_data, out, 10)) == 0
     monkeypatch.undo()
     assert [int(r["step"]) for r in read_log(out)] == [1, 2, 3, 4, 5]
@@ -165,7 +150,7 @@ def test_resuming_with_another_steps_keeps_the_learning_rate_continuous(small_da
 
 def test_changing_the_warm_up_inside_it_is_refused(small_data, tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
-    stop_during_update(monkeypatch, 1)
+    stop_after(monkeypatch, 1)
     assert train.main(run_args(small_data, out, 10)) == 0
     monkeypatch.undo()
     capsys.readouterr()

@@ -21,7 +21,7 @@ from ddpm.checkpoint import load_model, load_schedule
 from ddpm.model import ContextUnet
 from ddpm.schedule import NoiseSchedule
 
-from conftest import LIB_CLASSES, write_npy_dataset
+from conftest import LIB_CLASSES, stop_after, write_npy_dataset
 
 PROJECT = Path(__file__).resolve().parent.parent
 
@@ -53,19 +53,6 @@ def restore_signals():
     yield
     for s, h in before.items():
         signal.signal(s, h)
-
-
-def stop_after(monkeypatch, n_updates: int):
-    """Deliver SIGTERM (as a user's kill would) during the n-th optimizer step."""
-    original, calls = train.update_ema, [0]
-
-    def update_ema(*a, **kw):
-        calls[0] += 1
-        if calls[0] == n_updates:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return original(*a, **kw)
-
-    monkeypatch.setattr(train, "update_ema", update_ema)
 
 
 # --- learning --------------------------------------------------------------------------------------------
