@@ -32,7 +32,8 @@ from ddpm.checkpoint import load_model, load_schedule  # noqa: E402
 from ddpm.data import load_dawnlike  # noqa: E402
 from ddpm.evaluate import cached_classifier, evaluate  # noqa: E402
 from ddpm.schedule import NoiseSchedule  # noqa: E402
-from ddpm.train import CHECKPOINT, TRAINING_INFO  # noqa: E402
+from ddpm.history import TRAINING_INFO  # noqa: E402
+from ddpm.train import CHECKPOINT  # noqa: E402
 from train_throughput import our_loop, random_sprites  # noqa: E402
 
 CONFIGS = {  # name (also the run's folder) -> (norm, time embedding); the first is the baseline

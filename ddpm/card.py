@@ -1,29 +1,39 @@
-"""The model card (weights/README.md) written with every export."""
+"""The model card (README.md of a model folder), built with huggingface_hub's ModelCard.
+
+Its metadata tells the Hub what the model is: pipeline_tag "other", because the Hub's task list
+has no class-conditional image generation ("unconditional-image-generation" takes no input at all,
+"text-to-image" promises free-text prompts); the tag class-conditional-image-generation says what
+it does. DawnLike is not a Hub dataset, so it is credited in the text, not under `datasets:`.
+Links are absolute or to files in the same repository, so they work on the Hub as well as on disk.
+"""
 from __future__ import annotations
 
-CARD = """---
-license: cc-by-4.0
-library_name: ddpm-sprite-lab
-tags:
-- diffusion
-- ddpm
-- pixel-art
-- sprites
-- unconditional-image-generation
-pipeline_tag: unconditional-image-generation
----
+import re
 
+from huggingface_hub import ModelCard, ModelCardData
+
+from .history import training_stages
+
+LICENSE = "cc-by-4.0"
+LIBRARY_NAME = "ddpm-sprite-lab"
+PIPELINE_TAG = "other"
+TAGS = ["diffusion", "ddpm", "class-conditional-image-generation", "image-generation", "pixel-art", "sprites",
+        "pytorch_model_hub_mixin", "model_hub_mixin"]
+DAWNLIKE_URL = "https://opengameart.org/content/dawnlike-16x16-universal-rogue-like-tileset-v181"
+
+BODY = """
 # DDPM Sprite Lab: class-conditional sprite model
 
 A class-conditional DDPM (ContextUnet, {params:,} parameters) that draws {height}x{height} pixel-art
-sprites of {n_classes} classes: {classes}. Made with [DDPM Sprite Lab](../README.md); load it with
-`ddpm.checkpoint.load_model("weights")` or `ContextUnet.from_pretrained(...)`.
+sprites of {n_classes} classes: {classes}. Made with DDPM Sprite Lab (the `ddpm` Python package); load it
+with `ddpm.checkpoint.load_model("<this repo id or folder>")` or `ContextUnet.from_pretrained(...)`.
+scheduler_config.json holds the noise schedule in diffusers' format (`DDPMScheduler.from_pretrained`).
 
 ![samples](samples.png)
 
 ## Training
 
-- Data: the DawnLike 16x16 tileset by **DragonDePlatino**, palette by **DawnBringer**
+- Data: the [DawnLike 16x16 tileset]({dawnlike}) by **DragonDePlatino**, palette by **DawnBringer**
   (CC-BY 4.0), sliced into 16x16 cells, empty cells and exact duplicates dropped, transparency on
   white. Sprites per class: {counts}.
 - Architecture: n_feat {n_feat}, norm {norm}, time embedding {time_embedding}.
@@ -41,12 +51,12 @@ sprites of {n_classes} classes: {classes}. Made with [DDPM Sprite Lab](../README
 The weights are derived from DawnLike and shared under CC-BY 4.0. Credit: DawnLike tileset by
 DragonDePlatino, DawnBringer palette by DawnBringer.
 """
-
+NO_EVALUATION = "Run `python -m ddpm.evaluate --model <folder> --write-card` for the table."
 
 PRECISION_NAMES = {"no": "fp32", "bf16": "bf16 autocast", "fp16": "fp16 autocast"}
 RECIPE_KEYS = ["n_feat", "batch_size", "lr", "warmup", "ema", "p_uncond", "min_snr", "low_t_share", "low_t_max", "schedule",
                "T", "seed"]
-# Options listed only when a stage used them: the seed's uniform loss is the unstated default.
+# Options listed only when a stage used them: the course's uniform loss is the unstated default.
 UNLESS_OFF = {"min_snr": "min_snr", "low_t_share": "low_t_share", "low_t_max": "low_t_share"}
 
 
@@ -57,8 +67,6 @@ def recipe_text(recipe: dict) -> str:
 
 
 def stage_lines(info: dict) -> str:
-    from .train import training_stages  # the one reader of training.json's history
-
     lines = []
     for i, stage in enumerate(training_stages(info), 1):
         recipe = stage.get("recipe", {})
@@ -69,25 +77,9 @@ def stage_lines(info: dict) -> str:
     return "\n".join(lines)
 
 
-def model_card(config: dict, info: dict, evaluation: str | None = None) -> str:
-    params = sum_params(config)
-    return CARD.format(
-        params=params, height=config["height"], n_classes=config["n_classes"],
-        classes=", ".join(config["class_names"]),
-        counts=", ".join(f"{k} {v}" for k, v in info.get("data_counts", {}).items()) or "unknown",
-        n_feat=config["n_feat"], norm=config["norm"], time_embedding=config["time_embedding"],
-        stages=stage_lines(info),
-        steps=info.get("steps", 0), images=info.get("images", 0), hours=info.get("seconds", 0) / 3600,
-        precision=overall_precision(info),
-        evaluation=evaluation or "Run `python -m ddpm.evaluate --model weights` for the table.",
-    )
-
-
 def overall_precision(info: dict) -> str:
     """The precision of the whole training, or "by stage" when the stages differ. Stages record their own;
     a training.json written before they did holds only info["precision"], the last run's."""
-    from .train import training_stages
-
     recorded = [stage.get("precision") for stage in training_stages(info)]
     if not any(recorded):
         return PRECISION_NAMES.get(info.get("precision"), "fp32")
@@ -96,7 +88,31 @@ def overall_precision(info: dict) -> str:
     return "precision by stage below"
 
 
-def sum_params(config: dict) -> int:
-    from .model import ContextUnet
+def card_data() -> ModelCardData:
+    return ModelCardData(license=LICENSE, library_name=LIBRARY_NAME, pipeline_tag=PIPELINE_TAG, tags=list(TAGS))
 
-    return sum(p.numel() for p in ContextUnet(**config).parameters())
+
+def model_card(config: dict, n_params: int, info: dict | None, evaluation: str | None = None) -> ModelCard:
+    """The card of a model with this config.json, parameter count, training history and evaluation table."""
+    info = info or {}
+    body = BODY.format(
+        params=n_params, height=config["height"], n_classes=config["n_classes"],
+        classes=", ".join(config["class_names"]), dawnlike=DAWNLIKE_URL,
+        counts=", ".join(f"{k} {v}" for k, v in info.get("data_counts", {}).items()) or "unknown",
+        n_feat=config["n_feat"], norm=config["norm"], time_embedding=config["time_embedding"],
+        stages=stage_lines(info) if info else "  (no training history recorded)",
+        steps=info.get("steps", 0), images=info.get("images", 0), hours=info.get("seconds", 0) / 3600,
+        precision=overall_precision(info),
+        evaluation=(evaluation or NO_EVALUATION).strip(),
+    )
+    return ModelCard(f"---\n{card_data().to_yaml()}\n---\n{body}")
+
+
+def evaluation_section(card_text: str | None) -> str | None:
+    """The text under "## Evaluation" in a card this module wrote, or None when it has no measured table."""
+    if not card_text:
+        return None
+    match = re.search(r"^## Evaluation\n(.*?)(?=^## |\Z)", card_text, flags=re.S | re.M)
+    if not match or NO_EVALUATION in match.group(1) or "|" not in match.group(1):
+        return None
+    return match.group(1).strip()

@@ -328,13 +328,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def write_card(folder: Path, model, schedule, palette, args, evaluation: str) -> None:
     """Rewrite folder/README.md with the evaluation, and folder/samples.png (8 per class, one row each)."""
-    import json
-
     from .card import model_card
     from .images import sprite_sheet
 
-    info_path = folder / "training.json"
-    info = json.loads(info_path.read_text()) if info_path.exists() else {}
     k, n = model.n_classes, 8
     context = torch.eye(k).repeat_interleave(n, 0)
     sprites = to_uint8(sample(model, schedule, context, sampler=args.sampler, steps=args.steps,
@@ -342,8 +338,8 @@ def write_card(folder: Path, model, schedule, palette, args, evaluation: str) ->
     if palette is not None:
         sprites = snap_to_palette(sprites, palette)
     sprite_sheet(list(sprites.reshape(k, n, *sprites.shape[1:])), scale=4, pad=2).save(folder / "samples.png")
-    (folder / "README.md").write_text(model_card(model.config_dict, info, evaluation))
-
+    n_params = sum(p.numel() for p in model.parameters())
+    model_card(model.config_dict, n_params, model.training_info, evaluation).save(folder / "README.md")
 
 if __name__ == "__main__":
     sys.exit(main())

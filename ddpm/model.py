@@ -11,14 +11,27 @@ Changes from the seed notebook, and why:
 
 The network knows nothing about the noise schedule: it takes x_t, the normalised time t/T in
 [0, 1] and a context vector (one-hot class, a mix of classes, or zeros for unconditional).
+
+Saving and loading follow huggingface_hub's PyTorchModelHubMixin (save_pretrained, push_to_hub,
+from_pretrained) on the model folder format of ddpm.folder; a saved folder is complete (schedule,
+palette, training history and card included), and loading is strict.
 """
 from __future__ import annotations
 
+import inspect
 import math
+import os
+from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
-from huggingface_hub import PyTorchModelHubMixin
+from huggingface_hub import ModelCard, PyTorchModelHubMixin
+
+from . import card as model_card
+from .folder import (CONFIG, CheckpointError, read_card, read_config, read_palette, read_schedule,
+                     read_training_info, read_weights, resolve, write_extras)
+from .schedule import NoiseSchedule
 
 NORMS = ("batch", "group")
 TIME_EMBEDDINGS = ("scalar", "sinusoidal")
@@ -184,15 +197,25 @@ def level_channels(n_feat: int, height: int) -> list[int]:
 class ContextUnet(
     nn.Module,
     PyTorchModelHubMixin,
-    library_name="ddpm-sprite-lab",
-    tags=["diffusion", "ddpm", "pixel-art", "sprites", "unconditional-image-generation"],
-    license="cc-by-4.0",
+    library_name=model_card.LIBRARY_NAME,
+    tags=model_card.TAGS,
+    license=model_card.LICENSE,
+    pipeline_tag=model_card.PIPELINE_TAG,
 ):
     """Class-conditional U-Net predicting the noise in x_t.
 
     forward(x, t, c): x (B, C, H, H) in [-1, 1]; t (B,) time as the fraction t/T; c (B, n_classes)
     context weights (one-hot, a mix, or zeros for the unconditional model). Returns (B, C, H, H).
+
+    Besides the weights, a model carries what its folder records beside them: noise_schedule (the
+    schedule it was trained with; saving needs it), palette, training_info and evaluation (the
+    card's table). from_pretrained sets them; the trainer sets them before it exports.
     """
+
+    noise_schedule: NoiseSchedule | None
+    palette: np.ndarray | None
+    training_info: dict | None
+    evaluation: str | None
 
     def __init__(
         self,
@@ -216,6 +239,7 @@ class ContextUnet(
             raise ValueError(f"{len(class_names)} class names for {n_classes} classes")
         self.in_channels, self.n_feat, self.n_classes, self.height = in_channels, n_feat, n_classes, height
         self.class_names, self.norm, self.time_embedding = class_names, norm, time_embedding
+        self.noise_schedule, self.palette, self.training_info, self.evaluation = None, None, None, None
 
         channels = level_channels(n_feat, height)
         self.init_conv = ResidualConvBlock(in_channels, n_feat, is_res=True, norm=norm)
@@ -291,24 +315,56 @@ class ContextUnet(
             class_names=self.class_names, norm=self.norm, time_embedding=self.time_embedding,
         )
 
+    # --- the Hub mixin, on the folder format of ddpm.folder ------------------------------------------
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *, force_download: bool = False, token=None,
-                        cache_dir=None, local_files_only: bool = False, revision=None, **model_kwargs):  # type: ignore[override]
-        """A local model directory or a Hub repo id, loaded strictly by ddpm.checkpoint.load_model.
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *, force_download: bool = False,
+                        token: str | bool | None = None, cache_dir: str | os.PathLike | None = None,
+                        local_files_only: bool = False, revision: str | None = None,
+                        **model_kwargs) -> "ContextUnet":  # type: ignore[override]
+        """A local model directory or a Hub repo id, loaded strictly, in eval mode.
 
         The mixin's own from_pretrained reads config.json before _from_pretrained runs, so a missing
         path, a bad JSON file or an uncached repo id escaped as raw huggingface_hub or json errors
-        instead of a CheckpointError. Extra keyword arguments (such as strict=False) are ignored:
-        loading is always strict.
+        instead of a CheckpointError. map_location is honoured; other keyword arguments (such as
+        strict=False) are ignored: loading is always strict.
         """
-        return cls._from_pretrained(model_id=str(pretrained_model_name_or_path), revision=revision,
-                                    cache_dir=cache_dir, local_files_only=local_files_only,
-                                    map_location=model_kwargs.get("map_location", "cpu"))
+        folder = resolve(pretrained_model_name_or_path, local_files_only=local_files_only, revision=revision,
+                         cache_dir=cache_dir, token=token, force_download=force_download)
+        known = set(inspect.signature(cls.__init__).parameters) - {"self"}
+        config = read_config(folder, known)
+        try:
+            model = cls(**config)
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"{folder / CONFIG}: invalid config ({e})") from None
+        model.load_state_dict(read_weights(folder, model.state_dict()), strict=True)
+        model.noise_schedule = read_schedule(folder)
+        model.palette = read_palette(folder)
+        model.training_info = read_training_info(folder)
+        model.evaluation = model_card.evaluation_section(read_card(folder))
+        model.source = str(pretrained_model_name_or_path)
+        return model.to(model_kwargs.get("map_location", "cpu")).eval()
 
     @classmethod
-    def _from_pretrained(cls, *, model_id: str, **kwargs):  # type: ignore[override]
-        # Route the mixin through our loader: strict, safetensors only, clear errors.
-        from .checkpoint import load_model
+    def _from_pretrained(cls, *, model_id: str, revision: str | None = None, cache_dir=None,
+                         force_download: bool = False, local_files_only: bool = False, token=None,
+                         **model_kwargs) -> "ContextUnet":  # type: ignore[override]
+        return cls.from_pretrained(model_id, revision=revision, cache_dir=cache_dir, force_download=force_download,
+                                   local_files_only=local_files_only, token=token, **model_kwargs)
 
-        return load_model(model_id, revision=kwargs.get("revision"), cache_dir=kwargs.get("cache_dir"),
-                          local_files_only=kwargs.get("local_files_only", False), device=kwargs.get("map_location", "cpu"))
+    def save_pretrained(self, save_directory: str | os.PathLike, *, config: dict | None = None,
+                        **kwargs) -> str | None:  # type: ignore[override]
+        """The complete model folder (see ddpm.folder); push_to_hub uploads the same. The card is
+        always rewritten: an old one would describe other weights."""
+        (Path(save_directory) / "README.md").unlink(missing_ok=True)
+        return super().save_pretrained(save_directory, config=config or self.config_dict, **kwargs)
+
+    def _save_pretrained(self, save_directory: Path) -> None:
+        if self.noise_schedule is None:
+            raise ValueError("the model has no noise_schedule: set it to the NoiseSchedule it was trained with "
+                             "before saving (ddpm.checkpoint.save_model takes it as an argument)")
+        super()._save_pretrained(save_directory)
+        write_extras(Path(save_directory), self.noise_schedule, self.palette, self.training_info)
+
+    def generate_model_card(self, *args, **kwargs) -> ModelCard:
+        n_params = sum(p.numel() for p in self.parameters())
+        return model_card.model_card(self.config_dict, n_params, self.training_info, self.evaluation)

@@ -11,6 +11,21 @@ import torch
 
 SCHEDULES = ("linear", "cosine")
 
+# The course counts time t = 1..T (t = 0 is the clean image); diffusers' schedulers count timesteps
+# 0..T-1 and treat "before timestep 0" as clean. Course time t is diffusers timestep t - 1: this
+# shift is applied in one place, to_diffusers_timestep, and scheduler_config() relies on it.
+DIFFUSERS_SCHEDULERS = ("DDPMScheduler", "DDIMScheduler")
+DIFFUSERS_BETA_SCHEDULES = {"linear": "linear", "cosine": "squaredcos_cap_v2"}
+
+
+def to_diffusers_timestep(t: int) -> int:
+    """The diffusers timestep of course time t (1..T): t - 1."""
+    return t - 1
+
+
+class ScheduleConfigError(ValueError):
+    """A scheduler config this project cannot read as one of its schedules."""
+
 
 def linear_betas(T: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
     """The seed's schedule: T + 1 betas from beta_start to beta_end (beta[0] is never used)."""
@@ -51,7 +66,93 @@ class NoiseSchedule:
         self.alpha_bars[0] = 1.0
 
     def config(self) -> dict:
+        """The constructor's arguments (what training checkpoints record)."""
         return dict(T=self.T, kind=self.kind, beta_start=self.beta_start, beta_end=self.beta_end)
+
+    def scheduler_config(self) -> dict:
+        """scheduler_config.json in diffusers' format, the same schedule to within float32 rounding.
+
+        trained_betas[i] is the course's beta at t = i + 1 (to_diffusers_timestep), so diffusers'
+        alphas_cumprod[i] is alpha_bar[i + 1]; beta_schedule, beta_start and beta_end say the same
+        in diffusers' own terms. "trailing" spacing is how ddpm.sampling picks its steps (from T
+        down), set_alpha_to_one that alpha_bar at t = 0 is 1, and the network predicts the noise
+        without clipping x0.
+        """
+        first, last = to_diffusers_timestep(1) + 1, to_diffusers_timestep(self.T) + 1  # betas[1], betas[T]
+        return {
+            "_class_name": "DDPMScheduler",
+            "num_train_timesteps": self.T,
+            "beta_schedule": DIFFUSERS_BETA_SCHEDULES[self.kind],
+            "beta_start": float(self.betas[first]),
+            "beta_end": float(self.betas[last]),
+            "trained_betas": [float(b) for b in self.betas[first:last + 1]],
+            "variance_type": "fixed_small",
+            "clip_sample": False,
+            "thresholding": False,
+            "prediction_type": "epsilon",
+            "timestep_spacing": "trailing",
+            "steps_offset": 0,
+            "set_alpha_to_one": True,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict) -> "NoiseSchedule":
+        """A schedule from scheduler_config.json: diffusers' format, or this project's older
+        {"T": ..., "kind": ...}. Keys it does not use are ignored; values that contradict each other,
+        or describe a schedule this project does not have, raise ScheduleConfigError."""
+        if not isinstance(config, dict):
+            raise ScheduleConfigError("expected a JSON object")
+        if "num_train_timesteps" not in config and "_class_name" not in config:
+            args = {k: config[k] for k in ("T", "kind", "beta_start", "beta_end") if k in config}
+            try:
+                return cls(**args)
+            except (TypeError, ValueError) as e:
+                raise ScheduleConfigError(str(e)) from None
+        name = config.get("_class_name", "DDPMScheduler")
+        if name not in DIFFUSERS_SCHEDULERS:
+            raise ScheduleConfigError(f"_class_name {name!r}: expected one of {DIFFUSERS_SCHEDULERS}")
+        T = config.get("num_train_timesteps", 1000)  # diffusers' default
+        if not (isinstance(T, int) and not isinstance(T, bool) and T >= 1):
+            raise ScheduleConfigError(f"num_train_timesteps must be a positive integer, got {T!r}")
+        if "T" in config and config["T"] != T:
+            raise ScheduleConfigError(f"T {config['T']!r} contradicts num_train_timesteps {T}")
+        if config.get("prediction_type", "epsilon") != "epsilon":
+            raise ScheduleConfigError(f"prediction_type {config['prediction_type']!r}: the network predicts the "
+                                      f"noise ('epsilon')")
+        for flag in ("clip_sample", "thresholding"):
+            if config.get(flag):
+                raise ScheduleConfigError(f"{flag} true: this project samples without clipping x0")
+        beta_schedule = config.get("beta_schedule", "linear")
+        kinds = {v: k for k, v in DIFFUSERS_BETA_SCHEDULES.items()}
+        if beta_schedule not in kinds:
+            raise ScheduleConfigError(f"beta_schedule {beta_schedule!r}: expected one of {sorted(kinds)}")
+        kind = kinds[beta_schedule]
+        if "kind" in config and config["kind"] != kind:
+            raise ScheduleConfigError(f"kind {config['kind']!r} contradicts beta_schedule {beta_schedule!r}")
+        if kind == "linear":
+            first, last = config.get("beta_start", 0.0001), config.get("beta_end", 0.02)
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (first, last)):
+                raise ScheduleConfigError("beta_start and beta_end must be numbers")
+            # diffusers' first beta is the course's beta at t = 1: step back one grid point to the
+            # course's beta_start at t = 0, rounded to undo the float error of that step
+            start = float(f"{first - (last - first) / (T - 1):.12g}") if T > 1 else 0.0001
+            schedule = cls(T, kind, start, float(last))
+        else:
+            schedule = cls(T, kind)
+        trained = config.get("trained_betas")
+        if trained is not None:
+            try:
+                trained = torch.tensor(trained, dtype=torch.float64)
+            except (TypeError, ValueError):
+                raise ScheduleConfigError("trained_betas must be a list of numbers") from None
+            if trained.shape != (T,):
+                raise ScheduleConfigError(f"{tuple(trained.shape)[0] if trained.dim() == 1 else 'not'} trained_betas "
+                                          f"for num_train_timesteps {T}")
+            gap = float((trained - schedule.betas[1:]).abs().max())
+            if gap > 1e-9:
+                raise ScheduleConfigError(f"trained_betas contradict beta_schedule {beta_schedule!r} "
+                                          f"(off by up to {gap:.2g})")
+        return schedule
 
     def _gather(self, values: torch.Tensor, t: torch.Tensor | int, like: torch.Tensor) -> torch.Tensor:
         """values[t] shaped to broadcast over a batch like `like` (B, C, H, W)."""

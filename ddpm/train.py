@@ -1,8 +1,11 @@
 """Train a ContextUnet on sprites: python -m ddpm.train --data dawnlike --out runs/dawnlike
 
 Runs on HF Accelerate, so the same command works on the CPU, on one GPU, or under
-`accelerate launch` on several. The whole data set lives on the device as one tensor and
-batches are drawn with a seeded generator: no DataLoader workers, no per-sample Python.
+`accelerate launch` on several processes (`--multi_gpu --num_processes N --num_machines 1 -m
+ddpm.train ...`; on a machine without GPUs that gives N CPU processes over gloo). --batch-size is
+the whole batch, split over the processes; only the first process writes files, the log holds the
+loss averaged over all, and all stop at the same step. The whole data set lives on the device as
+one tensor and batches are drawn with a seeded generator: no DataLoader workers, no per-sample Python.
 
 Files written to --out:
   checkpoint.safetensors  model, EMA, optimizer and RNG state, written atomically
@@ -26,14 +29,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import SCHEDULER_CONFIG, CheckpointError, load_model, load_schedule, resolve, save_model
+from .checkpoint import CheckpointError, load_model, save_model
 from .data import DataError, SpriteData, load_data
+from .history import TOTALS, stage_since, training_stages
 from .model import DEFAULT_N_FEAT, NORMS, TIME_EMBEDDINGS, ContextUnet, widen
 from .sampling import bf16_is_fast, sample, to_uint8
 from .schedule import SCHEDULES, NoiseSchedule
 
 CHECKPOINT = "checkpoint.safetensors"
-TRAINING_INFO = "training.json"
 
 
 class TrainingError(RuntimeError):
@@ -41,33 +44,20 @@ class TrainingError(RuntimeError):
 
 
 # --- small named pieces ------------------------------------------------------------------------
-def learning_rate(step: int, base_lr: float, warmup: int, total: int, final_fraction: float = 0.1) -> float:
-    """Linear warm-up to base_lr, then linear decay to final_fraction * base_lr at `total` steps."""
+def learning_rate(step: int, base_lr: float, warmup: int, total: int, final_fraction: float = 0.1,
+                  start: tuple[int, float] | None = None) -> float:
+    """Linear warm-up to base_lr, then linear decay to final_fraction * base_lr at `total` steps.
+
+    start = (step0, lr0): from step0 on, decay linearly from lr0 instead (a run resumed with another
+    --steps, --lr or --warmup continues from the learning rate it had, see resumed_lr_start).
+    """
+    if start is not None and step >= start[0]:
+        progress = min(1.0, (step - start[0]) / max(1, total - start[0]))
+        return start[1] + (final_fraction * base_lr - start[1]) * progress
     if step < warmup:
         return base_lr * (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return base_lr * (1 - (1 - final_fraction) * progress)
-
-
-TOTALS = ("steps", "images", "seconds")
-
-
-def training_stages(info: dict) -> list[dict]:
-    """The stages (runs started with --init-from or from scratch) behind an exported model's training.json.
-
-    Each stage has its own steps, images, seconds and recipe. A training.json written before stages
-    were recorded is one stage: its totals and its recipe.
-    """
-    if "stages" in info:
-        return [dict(stage) for stage in info["stages"]]
-    return [dict({k: info.get(k, 0) for k in TOTALS}, recipe=info.get("recipe", {}))]
-
-
-def stage_since(history: dict, recipe: dict) -> dict:
-    """This run's stage: the totals in history minus those of the stages before it."""
-    before = history.get("prior_stages", [])
-    stage = {k: history[k] - sum(s[k] for s in before) for k in TOTALS}
-    return dict(stage, recipe=recipe)
 
 
 def ema_decay(step: int, max_decay: float) -> float:
@@ -129,6 +119,24 @@ def training_batch(images: torch.Tensor, labels: torch.Tensor, n_classes: int, b
     x0 = torch.where(flip.to(images.device).view(-1, 1, 1, 1), x0.flip(-1), x0)
     context = F.one_hot(labels[idx.to(labels.device)], n_classes).float() * keep.to(images.device)[:, None]
     return x0, t, noise.to(images.device), context
+
+
+def resumed_lr_start(step: int, before: dict, now: argparse.Namespace,
+                     start_before: tuple[int, float] | None) -> tuple[int, float] | None:
+    """Where a resumed run's learning-rate decay starts, so that the rate does not jump.
+
+    `before` holds the --steps, --lr and --warmup the checkpoint was trained with. With the same three
+    the schedule goes on as it was. With others, from `step` on the rate decays linearly from the one
+    it had reached to the new end (inside the warm-up only a new --steps is possible: the warm-up does
+    not depend on it).
+    """
+    same = (before["steps"], before["lr"], before["warmup"]) == (now.steps, now.lr, now.warmup)
+    if same or (step < before["warmup"] and (before["lr"], before["warmup"]) == (now.lr, now.warmup)):
+        return start_before
+    if step < before["warmup"]:
+        raise TrainingError(f"--lr and --warmup cannot change while resuming inside the warm-up (step {step} of "
+                            f"{before['warmup']}); resume with --lr {before['lr']} --warmup {before['warmup']}")
+    return step, learning_rate(step, before["lr"], before["warmup"], before["steps"], start=start_before)
 
 
 def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list]:
@@ -228,7 +236,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--schedule", choices=SCHEDULES, default="linear")
     p.add_argument("--T", type=int, default=500)
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
-                   help="auto: bf16 autocast where the CPU or GPU supports it, else fp32")
+                   help="auto: under `accelerate launch`, the launcher's --mixed_precision (its default is no: "
+                        "fp32); otherwise bf16 autocast where the CPU or GPU supports it, else fp32")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: all cores)")
     p.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.safetensors")
@@ -258,9 +267,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def pick_precision(requested: str, device: torch.device) -> str:
+def pick_precision(requested: str, device: torch.device, launcher: str | None = None) -> str:
+    """Accelerate's mixed_precision for --precision. `launcher` is what `accelerate launch` passes on
+    (ACCELERATE_MIXED_PRECISION, always set by it, "no" unless --mixed_precision says otherwise):
+    "auto" defers to it; an explicit --precision wins over it."""
     if requested != "auto":
         return "no" if requested == "fp32" else requested
+    if launcher:
+        return launcher
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return "bf16" if bf16_is_fast(device) else "no"
@@ -274,7 +288,7 @@ class Trainer:
         if args.threads:
             torch.set_num_threads(args.threads)
         device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-        self.precision = pick_precision(args.precision, device)
+        self.precision = pick_precision(args.precision, device, os.environ.get("ACCELERATE_MIXED_PRECISION"))
         self.accelerator = Accelerator(mixed_precision=self.precision, cpu=device.type == "cpu")
         self.device = self.accelerator.device
         self.out = Path(args.out)
@@ -296,26 +310,18 @@ class Trainer:
             self.schedule = NoiseSchedule(**resume[1]["schedule"])
             self.model = ContextUnet(**config)
         elif args.init_from:
-            # resolve() so a Hub repo id works too; a bad scheduler_config.json or training.json is one
-            # clear error rather than a traceback
-            folder = resolve(args.init_from)
-            self.model = load_model(folder)
+            # a local folder or a Hub repo id; the schedule and history come with the model, and a bad
+            # scheduler_config.json or training.json is one clear CheckpointError
+            self.model = load_model(args.init_from)
+            self.schedule = self.model.noise_schedule
+            before = self.model.training_info
+            if before is not None:
+                self.history = dict({k: before[k] for k in TOTALS}, prior_stages=training_stages(before))
             if args.n_feat and args.n_feat != self.model.n_feat:
                 try:
                     self.model = widen(self.model, args.n_feat, torch.Generator().manual_seed(args.seed))
                 except ValueError as e:
                     raise TrainingError(f"--n-feat with --init-from: {e}") from None
-            if (folder / SCHEDULER_CONFIG).exists():
-                self.schedule = load_schedule(folder)
-            info = folder / TRAINING_INFO
-            if info.exists():
-                try:
-                    before = json.loads(info.read_text())
-                    self.history = dict({k: before[k] for k in TOTALS}, prior_stages=training_stages(before))
-                except json.JSONDecodeError as e:
-                    raise TrainingError(f"{info}: not valid JSON ({e})") from None
-                except (KeyError, TypeError) as e:
-                    raise TrainingError(f"{info}: not a training history (missing {e})") from None
         else:
             self.model = ContextUnet(3, args.n_feat or DEFAULT_N_FEAT, len(self.data.class_names), args.height,
                                      self.data.class_names, args.norm, args.time_embedding)
@@ -329,6 +335,7 @@ class Trainer:
         self.opt = torch.optim.Adam(self.model.parameters(), lr=args.lr)
         self.generator = torch.Generator().manual_seed(args.seed + self.accelerator.process_index)
         self.step = 0
+        self.lr_start: tuple[int, float] | None = None  # see learning_rate
         if resume is not None:
             tensors, meta = resume
             self.model.load_state_dict(_sub(tensors, "model."))
@@ -337,6 +344,8 @@ class Trainer:
             self.opt.load_state_dict(_unflatten_optimizer(opt_tensors, meta["param_groups"]))
             self.step = meta["step"]
             self.history = meta["history"]
+            self.lr_start = resumed_lr_start(self.step, meta["args"], args,
+                                             tuple(meta["lr_start"]) if meta.get("lr_start") else None)
             if self.accelerator.process_index == 0:
                 self.generator.set_state(tensors["rng.data"])
             else:  # other processes: a fresh stream per (process, step)
@@ -357,7 +366,7 @@ class Trainer:
     def meta(self) -> dict:
         m = self.accelerator.unwrap_model(self.model)
         return {"config": m.config_dict, "schedule": self.schedule.config(), "args": vars(self.args),
-                "history": self.current_history()}
+                "history": self.current_history(), "lr_start": self.lr_start}
 
     def current_history(self) -> dict:
         h = dict(self.history)
@@ -373,17 +382,14 @@ class Trainer:
     def export(self, folder: Path) -> None:
         if not self.is_main:
             return
-        from .card import model_card
-
         model = copy.deepcopy(self.ema).cpu().to(memory_format=torch.contiguous_format)
         history = self.current_history()
         recipe = {k: v for k, v in vars(self.args).items() if k not in ("out", "resume", "export", "init_from")}
         this_stage = dict(stage_since(history, recipe), precision=self.precision)
         stages = history.pop("prior_stages", []) + [this_stage]
         info = dict(history, recipe=recipe, stages=stages, data_counts=self.data.counts())  # precision: per stage
-        card = model_card(model.config_dict, info)
-        save_model(model, self.schedule, folder, card, palette=self.data.palette())
-        (Path(folder) / TRAINING_INFO).write_text(json.dumps(info, indent=2) + "\n")
+        model.evaluation = None  # not measured for these weights yet
+        save_model(model, self.schedule, folder, palette=self.data.palette(), training_info=info)
 
     def sample_grid(self) -> None:
         if not self.is_main:
@@ -398,8 +404,11 @@ class Trainer:
         sprite_sheet(list(sprites), scale=4, pad=1).save(self.out / "samples" / f"step_{self.step:07d}.png")
 
     def weights_finite(self) -> bool:
+        """True when the weights are finite on every process (a decision all processes take together)."""
         states = (self.accelerator.unwrap_model(self.model).state_dict(), self.ema.state_dict())
-        return all(bool(torch.isfinite(v).all()) for sd in states for v in sd.values() if v.is_floating_point())
+        finite = all(bool(torch.isfinite(v).all()) for sd in states for v in sd.values() if v.is_floating_point())
+        votes = self.accelerator.reduce(torch.tensor(float(finite), device=self.device), "sum")
+        return int(votes.item()) == self.accelerator.num_processes
 
     def report_nan_weights(self) -> int:
         print(f"the weights became NaN or inf at step {self.step}; stopping without saving them. The last good "
@@ -438,8 +447,8 @@ class Trainer:
         rate = 0.0
         status = 0
         self.model.train()
-        while self.step < total and not self.stop_requested:
-            lr = learning_rate(self.step, args.lr, args.warmup, total)
+        while self.step < total:
+            lr = learning_rate(self.step, args.lr, args.warmup, total, start=self.lr_start)
             for group in self.opt.param_groups:
                 group["lr"] = lr
             x0, t, noise, context = training_batch(self.images, self.labels, n_classes, batch, T, args.p_uncond,
@@ -451,11 +460,14 @@ class Trainer:
                 pred = self.model(x_t, (t.float() / T).to(self.device), context)
             per_sprite = (pred.float() - noise).pow(2).mean((1, 2, 3))
             loss = (per_sprite * min_snr_weights(snr[t], args.min_snr).to(per_sprite)).mean()
-            loss_value = loss.item()
+            # the mean over processes: what is logged is the whole batch's loss, and a NaN on any
+            # process stops them all at the same step
+            loss_value = acc.reduce(loss.detach(), "mean").item()
             if not math.isfinite(loss_value):
                 msg = (f"loss became {loss_value} at step {self.step}; stopping. The last good checkpoint is "
                        f"{self.out / CHECKPOINT} (resume with --resume, perhaps with a lower --lr)")
-                print(msg, file=sys.stderr)
+                if self.is_main:
+                    print(msg, file=sys.stderr)
                 status = 3
                 break
             self.opt.zero_grad(set_to_none=True)
@@ -483,8 +495,12 @@ class Trainer:
             if self.step % args.sample_every == 0:
                 self.sample_grid()
                 self.model.train()
-            if now > deadline:
-                print(f"time limit of {args.time_limit} min reached at step {self.step}")
+            # a signal or the time limit may reach one process first: all stop at the same step
+            if self.stop_requested or now > deadline:
+                acc.set_trigger()
+            if acc.check_trigger():
+                if self.is_main and now > deadline:
+                    print(f"time limit of {args.time_limit} min reached at step {self.step}")
                 break
         bar.close()
         if log_file:

@@ -7,7 +7,8 @@ import torch
 
 LIB_CLASSES = ["hero", "creature", "food", "spell", "item"]
 LIB_TEST_MODULES = {"test_schedule", "test_samplers", "test_model", "test_checkpoint", "test_data", "test_train",
-                    "test_cli", "test_speed", "test_bad_inputs", "test_safety", "test_train_faults"}
+                    "test_cli", "test_speed", "test_bad_inputs", "test_safety", "test_train_faults",
+                    "test_hub_format", "test_accelerate"}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -55,6 +56,25 @@ def lib_tiny_model_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("lib_tiny_model") / "model"
     save_model(make_tiny_unet(seed=1), NoiseSchedule(), folder, model_card="# tiny test model\n")
     return folder
+
+
+def stop_after(monkeypatch, n_updates: int) -> None:
+    """Deliver SIGTERM (as a user's kill would) during the n-th optimizer step of ddpm.train: the run
+    finishes that step, saves and stops."""
+    import os
+    import signal
+
+    import ddpm.train as train
+
+    original, calls = train.update_ema, [0]
+
+    def update_ema(*a, **kw):
+        calls[0] += 1
+        if calls[0] == n_updates:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(*a, **kw)
+
+    monkeypatch.setattr(train, "update_ema", update_ema)
 
 
 def write_npy_dataset(folder, n: int = 64, height: int = 16, n_classes: int = 5, seed: int = 0):

@@ -59,9 +59,11 @@ def test_save_then_load_round_trip(tmp_path):
     torch.testing.assert_close(load_schedule(folder).alpha_bars, schedule.alpha_bars)
 
 
-def test_load_schedule_defaults_to_the_seeds(lib_tiny_model_dir, model_copy):
+def test_a_folder_without_a_schedule_is_an_error(model_copy):
     (model_copy / "scheduler_config.json").unlink()
-    assert load_schedule(model_copy).config() == NoiseSchedule().config()
+    for loader in (load_schedule, load_model, ContextUnet.from_pretrained):
+        with pytest.raises(CheckpointError, match="scheduler_config.json: missing"):
+            loader(model_copy)
     (model_copy / "scheduler_config.json").write_text('{"T": 0}')
     with pytest.raises(CheckpointError, match="scheduler_config.json"):
         load_schedule(model_copy)

@@ -21,7 +21,7 @@ from ddpm.checkpoint import load_model, load_schedule
 from ddpm.model import ContextUnet
 from ddpm.schedule import NoiseSchedule
 
-from conftest import LIB_CLASSES, write_npy_dataset
+from conftest import LIB_CLASSES, stop_after, write_npy_dataset
 
 PROJECT = Path(__file__).resolve().parent.parent
 
@@ -53,19 +53,6 @@ def restore_signals():
     yield
     for s, h in before.items():
         signal.signal(s, h)
-
-
-def stop_after(monkeypatch, n_updates: int):
-    """Deliver SIGTERM (as a user's kill would) during the n-th optimizer step."""
-    original, calls = train.update_ema, [0]
-
-    def update_ema(*a, **kw):
-        calls[0] += 1
-        if calls[0] == n_updates:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return original(*a, **kw)
-
-    monkeypatch.setattr(train, "update_ema", update_ema)
 
 
 # --- learning --------------------------------------------------------------------------------------------
@@ -347,11 +334,13 @@ def test_a_stage_continues_the_ema_warm_up_of_the_stages_before(lib_train_data, 
 
 
 def test_training_stages_of_a_history_written_before_stages():
+    from ddpm.history import stage_since, training_stages
+
     legacy = {"steps": 3600, "images": 460800, "seconds": 6891.9, "recipe": {"lr": 0.001}}
-    assert train.training_stages(legacy) == [{"steps": 3600, "images": 460800, "seconds": 6891.9,
-                                              "recipe": {"lr": 0.001}}]
-    history = {"steps": 5000, "images": 640000, "seconds": 9000.0, "prior_stages": train.training_stages(legacy)}
-    assert train.stage_since(history, {"lr": 5e-4}) == {"steps": 1400, "images": 179200,
+    assert training_stages(legacy) == [{"steps": 3600, "images": 460800, "seconds": 6891.9,
+                                        "recipe": {"lr": 0.001}}]
+    history = {"steps": 5000, "images": 640000, "seconds": 9000.0, "prior_stages": training_stages(legacy)}
+    assert stage_since(history, {"lr": 5e-4}) == {"steps": 1400, "images": 179200,
                                                          "seconds": pytest.approx(2108.1), "recipe": {"lr": 5e-4}}
 
 
