@@ -145,7 +145,7 @@ def test_benchmark_suite_quick_smoke(tmp_path, monkeypatch):
                          "--quick", "--samples-per-class", "3", "--settings", "ddpm:6,ddim:3,dpm++:3,ddpm-beta:3",
                          "--skip", "app,train"]) == 0
     res = json.loads((out / "benchmarks.json").read_text())
-    assert [r["setting"] for r in res["quality"]] == ["DDPM-6", "DDIM-3", "DPM-Solver++-3", "DDPM (seed's variance)-3"]
+    assert [r["setting"] for r in res["quality"]] == ["DDPM-6", "DDIM-3", "DPM-Solver++-3", "DDPM (the course's variance)-3"]
     assert all(0 <= r["isolated"] <= 1 for r in res["quality"])
     assert {"DDPM-6", "DDIM-3", "DPM-Solver++-3"} <= set(res["generation"])
     assert [r["batch"] for r in res["steps"]] == [1, 16, 64]
