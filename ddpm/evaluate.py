@@ -327,7 +327,8 @@ class Reference:
         for c in range(len(self.class_names)):
             real = x[y == c]
             if len(real) < 4:
-                raise DataError(f"class {self.class_names[c]!r} has {len(real)} sprites; the evaluation needs at least 4")
+                raise DataError(f"class {self.class_names[c]!r} has {len(real)} sprites; "
+                                "the evaluation needs at least 4")
             perm = torch.randperm(len(real), generator=split)
             self.real.append(real)
             self.ref.append(real[perm[: len(real) // 2]])
@@ -390,7 +391,8 @@ def parse_settings(text: str, guidance: float = DEFAULT_GUIDANCE) -> list[Settin
         if not 2 <= len(parts) <= 3 or not parts[0]:
             raise ValueError(f"setting {item.strip()!r} is not sampler:steps or sampler:steps:guidance")
         if parts[0].lower() not in SAMPLER_ALIASES:
-            raise ValueError(f"unknown sampler {parts[0]!r} in {item.strip()!r}; choose one of {', '.join(sorted(SAMPLER_ALIASES))}")
+            raise ValueError(f"unknown sampler {parts[0]!r} in {item.strip()!r}; "
+                             f"choose one of {', '.join(sorted(SAMPLER_ALIASES))}")
         try:
             steps = int(parts[1])
             g = float(parts[2]) if len(parts) == 3 else guidance
@@ -715,9 +717,9 @@ def main(argv: list[str] | None = None) -> int:
     table = "\n\n".join([
         decision_table(results, reference),
         "Each figure is the mean over the classes (every class counts alike), as mean ± half its range over the "
-        "seeds. FD, precision and recall compare min(n, held-out real count) samples per class "
-        f"({'/'.join(map(str, reference.compared))}) with half the real sprites of that class; the last row "
-        "measures the other half of the real sprites in the same way (the floor). Accuracy there is the "
+        "seeds (in percentage points for shares). FD, precision and recall compare min(n, held-out real count) "
+        f"samples per class ({'/'.join(map(str, reference.compared))}) with half the real sprites of that class; "
+        "the last row measures the other half of the real sprites in the same way (the floor). Accuracy there is the "
         "classifier's own held-out accuracy.",
         "Per seed (FD pooled: all classes against the reference reweighted to the samples' class counts):",
         per_seed_table(results, reference),
