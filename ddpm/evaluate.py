@@ -1,27 +1,37 @@
-"""Measure sample quality: python -m ddpm.evaluate --model weights
+"""Measure sample quality: python -m ddpm.evaluate --model weights --seeds 0,1
 
-For conditional samples of each class it reports
+For n conditional samples of each class and each sampling seed it reports, per class and as the
+mean over the classes (so every class counts alike although the real classes are far from balanced):
 - accuracy: the share a classifier trained on the real sprites assigns to the intended class;
-- FD: the Frechet distance between the classifier's penultimate features of the samples and of
-  real sprites of that class, beside the floor FD of held-out real sprites (same count);
-- near copies: the share of samples within a small pixel distance of a training sprite
+- FD: the Frechet distance between classifier features of the samples and of real sprites of that
+  class, beside the floor FD of held-out real sprites (same count) against the same reference;
+- precision and recall (Kynkaenniemi et al. 2019, k-NN manifolds, k = 3): the share of samples
+  inside the real sprites' manifold (fidelity) and of real sprites inside the samples' (diversity),
+  beside the same two figures for held-out real sprites;
+- near copies: the share of samples within a small pixel distance of a real sprite of their class
   (flips included), beside the same share for held-out real sprites;
 - isolated pixels: the share of pixels whose colour differs from all four neighbours, which is
   what speckle looks like, beside the same share for held-out real sprites (pixel art has some).
+FD, accuracy, precision and recall are measured in two feature spaces, of two classifiers of
+different architectures trained with different seeds and splits (A: SpriteClassifier, B:
+LayoutClassifier). Every figure is given as the mean over the seeds with half its range, and per
+seed; the decision table shows each sampler setting (--settings) and model (--compare) on the same
+seeds, with the real-vs-real floors in its last row.
 With --noise-error it samples nothing and reports instead the network's noise-prediction error per
 range of t and per class, on the same noised sprites for any model given the same --seed: a cheap,
 paired way to compare two checkpoints, far steadier than training losses.
-The classifier is trained once per data set and cached outside git (~/.cache/ddpm-sprite-lab).
+The classifiers are trained once per data set and cached outside git (~/.cache/ddpm-sprite-lab).
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import math
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -38,13 +48,19 @@ CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dd
 CLASSIFIER_VERSION = 1
 NEAR_COPY_RMS = 0.05  # RMS pixel distance in [0, 1] units below which a sprite counts as a copy
 FEATURES = 64
+LAYOUT_FEATURES = 48
+KNN_K = 3  # Kynkaenniemi et al. 2019 found k = 3 a good balance for their precision and recall
 # Edges of the t ranges for --noise-error, as fractions of T: for T = 500, t 1-10, 11-25, 26-50,
 # 51-100, 101-150, 151-250, 251-500. Finer at low t, where each pixel's colour is decided.
 NOISE_ERROR_EDGES = (0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
+# The real sprites of each class are split once, with this seed, into a reference half and a
+# held-out half; every setting, model and sampling seed is measured against the same reference.
+SPLIT_SEED = 1234
 
 
 class SpriteClassifier(nn.Module):
-    """A small CNN; its FEATURES-d penultimate layer is the feature space for the Frechet distance."""
+    """Feature space A: a small CNN with global average pooling; its FEATURES-d penultimate layer is
+    the feature space for the Frechet distance."""
 
     def __init__(self, n_classes: int, height: int = 16):
         super().__init__()
@@ -60,16 +76,51 @@ class SpriteClassifier(nn.Module):
         return self.head(self.features(x))
 
 
-def data_key(data: SpriteData) -> str:
+class LayoutClassifier(nn.Module):
+    """Feature space B, built to differ from A: a 5x5 first layer, strided convolutions with
+    BatchNorm and ReLU instead of pooling and GELU, and a flattened 4x4 map instead of global
+    pooling, so its LAYOUT_FEATURES-d features keep where things are in the sprite."""
+
+    def __init__(self, n_classes: int, height: int = 16):
+        super().__init__()
+        side = math.ceil(math.ceil(height / 2) / 2)
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 48, 5, padding=2), nn.BatchNorm2d(48), nn.ReLU(),
+            nn.Conv2d(48, 96, 3, stride=2, padding=1), nn.BatchNorm2d(96), nn.ReLU(),
+            nn.Conv2d(96, 96, 3, padding=1), nn.BatchNorm2d(96), nn.ReLU(),
+            nn.Conv2d(96, 64, 3, stride=2, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.Flatten(),
+            nn.Linear(64 * side * side, LAYOUT_FEATURES), nn.ReLU(),
+        )
+        self.head = nn.Sequential(nn.Dropout(0.2), nn.Linear(LAYOUT_FEATURES, n_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+# Feature space name -> (architecture, training seed; the seed also chooses the held-out split).
+CLASSIFIERS: dict[str, tuple[type[nn.Module], int]] = {"A": (SpriteClassifier, 0), "B": (LayoutClassifier, 1)}
+
+
+def _classifier_kind(kind: str) -> tuple[type[nn.Module], int]:
+    if kind not in CLASSIFIERS:
+        raise ValueError(f"unknown feature space {kind!r}; choose one of {', '.join(CLASSIFIERS)}")
+    return CLASSIFIERS[kind]
+
+
+def data_key(data: SpriteData, kind: str = "A") -> str:
+    """Cache name of the classifier of feature space `kind` for this data set."""
+    _classifier_kind(kind)
     h = hashlib.sha1(data.images.tobytes())
     h.update(data.labels.tobytes())
     h.update(",".join(data.class_names).encode())
-    return f"classifier-v{CLASSIFIER_VERSION}-{h.hexdigest()[:16]}"
+    prefix = "classifier" if kind == "A" else f"classifier-{kind.lower()}"  # A keeps its original name
+    return f"{prefix}-v{CLASSIFIER_VERSION}-{h.hexdigest()[:16]}"
 
 
-def train_classifier(data: SpriteData, epochs: int = 60, seed: int = 0, verbose: bool = True
-                     ) -> tuple[SpriteClassifier, float]:
+def train_classifier(data: SpriteData, epochs: int = 60, seed: int = 0, verbose: bool = True, kind: str = "A"
+                     ) -> tuple[nn.Module, float]:
     """Train on 85% of the sprites (flips as augmentation, class-balanced loss); return it and held-out accuracy."""
+    architecture, _ = _classifier_kind(kind)
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     x, y = data.to_tensors()
@@ -78,15 +129,18 @@ def train_classifier(data: SpriteData, epochs: int = 60, seed: int = 0, verbose:
     val, tr = perm[:n_val], perm[n_val:]
     counts = torch.bincount(y[tr], minlength=len(data.class_names)).clamp(min=1).float()
     weights = counts.sum() / counts / len(counts)
-    model = SpriteClassifier(len(data.class_names), data.height)
+    model = architecture(len(data.class_names), data.height)
     opt = torch.optim.AdamW(model.parameters(), 2e-3, weight_decay=1e-4)
     steps = epochs * math.ceil(len(tr) / 128)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, 2e-3, total_steps=steps)
+    batch_norm = any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
     model.train()
     for _ in range(epochs):
         order = tr[torch.randperm(len(tr), generator=g)]
         for i in range(0, len(order), 128):
             idx = order[i:i + 128]
+            if batch_norm and len(idx) < 2:  # BatchNorm cannot train on a batch of one
+                continue
             xb = x[idx]
             flip = torch.rand(len(idx), generator=g) < 0.5
             xb = torch.where(flip.view(-1, 1, 1, 1), xb.flip(-1), xb)
@@ -99,43 +153,77 @@ def train_classifier(data: SpriteData, epochs: int = 60, seed: int = 0, verbose:
     with torch.no_grad():
         acc = (model(x[val]).argmax(1) == y[val]).float().mean().item()
     if verbose:
-        print(f"classifier: held-out accuracy {acc:.3f} on {n_val} sprites", file=sys.stderr)
+        print(f"classifier {kind}: held-out accuracy {acc:.3f} on {n_val} sprites", file=sys.stderr)
     return model, acc
 
 
-def cached_classifier(data: SpriteData) -> tuple[SpriteClassifier, float]:
+def cached_classifier(data: SpriteData, kind: str = "A") -> tuple[nn.Module, float]:
+    """The classifier of feature space `kind` for this data, trained on first use and cached."""
     from safetensors.torch import load_file, save_file
 
-    path = CACHE_DIR / f"{data_key(data)}.safetensors"
+    architecture, seed = _classifier_kind(kind)
+    path = CACHE_DIR / f"{data_key(data, kind)}.safetensors"
     if path.exists():
         try:
             state = load_file(str(path))
             acc = float(state.pop("heldout_accuracy").item())
-            model = SpriteClassifier(len(data.class_names), data.height)
+            model = architecture(len(data.class_names), data.height)
             model.load_state_dict(state)
             return model.eval(), acc
         except Exception:  # a damaged cache entry is simply rebuilt
             pass
-    model, acc = train_classifier(data)
+    model, acc = train_classifier(data, seed=seed, kind=kind)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     state["heldout_accuracy"] = torch.tensor(acc)
     tmp = path.with_suffix(".tmp")
     save_file(state, str(tmp))
     os.replace(tmp, path)
-    return model, acc
+    return model.eval(), acc
 
 
 # --- the measures ---------------------------------------------------------------------------------
-def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
-    """|mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a^1/2 S_b S_a^1/2)^1/2), computed with symmetric eigendecompositions."""
+def frechet_distance(a: torch.Tensor, b: torch.Tensor, weights_b: torch.Tensor | np.ndarray | None = None) -> float:
+    """|mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a^1/2 S_b S_a^1/2)^1/2), computed with symmetric eigendecompositions.
+
+    weights_b: optional weights of b's rows (as from balanced_weights) for its mean and covariance.
+    """
     a, b = a.double(), b.double()
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    s_a, s_b = torch.cov(a.T), torch.cov(b.T)
+    mu_a, s_a = a.mean(0), torch.cov(a.T)
+    if weights_b is None:
+        mu_b, s_b = b.mean(0), torch.cov(b.T)
+    else:
+        w = torch.as_tensor(weights_b, dtype=torch.float64)
+        w = w / w.sum()
+        mu_b, s_b = w @ b, torch.cov(b.T, aweights=w)
     vals, vecs = torch.linalg.eigh(s_a)
     root_a = vecs @ torch.diag(vals.clamp(min=0).sqrt()) @ vecs.T
     cross = torch.linalg.eigvalsh(root_a @ s_b @ root_a).clamp(min=0).sqrt().sum()
-    return float((mu_a - mu_b).pow(2).sum() + s_a.trace() + s_b.trace() - 2 * cross)
+    # rounding can leave a tiny negative value where the two sets agree
+    return max(0.0, float((mu_a - mu_b).pow(2).sum() + s_a.trace() + s_b.trace() - 2 * cross))
+
+
+def knn_radii(x: torch.Tensor, k: int = KNN_K) -> torch.Tensor:
+    """Distance from each row of x to its k-th nearest other row (k is lowered for tiny sets)."""
+    k = min(k, len(x) - 1)
+    if k < 1:
+        raise ValueError("a k-NN manifold needs at least two points")
+    d = torch.cdist(x.double(), x.double())
+    return d.kthvalue(k + 1, dim=1).values  # the row's own zero distance is the first
+
+
+def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = KNN_K) -> tuple[float, float]:
+    """Improved precision and recall (Kynkaenniemi et al. 2019) of feature sets (N, D) and (M, D).
+
+    Each set's manifold is the union of balls around its points reaching their k-th nearest
+    neighbour. Precision: the share of fake points inside the real manifold; recall: the share of
+    real points inside the fake manifold.
+    """
+    real, fake = real.double(), fake.double()
+    d = torch.cdist(fake, real)  # (M, N)
+    precision = (d <= knn_radii(real, k)[None, :]).any(1).double().mean()
+    recall = (d <= knn_radii(fake, k)[:, None]).any(0).double().mean()
+    return float(precision), float(recall)
 
 
 def isolated_pixel_share(images: torch.Tensor) -> float:
@@ -159,6 +247,300 @@ def near_copy_share(samples: torch.Tensor, train: torch.Tensor, threshold: float
     return float((d2.min(1).values.sqrt() < threshold).float().mean())
 
 
+def balanced_weights(labels: np.ndarray, counts: dict[int, int] | np.ndarray) -> np.ndarray:
+    """Weights for real sprites with `labels` so that each class weighs as much as `counts` gives it
+    (the samples' class counts): an unbalanced real set reweighted to compare like with like.
+    The weights sum to 1; a class with no real sprites cannot be matched and raises ValueError."""
+    labels = np.asarray(labels)
+    target = np.asarray([counts[c] for c in range(len(counts))] if isinstance(counts, dict) else counts, float)
+    have = np.bincount(labels, minlength=len(target)).astype(float)
+    if ((target > 0) & (have == 0)).any():
+        raise ValueError("a class the samples have is missing from the real sprites")
+    w = np.where(have[labels] > 0, target[labels] / np.maximum(have[labels], 1), 0.0)
+    return w / w.sum()
+
+
+@dataclass
+class Spread:
+    """A figure over sampling seeds: the mean, half the range and each seed's value."""
+    values: list[float]
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.values))
+
+    @property
+    def half_range(self) -> float:
+        return float((max(self.values) - min(self.values)) / 2)
+
+    def format(self, percent: bool = False) -> str:
+        f = (lambda v: f"{v:.1%}") if percent else (lambda v: f"{v:.2f}")  # noqa: E731
+        if len(self.values) == 1:
+            return f(self.mean)
+        half = f"{self.half_range * 100:.1f}" if percent else f"{self.half_range:.2f}"
+        return f"{f(self.mean)} ± {half}"
+
+
+# --- feature spaces, the reference and the floors ---------------------------------------------------
+@dataclass
+class FeatureSpace:
+    """A classifier whose penultimate features FD, precision and recall are measured in."""
+    name: str
+    classifier: nn.Module
+    heldout_accuracy: float
+
+
+def feature_spaces(data: SpriteData, names: tuple[str, ...] = tuple(CLASSIFIERS)) -> list[FeatureSpace]:
+    """The cached classifiers of the named feature spaces (each trained on first use)."""
+    return [FeatureSpace(name, *cached_classifier(data, name)) for name in names]
+
+
+def space_metrics(spaces: list[FeatureSpace]) -> list[str]:
+    """Names of the per-class figures, in table order."""
+    names = [f"accuracy {s.name}" for s in spaces] + [f"FD {s.name}" for s in spaces]
+    for s in spaces:
+        names += [f"precision {s.name}", f"recall {s.name}"]
+    return names + ["near copies", "isolated pixels"]
+
+
+@torch.no_grad()
+def _features(space: FeatureSpace, images: torch.Tensor) -> torch.Tensor:
+    return space.classifier.features(images).float()
+
+
+class Reference:
+    """The real sprites of each class split (SPLIT_SEED) into a reference half and a held-out half,
+    with their features in each space, and the real-vs-real floors: held-out sprites measured
+    against the reference exactly as samples are.
+
+    FD, precision and recall compare compared[c] = min(n_per_class, held-out count) sprites of a
+    class with its reference half, so samples and floor are measured at the same count. Pooled over
+    the classes, the reference half is reweighted to those counts (balanced_weights), never taken
+    in the real set's own unbalanced mix.
+    """
+
+    def __init__(self, data: SpriteData, spaces: list[FeatureSpace], n_per_class: int):
+        x, y = data.to_tensors()
+        split = torch.Generator().manual_seed(SPLIT_SEED)
+        self.class_names, self.spaces = list(data.class_names), spaces
+        self.real, self.ref, self.held = [], [], []
+        for c in range(len(self.class_names)):
+            real = x[y == c]
+            if len(real) < 4:
+                raise DataError(f"class {self.class_names[c]!r} has {len(real)} sprites; "
+                                "the evaluation needs at least 4")
+            perm = torch.randperm(len(real), generator=split)
+            self.real.append(real)
+            self.ref.append(real[perm[: len(real) // 2]])
+            self.held.append(real[perm[len(real) // 2:]])
+        self.compared = [min(n_per_class, len(h)) for h in self.held]
+        self.ref_features = {s.name: [_features(s, r) for r in self.ref] for s in spaces}
+        self.ref_labels = np.concatenate([np.full(len(r), c) for c, r in enumerate(self.ref)])
+        self.pooled_weights = balanced_weights(self.ref_labels, np.asarray(self.compared))
+        self.floor = self.measure([h[: m] for h, m in zip(self.held, self.compared)], real_vs_real=True)
+        # near copies and isolated pixels of the real sprites use every held-out sprite
+        self.floor["near copies"] = [near_copy_share(h, r) for h, r in zip(self.held, self.ref)]
+        self.floor["isolated pixels"] = [isolated_pixel_share(h) for h in self.held]
+        self.floor.update({f"accuracy {s.name}": [s.heldout_accuracy] * len(self.held) for s in spaces})
+
+    def measure(self, images: list[torch.Tensor], real_vs_real: bool = False) -> dict[str, list[float]]:
+        """Every figure per class for images[c] (B, 3, H, W) in [-1, 1], meant to be of class c;
+        "FD <space> pooled" holds one value: all classes against the reweighted reference."""
+        out: dict[str, list[float]] = {}
+        for s in self.spaces:
+            feats = [_features(s, im) for im in images]
+            if not real_vs_real:
+                logits = [s.classifier.head(f) for f in feats]
+                out[f"accuracy {s.name}"] = [float((lg.argmax(1) == c).float().mean()) for c, lg in enumerate(logits)]
+            fds, prs, compared = [], [], []
+            for c, (f, ref) in enumerate(zip(feats, self.ref_features[s.name])):
+                f = f[: self.compared[c]]
+                compared.append(f)
+                fds.append(frechet_distance(f, ref))
+                prs.append(precision_recall(ref, f))
+            out[f"FD {s.name}"] = fds
+            out[f"precision {s.name}"] = [p for p, _ in prs]
+            out[f"recall {s.name}"] = [r for _, r in prs]
+            out[f"FD {s.name} pooled"] = [frechet_distance(torch.cat(compared), torch.cat(self.ref_features[s.name]),
+                                                           self.pooled_weights)]
+        if not real_vs_real:
+            out["near copies"] = [near_copy_share(im, real) for im, real in zip(images, self.real)]
+            out["isolated pixels"] = [isolated_pixel_share(im) for im in images]
+        return out
+
+
+# --- sampler settings and their measurement ---------------------------------------------------------
+@dataclass
+class Setting:
+    """A way of sampling: sampler, steps, guidance and any further keyword arguments of ddpm.sampling.sample."""
+    sampler: str = DEFAULT_SAMPLER
+    steps: int = DEFAULT_STEPS
+    guidance: float = DEFAULT_GUIDANCE
+    options: dict = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return f"{self.sampler}:{self.steps}"
+
+
+def parse_settings(text: str, guidance: float = DEFAULT_GUIDANCE) -> list[Setting]:
+    """'ddpm:50,ddim:10:2.0' -> settings (sampler:steps[:guidance]; guidance defaults to `guidance`)."""
+    settings = []
+    for item in text.split(","):
+        parts = item.strip().split(":")
+        if not 2 <= len(parts) <= 3 or not parts[0]:
+            raise ValueError(f"setting {item.strip()!r} is not sampler:steps or sampler:steps:guidance")
+        if parts[0].lower() not in SAMPLER_ALIASES:
+            raise ValueError(f"unknown sampler {parts[0]!r} in {item.strip()!r}; "
+                             f"choose one of {', '.join(sorted(SAMPLER_ALIASES))}")
+        try:
+            steps = int(parts[1])
+            g = float(parts[2]) if len(parts) == 3 else guidance
+        except ValueError:
+            raise ValueError(f"setting {item.strip()!r}: steps must be an integer and guidance a number") from None
+        if steps < 1 or not math.isfinite(g):
+            raise ValueError(f"setting {item.strip()!r}: steps must be at least 1 and guidance finite")
+        settings.append(Setting(SAMPLER_ALIASES[parts[0].lower()], steps, g))
+    return settings
+
+
+def parse_seeds(text: str) -> list[int]:
+    """'0,1' -> [0, 1]; seeds must be distinct non-negative integers."""
+    try:
+        seeds = [int(s) for s in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--seeds {text!r} is not a comma-separated list of integers") from None
+    if len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise ValueError(f"--seeds {text!r}: seeds must be distinct and non-negative")
+    return seeds
+
+
+@torch.no_grad()
+def sample_class(model, schedule, c: int, n: int, setting: Setting, seed: int, batch: int = 250,
+                 palette: "np.ndarray | None" = None, precision: str = "fp32") -> torch.Tensor:
+    """n sprites of class c as (n, 3, H, W) in [-1, 1], quantised as a saved PNG would be (and snapped
+    to the palette as the app does). Class c's draw depends only on seed, c and the setting."""
+    context = torch.zeros(n, model.n_classes)
+    context[:, c] = 1
+    chunks = []
+    for i in range(0, n, batch):
+        chunks.append(sample(model, schedule, context[i:i + batch], sampler=setting.sampler, steps=setting.steps,
+                             guidance=setting.guidance, seed=seed + 7919 * c + i, precision=precision,
+                             **setting.options))
+    fake = to_uint8(torch.cat(chunks))
+    if palette is not None:
+        fake = snap_to_palette(fake, palette)
+    return torch.from_numpy(fake).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+@dataclass
+class SettingResult:
+    """One model and setting measured on each seed: per_seed[i][figure] holds a value per class."""
+    model: str
+    setting: Setting
+    precision: str
+    n_per_class: int
+    seeds: list[int]
+    per_seed: list[dict[str, list[float]]]
+    seconds: list[float]
+
+    def spread(self, figure: str, c: int | None = None) -> Spread:
+        """The class mean (or class c's value) of a figure over the seeds."""
+        return Spread([float(np.mean(d[figure]) if c is None else d[figure][c]) for d in self.per_seed])
+
+
+def measure(model, schedule, reference: Reference, setting: Setting, n_per_class: int, seeds: list[int],
+            palette: "np.ndarray | None" = None, precision: str = "fp32", batch: int = 250,
+            model_name: str = "model") -> SettingResult:
+    """Sample n_per_class sprites of every class with each seed and measure them against the reference."""
+    per_seed, seconds = [], []
+    for seed in seeds:
+        start = time.perf_counter()
+        fakes = [sample_class(model, schedule, c, n_per_class, setting, seed, batch, palette, precision)
+                 for c in range(len(reference.class_names))]
+        per_seed.append(reference.measure(fakes))
+        seconds.append(time.perf_counter() - start)
+    return SettingResult(model_name, setting, precision, n_per_class, list(seeds), per_seed, seconds)
+
+
+# --- the tables ----------------------------------------------------------------------------------
+def _percent(figure: str) -> bool:
+    return not figure.startswith("FD")
+
+
+def _floor_cell(reference: Reference, figure: str, c: int | None = None) -> str:
+    values = reference.floor[figure]
+    v = float(np.mean(values)) if c is None else values[c]
+    return f"{v:.1%}" if _percent(figure) else f"{v:.2f}"
+
+
+def decision_table(results: list[SettingResult], reference: Reference) -> str:
+    """One row per model and setting: every figure as the class mean, mean ± half the range over the
+    seeds; the last row holds the real-vs-real floors."""
+    figures = space_metrics(reference.spaces)
+    head = ["model", "sampler", "steps", "guidance", "precision", "n per class", "seeds"] + figures
+    rows = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for r in results:
+        cells = [r.model, r.setting.sampler, str(r.setting.steps), f"{r.setting.guidance:g}", r.precision,
+                 str(r.n_per_class), ",".join(map(str, r.seeds))]
+        cells += [r.spread(f).format(_percent(f)) for f in figures]
+        rows.append("| " + " | ".join(cells) + " |")
+    floor = ["real vs real (held-out)", "", "", "", "", "/".join(map(str, reference.compared)), ""]
+    floor += [_floor_cell(reference, f) for f in figures]
+    rows.append("| " + " | ".join(floor) + " |")
+    return "\n".join(rows)
+
+
+def per_seed_table(results: list[SettingResult], reference: Reference) -> str:
+    """Each seed's class means (FD also pooled over the classes), with the time it took."""
+    names = [s.name for s in reference.spaces]
+    figures = space_metrics(reference.spaces)
+    head = ["model", "setting", "seed"] + figures + [f"FD {n} pooled" for n in names] + ["seconds"]
+    rows = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for r in results:
+        for i, seed in enumerate(r.seeds):
+            d = r.per_seed[i]
+            cells = [r.model, r.setting.label, str(seed)]
+            cells += [f"{np.mean(d[f]):.1%}" if _percent(f) else f"{np.mean(d[f]):.2f}" for f in figures]
+            cells += [f"{d[f'FD {n} pooled'][0]:.2f}" for n in names] + [f"{r.seconds[i]:.0f}"]
+            rows.append("| " + " | ".join(cells) + " |")
+    floor = ["real vs real (held-out)", "", ""] + [_floor_cell(reference, f) for f in figures]
+    floor += [f"{reference.floor[f'FD {n} pooled'][0]:.2f}" for n in names] + [""]
+    rows.append("| " + " | ".join(floor) + " |")
+    return "\n".join(rows)
+
+
+def per_class_table(result: SettingResult, reference: Reference) -> str:
+    """Per class: each figure as mean ± half the range over the seeds, with its real-vs-real floor in brackets."""
+    figures = [f for f in space_metrics(reference.spaces) if not f.startswith("accuracy")]
+    head = ["class", "compared"] + [f"accuracy {s.name}" for s in reference.spaces] + figures
+    rows = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for c, name in enumerate(reference.class_names):
+        cells = [name, str(reference.compared[c])]
+        cells += [result.spread(f"accuracy {s.name}", c).format(True) for s in reference.spaces]
+        cells += [f"{result.spread(f, c).format(_percent(f))} ({_floor_cell(reference, f, c)})" for f in figures]
+        rows.append("| " + " | ".join(cells) + " |")
+    cells = ["**mean**", ""] + [result.spread(f"accuracy {s.name}").format(True) for s in reference.spaces]
+    cells += [f"{result.spread(f).format(_percent(f))} ({_floor_cell(reference, f)})" for f in figures]
+    rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def results_json(results: list[SettingResult], reference: Reference) -> dict:
+    """Everything measured, per seed and class, for scripts that build their own tables."""
+    return dict(
+        classes=reference.class_names, compared=reference.compared,
+        feature_spaces={s.name: dict(architecture=type(s.classifier).__name__, heldout_accuracy=s.heldout_accuracy)
+                        for s in reference.spaces},
+        floor=reference.floor,
+        results=[dict(model=r.model, sampler=r.setting.sampler, steps=r.setting.steps, guidance=r.setting.guidance,
+                      options=r.setting.options, precision=r.precision, n_per_class=r.n_per_class,
+                      seeds=r.seeds, seconds=r.seconds, per_seed=r.per_seed,
+                      mean={f: r.spread(f).mean for f in r.per_seed[0]},
+                      half_range={f: r.spread(f).half_range for f in r.per_seed[0]})
+                 for r in results])
+
+
 @dataclass
 class ClassResult:
     name: str
@@ -174,43 +556,24 @@ class ClassResult:
 @torch.no_grad()
 def evaluate(model, schedule, data: SpriteData, sampler: str = DEFAULT_SAMPLER, steps: int = DEFAULT_STEPS,
              guidance: float = DEFAULT_GUIDANCE, n_per_class: int = 100, seed: int = 0,
-             classifier: SpriteClassifier | None = None, batch: int = 250,
-             palette: "np.ndarray | None" = None, precision: str = "fp32") -> list[ClassResult]:
-    """Sample n_per_class sprites of each class and measure them against the real ones.
+             classifier: nn.Module | None = None, batch: int = 250,
+             palette: "np.ndarray | None" = None, precision: str = "fp32", **sample_options) -> list[ClassResult]:
+    """Sample n_per_class sprites of each class with one seed and measure them in feature space A only.
 
     With a palette, samples are snapped to it (ddpm.images.snap_to_palette) as the app and CLI do.
-    precision: what the network runs in while sampling (ddpm.sampling.PRECISIONS).
+    precision: what the network runs in while sampling (ddpm.sampling.PRECISIONS); sample_options
+    go on to ddpm.sampling.sample. `measure` gives both feature spaces, several seeds and precision
+    and recall.
     """
     if classifier is None:
         classifier, _ = cached_classifier(data)
-    x_real, y_real = data.to_tensors()
-    split = torch.Generator().manual_seed(1234)
-    results = []
-    for c, name in enumerate(data.class_names):
-        real = x_real[y_real == c]
-        perm = torch.randperm(len(real), generator=split)
-        ref, held = real[perm[: len(real) // 2]], real[perm[len(real) // 2:]]
-        context = torch.zeros(n_per_class, len(data.class_names))
-        context[:, c] = 1
-        chunks = []
-        for i in range(0, n_per_class, batch):
-            chunks.append(sample(model, schedule, context[i:i + batch], sampler=sampler, steps=steps,
-                                 guidance=guidance, seed=seed + 7919 * c + i, precision=precision))
-        # quantise as a saved PNG would be (and snap to the palette as the app does)
-        fake = to_uint8(torch.cat(chunks))
-        if palette is not None:
-            fake = snap_to_palette(fake, palette)
-        fake = torch.from_numpy(fake).permute(0, 3, 1, 2).float() / 127.5 - 1
-        m = min(n_per_class, len(held))
-        f_fake = classifier.features(fake)
-        acc = float((classifier.head(f_fake).argmax(1) == c).float().mean())
-        f_ref, f_held = classifier.features(ref), classifier.features(held[:m])
-        results.append(ClassResult(
-            name, acc, frechet_distance(f_fake[:m], f_ref), frechet_distance(f_held, f_ref),
-            near_copy_share(fake, real), near_copy_share(held, ref),
-            isolated_pixel_share(fake), isolated_pixel_share(held),
-        ))
-    return results
+    reference = Reference(data, [FeatureSpace("A", classifier, float("nan"))], n_per_class)
+    r = measure(model, schedule, reference, Setting(sampler, steps, guidance, sample_options), n_per_class, [seed],
+                palette, precision, batch).per_seed[0]
+    f = reference.floor
+    return [ClassResult(name, r["accuracy A"][c], r["FD A"][c], f["FD A"][c], r["near copies"][c],
+                        f["near copies"][c], r["isolated pixels"][c], f["isolated pixels"][c])
+            for c, name in enumerate(reference.class_names)]
 
 
 def t_ranges(T: int) -> list[tuple[int, int]]:
@@ -274,14 +637,22 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m ddpm.evaluate", description="Measure sample quality per class.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", default="weights")
+    p.add_argument("--compare", nargs="+", default=[], metavar="DIR",
+                   help="further model directories, measured on the same seeds and settings as --model")
     p.add_argument("--data", default="dawnlike")
     p.add_argument("--sampler", default=DEFAULT_SAMPLER, choices=sorted(SAMPLER_ALIASES))
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     p.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
+    p.add_argument("--settings", default=None, metavar="SAMPLER:STEPS[:GUIDANCE],...",
+                   help="several settings measured on the same seeds, e.g. ddpm:50,ddpm:25,ddim:10 "
+                        "(instead of --sampler/--steps; guidance defaults to --guidance)")
     p.add_argument("--n", type=int, default=100, help="samples per class")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=None, help="one sampling seed (as --seeds SEED)")
+    p.add_argument("--seeds", default=None, help="comma-separated sampling seeds; default 0,1 unless --seed is given")
     p.add_argument("--precision", default="fp32", choices=PRECISIONS,
                    help="run the network in bf16 autocast while sampling (fast only on CPUs with AVX512_BF16/AMX)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's own choice)")
+    p.add_argument("--json", default=None, metavar="PATH", help="also write every figure, per seed and class, as JSON")
     p.add_argument("--no-palette", action="store_true", help="measure raw colours, not snapped to palette.json")
     p.add_argument("--noise-error", action="store_true",
                    help="sample nothing; report the noise-prediction error per range of t and per class instead")
@@ -292,6 +663,17 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--write-card needs samples; leave out --noise-error")
     if args.n < 2:
         p.error("--n must be at least 2 (a covariance needs two samples)")
+    if args.threads is not None and args.threads < 1:
+        p.error("--threads must be at least 1")
+    try:
+        seeds = parse_seeds(args.seeds) if args.seeds is not None else [args.seed] if args.seed is not None else [0, 1]
+        settings = (parse_settings(args.settings, args.guidance) if args.settings is not None
+                    else [Setting(args.sampler, args.steps, args.guidance)])
+    except ValueError as e:
+        p.error(str(e))
+    args.seed = seeds[0]  # what --write-card's sample sheet is drawn with
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     try:
         model = load_model(args.model)
         schedule = load_schedule(args.model)
@@ -305,23 +687,53 @@ def main(argv: list[str] | None = None) -> int:
                   f"seed {args.seed} ({time.time() - start:.0f} s)\n")
             print(noise_error_table(ranges, errors, data.class_names))
             return 0
-        classifier, clf_acc = cached_classifier(data)
+        models = [(args.model, model, schedule)]
+        for folder in args.compare:
+            other = load_model(folder)
+            if other.class_names != model.class_names or other.height != model.height:
+                raise DataError(f"{folder}: its classes or size differ from {args.model}'s")
+            models.append((folder, other, load_schedule(folder)))
+        spaces = feature_spaces(data)
         start = time.time()
+        reference = Reference(data, spaces, args.n)
         palette = None if args.no_palette else load_palette(args.model)
-        results = evaluate(model, schedule, data, args.sampler, args.steps, args.guidance, args.n, args.seed, classifier,
-                           palette=palette, precision=args.precision)
+        results = []
+        for name, m, s in models:
+            # every model is measured in its own palette, as the app would draw it
+            own_palette = palette if name == args.model or args.no_palette else load_palette(name)
+            for setting in settings:
+                results.append(measure(m, s, reference, setting, args.n, seeds, own_palette, args.precision,
+                                       model_name=name))
+                print(f"measured {name} {setting.label} guidance {setting.guidance:g} on seeds "
+                      f"{','.join(map(str, seeds))} ({sum(results[-1].seconds):.0f} s)", file=sys.stderr, flush=True)
     except (CheckpointError, DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    settings = (f"{args.n} samples per class, {args.sampler} {args.steps} steps, guidance {args.guidance}, "
-                f"seed {args.seed}, {args.precision}, {'snapped to the palette' if palette is not None else 'raw colours'}")
-    print(f"{settings} ({time.time() - start:.0f} s); classifier held-out accuracy {clf_acc:.1%}\n")
-    table = markdown_table(results)
+    accuracies = ", ".join(f"{s.name} ({type(s.classifier).__name__}) {s.heldout_accuracy:.1%}" for s in spaces)
+    first = settings[0]
+    summary = (f"{args.n} samples per class, seeds {','.join(map(str, seeds))}, {args.precision}, "
+               f"{'snapped to the palette' if palette is not None else 'raw colours'}")
+    print(f"{summary} ({time.time() - start:.0f} s); classifier held-out accuracy: {accuracies}\n")
+    table = "\n\n".join([
+        decision_table(results, reference),
+        "Each figure is the mean over the classes (every class counts alike), as mean ± half its range over the "
+        "seeds (in percentage points for shares). FD, precision and recall compare min(n, held-out real count) "
+        f"samples per class ({'/'.join(map(str, reference.compared))}) with half the real sprites of that class; "
+        "the last row measures the other half of the real sprites in the same way (the floor). Accuracy there is the "
+        "classifier's own held-out accuracy.",
+        "Per seed (FD pooled: all classes against the reference reweighted to the samples' class counts):",
+        per_seed_table(results, reference),
+    ] + [f"Per class, {r.model} {r.setting.label} guidance {r.setting.guidance:g} (real-vs-real floor in brackets):"
+         f"\n\n{per_class_table(r, reference)}" for r in results])
     print(table)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results_json(results, reference), indent=1))
+        print(f"\nwrote {args.json}")
     if args.write_card:
+        args.sampler, args.steps, args.guidance = first.sampler, first.steps, first.guidance
         command = "python -m ddpm.evaluate " + " ".join(argv if argv is not None else sys.argv[1:])
-        write_card(Path(args.model), model, schedule, palette, args, f"{settings}; classifier held-out accuracy "
-                   f"{clf_acc:.1%}. Measured with `{command}`.\n\n{table}")
+        write_card(Path(args.model), model, schedule, palette, args, f"{summary}; classifier held-out accuracy "
+                   f"{accuracies}. Measured with `{command}`.\n\n{table}")
         print(f"\nwrote {Path(args.model) / 'README.md'} and {Path(args.model) / 'samples.png'}")
     return 0
 

@@ -137,16 +137,17 @@ def test_evaluate_reports_every_class(lib_tiny_model_dir, tmp_path):
 def test_evaluate_cli_prints_table(lib_tiny_model_dir, tmp_path, monkeypatch, capsys):
     write_npy_dataset(tmp_path / "d", n=30)
     monkeypatch.setattr(ev, "CACHE_DIR", tmp_path / "cache")
-    monkeypatch.setattr(ev, "train_classifier", lambda data, **k: (ev.SpriteClassifier(len(data.class_names)), 0.5))
+    monkeypatch.setattr(ev, "train_classifier", lambda data, kind="A", **k: (ev.CLASSIFIERS[kind][0](len(data.class_names)).eval(), 0.5))
     rc = ev.main(["--model", str(lib_tiny_model_dir), "--data", str(tmp_path / "d"), "--n", "4", "--steps", "2"])
     assert rc == 0
     out = capsys.readouterr().out
-    assert "| class | accuracy | FD |" in out and "classifier held-out accuracy 50.0%" in out
-    assert list((tmp_path / "cache").glob("classifier-*.safetensors")), "the classifier is cached"
-    assert "seed 0, fp32," in out
+    assert "| model | sampler | steps | guidance | precision |" in out and "| class | compared | accuracy A |" in out
+    assert "classifier held-out accuracy: A (SpriteClassifier) 50.0%, B (LayoutClassifier) 50.0%" in out
+    assert len(list((tmp_path / "cache").glob("classifier-*.safetensors"))) == 2, "both classifiers are cached"
+    assert "seeds 0,1, fp32," in out, "two seeds unless told otherwise"
     assert ev.main(["--model", str(lib_tiny_model_dir), "--data", str(tmp_path / "d"), "--n", "4", "--steps", "2",
-                    "--precision", "bf16"]) == 0
-    assert "seed 0, bf16," in capsys.readouterr().out
+                    "--precision", "bf16", "--seed", "3"]) == 0
+    assert "seeds 3, bf16," in capsys.readouterr().out
 
 
 def test_evaluate_cli_bad_model(tmp_path, capsys):
@@ -270,7 +271,7 @@ def test_evaluate_write_card(lib_tiny_model_dir, tmp_path, monkeypatch, capsys):
                                                           "data_counts": {"hero": 3}}))
     write_npy_dataset(tmp_path / "d", n=30)
     monkeypatch.setattr(ev, "CACHE_DIR", tmp_path / "cache")
-    monkeypatch.setattr(ev, "train_classifier", lambda data, **k: (ev.SpriteClassifier(len(data.class_names)), 0.5))
+    monkeypatch.setattr(ev, "train_classifier", lambda data, kind="A", **k: (ev.CLASSIFIERS[kind][0](len(data.class_names)).eval(), 0.5))
     rc = ev.main(["--model", str(model_dir), "--data", str(tmp_path / "d"), "--n", "4", "--steps", "2", "--write-card"])
     assert rc == 0
     card = (model_dir / "README.md").read_text()
