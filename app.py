@@ -56,7 +56,8 @@ CSS = """
 @media (max-width: 720px) {
   /* on a phone the pictures and their buttons come before the settings */
   .settings-col { order: 2; }
-  .tab-wrapper button[role="tab"] { padding-left: 6px; padding-right: 6px; }
+  /* all five tabs fit in one row: Gradio moves tabs that do not fit behind a "..." menu */
+  .tab-container button { padding: 0 7px !important; font-size: 14px !important; }
 }
 """
 # Number boxes commit on Enter or when they lose focus, not on every keystroke: while "9999" or "12.7" is
@@ -499,8 +500,8 @@ def pixel_image(label: str, elem_id: str, value: Any = None, height: int | None 
 
 def source_picker(lab: SpriteLab, prefix: str, default_class: str, default_seed: int):
     """Three ways to choose a sprite: from the model, an upload, or a drawing."""
-    with gr.Tabs(elem_id=f"{prefix}-source-tabs"):
-        with gr.Tab("🎲 Model", id=f"{prefix}-src-model"):
+    with gr.Tabs(elem_id=f"{prefix}-source-tabs", overflow_behavior="wrap"):
+        with gr.Tab("🎲 From model", id=f"{prefix}-src-model"):
             cls = gr.Dropdown(lab.classes, value=default_class, label="Class", elem_id=f"{prefix}-src-class")
             seed = seed_box(default_seed, "Seed", f"{prefix}-src-seed")
             new = gr.Button("New sprite", variant="secondary", elem_id=f"{prefix}-src-new")
@@ -527,9 +528,9 @@ def build_demo(lab: SpriteLab) -> gr.Blocks:
         gr.Markdown("# 👾 DDPM Sprite Lab\nA small diffusion model that draws 16×16 pixel-art sprites of "
                     f"{len(lab.classes)} classes ({', '.join(lab.classes)}). Watch noise swallow a sprite, step the "
                     "model back out of noise, generate sprite sheets, and remix your own drawings.")
-        with gr.Tabs():
+        with gr.Tabs(overflow_behavior="wrap"):  # on a phone every tab stays one tap away
             # 1 --------------------------------------------------------------------------------
-            with gr.Tab("🌫️ Forward", id="forward"):
+            with gr.Tab("Forward", id="forward"):
                 gr.Markdown("Noise is mixed in step by step: **x_t = √ᾱₜ · x₀ + √(1−ᾱₜ) · ε**. Drag **t**.")
                 with gr.Row():
                     with gr.Column(scale=1, min_width=280):
@@ -576,7 +577,7 @@ def build_demo(lab: SpriteLab) -> gr.Blocks:
                                                 concurrency_limit=4, concurrency_id="preview", **hidden)
 
             # 2 --------------------------------------------------------------------------------
-            with gr.Tab("⏪ Reverse", id="reverse"):
+            with gr.Tab("Reverse", id="reverse"):
                 gr.Markdown("Start from pure noise and let the model remove it, one step at a time. "
                             "**Step** takes one step, **Run** streams to the end, the **timeline** scrubs back.")
                 r_run = gr.State(None, time_to_live=3600)
@@ -636,7 +637,7 @@ def build_demo(lab: SpriteLab) -> gr.Blocks:
                     lambda: gr.File(visible=True), None, r_gif, api_visibility="private", queue=False)
 
             # 3 --------------------------------------------------------------------------------
-            with gr.Tab("✨ Generate", id="generate"):
+            with gr.Tab("Generate", id="generate"):
                 with gr.Row():
                     with gr.Column(scale=1, min_width=260, elem_classes=["settings-col"]):
                         g_cls = gr.Dropdown([ix.ALL_CLASSES] + lab.classes, value=ix.ALL_CLASSES, label="Class",
@@ -664,7 +665,7 @@ def build_demo(lab: SpriteLab) -> gr.Blocks:
                 g_stop.click(None, None, g_caption, js="() => 'Stopped.'", cancels=[gen_event])
 
             # 4 --------------------------------------------------------------------------------
-            with gr.Tab("🪄 Remix", id="remix"):
+            with gr.Tab("Remix", id="remix"):
                 gr.Markdown("**SDEdit**: noise a sprite part of the way, then denoise it as another class. "
                             "Low strength keeps the shape; high strength keeps little but the colours.")
                 with gr.Row():
@@ -700,7 +701,7 @@ def build_demo(lab: SpriteLab) -> gr.Blocks:
                            **hidden)
 
             # 5 --------------------------------------------------------------------------------
-            with gr.Tab("ℹ️ Model", id="model"):
+            with gr.Tab("Model", id="model"):
                 gr.Markdown(opening["model"], elem_id="model-info")
         gr.api(lab.model_info, api_name="model_info")
     # Model work shares two slots (more only splits the same CPU cores); previews get their own.
