@@ -52,6 +52,7 @@ CSS = """
 .caption p { margin: 0 !important; font-weight: 600; }
 .info-line { font-size: 0.95em; }
 #model-info table { display: block; overflow-x: auto; }
+#r-gif:not(.gif-shown) { display: none !important; }
 #model-info th, #model-info td { white-space: nowrap; }
 #model-info code { overflow-wrap: anywhere; }
 @media (max-width: 720px) {
@@ -78,6 +79,10 @@ HEAD = """<script>
   }, true);
 })();
 </script>"""
+
+
+SHOW_GIF_JS = "() => { document.getElementById('r-gif')?.classList.add('gif-shown'); }"
+HIDE_GIF_JS = "(...inputs) => { document.getElementById('r-gif')?.classList.remove('gif-shown'); return inputs; }"
 
 
 def pick_brush_js(elem_id: str) -> str:
@@ -488,7 +493,8 @@ class WholeSlider(gr.Slider):
     def get_config(self, cls: type | None = None) -> dict[str, Any]:
         return super().get_config(cls or gr.Slider)  # the page's config lists gr.Slider's settings
 
-    def __init__(self, minimum: float, maximum: float, value: float, *, name: str, **kwargs):
+    def __init__(self, minimum: float = 0, maximum: float = 100, value: float | None = None, *,
+                 name: str = "value", **kwargs):
         self.name = name
         super().__init__(minimum=minimum, maximum=maximum, value=value, precision=0, **kwargs)
 
@@ -505,7 +511,7 @@ class WholeNumber(gr.Number):
     def get_config(self, cls: type | None = None) -> dict[str, Any]:
         return super().get_config(cls or gr.Number)  # the page's config lists gr.Number's settings
 
-    def __init__(self, value: float, *, name: str, **kwargs):
+    def __init__(self, value: float | None = None, *, name: str = "value", **kwargs):
         self.name = name
         super().__init__(value=value, precision=0, **kwargs)
 
@@ -656,21 +662,19 @@ def build_demo(lab: SpriteLab) -> gr.Blocks:
                                                  label="Timeline (steps taken so far)", elem_id="r-timeline")
                         with gr.Row():
                             r_gif_btn = gr.Button("🎞 Make trajectory GIF", elem_id="r-gif-btn", scale=1)
-                            r_gif = gr.File(label="Trajectory GIF", interactive=False, elem_id="r-gif", scale=2,
-                                            visible=False)
+                            r_gif = gr.File(label="Trajectory GIF", interactive=False, elem_id="r-gif", scale=2)
                 r_in = [r_run, r_cls, r_n, r_seed, r_sampler, r_steps, r_guidance] + r_mix
                 r_out = [r_run, r_xt, r_x0, r_eps, r_timeline, r_status]
                 named = functools.partial(with_mix_parameters, classes=lab.classes)
+                # Run, Step and Reset hide the previous run's GIF in the browser before they start (js=);
+                # making a GIF shows it again.
                 run_event = r_go.click(GPU(named(lab.reverse_run)), r_in, r_out, api_name="reverse_run",
-                                       concurrency_id="model", **hidden)
+                                       concurrency_id="model", js=HIDE_GIF_JS, **hidden)
                 r_stop.click(None, None, None, cancels=[run_event])
                 r_reset.click(GPU(named(lab.reverse_reset)), r_in, r_out, api_name="reverse_reset",
-                              concurrency_id="model", cancels=[run_event], **hidden)
+                              concurrency_id="model", cancels=[run_event], js=HIDE_GIF_JS, **hidden)
                 r_step.click(GPU(named(lab.reverse_step)), r_in, r_out, api_name="reverse_step", concurrency_id="model",
-                             **hidden)
-                for button in (r_go, r_step, r_reset):  # a new run: the previous run's GIF goes
-                    button.click(lambda: gr.File(value=None, visible=False), None, r_gif, api_visibility="private",
-                                 queue=False)
+                             js=HIDE_GIF_JS, **hidden)
                 r_steps.change(lambda steps: gr.Slider(maximum=max(1, int(steps or 1))), r_steps, r_timeline,
                                api_visibility="private", queue=False)
                 r_timeline.input(lab.reverse_scrub, [r_run, r_timeline], r_out, api_name="reverse_scrub",
@@ -678,7 +682,7 @@ def build_demo(lab: SpriteLab) -> gr.Blocks:
                                  concurrency_id="preview", **hidden)
                 r_gif_btn.click(lab.reverse_gif, r_run, r_gif, api_name="reverse_gif", api_visibility="undocumented",
                                 concurrency_id="model", **hidden).success(
-                    lambda: gr.File(visible=True), None, r_gif, api_visibility="private", queue=False)
+                    None, None, None, js=SHOW_GIF_JS)
 
             # 3 --------------------------------------------------------------------------------
             with gr.Tab("Generate", id="generate"):
