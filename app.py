@@ -671,8 +671,10 @@ def build_demo(lab: SpriteLab) -> gr.Blocks:
                 run_event = r_go.click(GPU(named(lab.reverse_run)), r_in, r_out, api_name="reverse_run",
                                        concurrency_id="model", js=HIDE_GIF_JS, **hidden)
                 r_stop.click(None, None, None, cancels=[run_event])
-                r_reset.click(GPU(named(lab.reverse_reset)), r_in, r_out, api_name="reverse_reset",
-                              concurrency_id="model", cancels=[run_event], js=HIDE_GIF_JS, **hidden)
+                # Reset stops a run first, then starts over, so no late step of the old run lands on top
+                r_reset.click(None, None, None, cancels=[run_event]).then(
+                    GPU(named(lab.reverse_reset)), r_in, r_out, api_name="reverse_reset", concurrency_id="model",
+                    js=HIDE_GIF_JS, **hidden)
                 r_step.click(GPU(named(lab.reverse_step)), r_in, r_out, api_name="reverse_step", concurrency_id="model",
                              js=HIDE_GIF_JS, **hidden)
                 r_steps.change(lambda steps: gr.Slider(maximum=max(1, int(steps or 1))), r_steps, r_timeline,
