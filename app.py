@@ -485,46 +485,25 @@ def refuse_nan(payload: Any, name: str) -> None:
             raise gr.Error(str(e)) from None
 
 
-class WholeSlider(gr.Slider):
-    """A slider of whole numbers: an int for programs (precision 0), and NaN gets a clear message."""
+def whole(component: gr.Slider | gr.Number, name: str) -> gr.Slider | gr.Number:
+    """A slider or number box of whole numbers (made with precision=0, so programs see an int) whose
+    NaN gets the library's one-line message. Wrapped on the instance: a subclass of a Gradio
+    component would make Gradio write a .pyi stub next to this file."""
+    original = component.preprocess
 
-    is_template = True  # drawn by Gradio's own slider
+    def preprocess(payload: Any) -> Any:
+        refuse_nan(payload, name)
+        return original(payload)
 
-    def get_config(self, cls: type | None = None) -> dict[str, Any]:
-        return super().get_config(cls or gr.Slider)  # the page's config lists gr.Slider's settings
-
-    def __init__(self, minimum: float = 0, maximum: float = 100, value: float | None = None, *,
-                 name: str = "value", **kwargs):
-        self.name = name
-        super().__init__(minimum=minimum, maximum=maximum, value=value, precision=0, **kwargs)
-
-    def preprocess(self, payload: Any) -> Any:
-        refuse_nan(payload, self.name)
-        return super().preprocess(payload)
-
-
-class WholeNumber(gr.Number):
-    """A number box of whole numbers: an int for programs (precision 0), and NaN gets a clear message."""
-
-    is_template = True  # drawn by Gradio's own number box
-
-    def get_config(self, cls: type | None = None) -> dict[str, Any]:
-        return super().get_config(cls or gr.Number)  # the page's config lists gr.Number's settings
-
-    def __init__(self, value: float | None = None, *, name: str = "value", **kwargs):
-        self.name = name
-        super().__init__(value=value, precision=0, **kwargs)
-
-    def preprocess(self, payload: Any) -> Any:
-        refuse_nan(payload, self.name)
-        return super().preprocess(payload)
+    component.preprocess = preprocess
+    return component
 
 
 def sampler_controls(prefix: str, T: int, steps: int = DEFAULT_STEPS):
     sampler = gr.Radio(SAMPLERS, value=DEFAULT_SAMPLER, label="Sampler", elem_id=f"{prefix}-sampler",
                        info="DDPM: the best measured quality at 50 steps; with the seed's variance β it leaves more "
                             "speckle at few steps. DDIM and DPM-Solver++: deterministic, usable from 8 steps.")
-    steps = WholeSlider(1, T, steps, step=1, label="Steps", name="steps", elem_id=f"{prefix}-steps")
+    steps = whole(gr.Slider(1, T, value=steps, step=1, precision=0, label="Steps", elem_id=f"{prefix}-steps"), "steps")
     guidance = gr.Slider(0, MAX_GUIDANCE, value=DEFAULT_GUIDANCE, step=0.5, label="Guidance (classifier-free)",
                          info="0 = plain conditional model; higher = more typical of the class",
                          elem_id=f"{prefix}-guidance")
@@ -532,8 +511,8 @@ def sampler_controls(prefix: str, T: int, steps: int = DEFAULT_STEPS):
 
 
 def seed_box(value: int, label: str, elem_id: str, **kwargs) -> gr.Number:
-    return WholeNumber(value, step=1, minimum=0, maximum=ix.MAX_SEED, label=label, name=label.lower(),
-                       elem_id=elem_id, **kwargs)
+    return whole(gr.Number(value, step=1, precision=0, minimum=0, maximum=ix.MAX_SEED, label=label, elem_id=elem_id,
+                           **kwargs), label.lower())
 
 
 def caption(text: str) -> gr.Markdown:
@@ -598,8 +577,8 @@ def build_demo(lab: SpriteLab) -> gr.Blocks:
                                 f_eps = pixel_image("predicted noise", "f-eps", height=130, buttons=["download"])
                                 caption("the model's predicted x₀")
                                 f_x0p = pixel_image("predicted x0", "f-x0pred", height=130, buttons=["download"])
-                        f_t = WholeSlider(0, T, T // 4, step=1, name="t",
-                                          label="t (time step: 0 = clean, T = pure noise)", elem_id="f-t")
+                        f_t = whole(gr.Slider(0, T, value=T // 4, step=1, precision=0,
+                                              label="t (time step: 0 = clean, T = pure noise)", elem_id="f-t"), "t")
                         f_info = gr.Markdown(f0[2], label="info", elem_classes=["info-line"], elem_id="f-info")
                         with gr.Row():
                             f_noise = seed_box(0, "Noise seed", "f-noise",
@@ -638,8 +617,8 @@ def build_demo(lab: SpriteLab) -> gr.Blocks:
                         with gr.Accordion("Class mix weights", open=False):
                             r_mix = [gr.Slider(0, 1, value=1.0 if i == 0 else 0.0, step=0.05, label=c,
                                                elem_id=f"r-mix-{i}") for i, c in enumerate(lab.classes)]
-                        r_n = WholeSlider(1, ix.MAX_SPRITES, REVERSE_DEFAULT_N, step=1, name="sprites",
-                                          label="Sprites", elem_id="r-n")
+                        r_n = whole(gr.Slider(1, ix.MAX_SPRITES, value=REVERSE_DEFAULT_N, step=1, precision=0,
+                                              label="Sprites", elem_id="r-n"), "sprites")
                         r_seed = seed_box(0, "Seed", "r-seed")
                         r_sampler, r_steps, r_guidance = sampler_controls("r", T)
                     with gr.Column(scale=3):
@@ -658,8 +637,9 @@ def build_demo(lab: SpriteLab) -> gr.Blocks:
                                 r_x0 = pixel_image("predicted x0", "r-x0", r0[1], height=210)
                                 caption("predicted noise ε̂")
                                 r_eps = pixel_image("predicted noise", "r-eps", r0[2], height=210)
-                        r_timeline = WholeSlider(0, DEFAULT_STEPS, 0, step=1, name="timeline position",
-                                                 label="Timeline (steps taken so far)", elem_id="r-timeline")
+                        r_timeline = whole(gr.Slider(0, DEFAULT_STEPS, value=0, step=1, precision=0,
+                                                     label="Timeline (steps taken so far)", elem_id="r-timeline"),
+                                           "timeline position")
                         with gr.Row():
                             r_gif_btn = gr.Button("🎞 Make trajectory GIF", elem_id="r-gif-btn", scale=1)
                             r_gif = gr.File(label="Trajectory GIF", interactive=False, elem_id="r-gif", scale=2)
@@ -692,8 +672,8 @@ def build_demo(lab: SpriteLab) -> gr.Blocks:
                     with gr.Column(scale=1, min_width=260, elem_classes=["settings-col"]):
                         g_cls = gr.Dropdown([ix.ALL_CLASSES] + lab.classes, value=ix.ALL_CLASSES, label="Class",
                                             info="'all classes' draws one row per class", elem_id="g-class")
-                        g_n = WholeSlider(1, ix.MAX_SPRITES, GENERATE_DEFAULT_N, step=1, name="how many",
-                                          label="How many (per row)", elem_id="g-n")
+                        g_n = whole(gr.Slider(1, ix.MAX_SPRITES, value=GENERATE_DEFAULT_N, step=1, precision=0,
+                                              label="How many (per row)", elem_id="g-n"), "how many")
                         g_seed = seed_box(0, "Seed", "g-seed")
                         g_sampler, g_steps, g_guidance = sampler_controls("g", T)
                         g_transparent = gr.Checkbox(False, label="Transparent background in the sheet",
