@@ -12,10 +12,11 @@ import argparse
 import functools
 import inspect
 import json
+import math
 import os
 import re
 import sys
-import uuid
+import threading
 from pathlib import Path
 from typing import Any, Callable
 
@@ -38,18 +39,72 @@ SAMPLER_NAMES = dict((v, k) for k, v in SAMPLERS)
 BIG, GRID = 16, 8  # nearest-neighbour scale of a single sprite (16 px -> 256 px) and of grids
 MAX_GUIDANCE = 10.0
 GENERATE_DEFAULT_N, REVERSE_DEFAULT_N = 6, 16
+REMIX_DEFAULT_STRENGTH = 0.6
 PALETTE = ["#140c1c", "#442434", "#30346d", "#4e4a4e", "#854c30", "#346524", "#d04648", "#757161",
            "#597dce", "#d27d2c", "#8595a1", "#6daa2c", "#d2aa99", "#6dc2ca", "#dad45e", "#deeed6"]  # DawnBringer 16
 
 CSS = """
 .pixelated img, .pixelated canvas { image-rendering: pixelated; image-rendering: crisp-edges; object-fit: contain; }
+/* a picture's buttons sit below it, never on top of a sprite */
+.pixelated .image-container { display: flex; flex-direction: column-reverse; }
+.pixelated .icon-button-wrapper { position: static !important; justify-content: flex-end; margin: 4px 0 0 auto;
+                                  box-shadow: none; }
+.caption p { margin: 0 !important; font-weight: 600; }
 .info-line { font-size: 0.95em; }
-footer { display: none !important; }
+#model-info table { display: block; overflow-x: auto; }
+#r-gif:not(.gif-shown) { display: none !important; }
+#model-info th, #model-info td { white-space: nowrap; }
+#model-info code { overflow-wrap: anywhere; }
+@media (max-width: 720px) {
+  /* on a phone the pictures and their buttons come before the settings */
+  .settings-col { order: 2; }
+  /* all five tabs fit in one row: Gradio moves tabs that do not fit behind a "..." menu */
+  .tab-container button { padding: 0 7px !important; font-size: 14px !important; }
+}
 """
+# Number boxes commit on Enter or when they lose focus, not on every keystroke: while "9999" or "12.7" is
+# being typed, no half-typed value is sent (and refused) on the way. Sliders' number boxes included.
+HEAD = """<script>
+(() => {
+  const passing = new WeakSet();
+  const numberBox = (el) => el instanceof HTMLInputElement && el.type === "number";
+  window.addEventListener("input", (e) => {
+    if (numberBox(e.target) && !passing.has(e)) e.stopImmediatePropagation();
+  }, true);
+  window.addEventListener("change", (e) => {
+    if (!numberBox(e.target)) return;
+    const commit = new Event("input", {bubbles: true});
+    passing.add(commit);
+    e.target.dispatchEvent(commit);
+  }, true);
+})();
+</script>"""
+
+
+SHOW_GIF_JS = "() => { document.getElementById('r-gif')?.classList.add('gif-shown'); }"
+HIDE_GIF_JS = "(...inputs) => { document.getElementById('r-gif')?.classList.remove('gif-shown'); return inputs; }"
+
+
+def pick_brush_js(elem_id: str) -> str:
+    """JS for a Draw tab's select event: pick the Sketchpad's brush once, so strokes paint at once."""
+    return f"""() => {{
+  const pick = (tries) => {{
+    const pad = document.getElementById("{elem_id}");
+    const brush = pad && pad.querySelector('button[aria-label="Brush"]');
+    if (brush && brush.offsetParent !== null) {{
+      if (!pad.dataset.brushPicked) {{ brush.click(); pad.dataset.brushPicked = "1"; }}
+    }} else if (tries < 60) setTimeout(() => pick(tries + 1), 50);
+  }};
+  pick(0);
+}}"""
+
+
 THEME = gr.themes.Soft(primary_hue="violet", secondary_hue="amber")
 # Gradio keeps ~200 KB of bookkeeping per session (plus our gr.State) for its 10,000 most recent sessions by
 # default, ~2 GB at capacity; 1,000 bounds the server's memory (the least recently used session is dropped).
-LAUNCH_KWARGS = dict(css=CSS, theme=THEME, max_file_size="10mb", state_session_capacity=1000)
+# The footer keeps "Use via API": the page's own guide to the endpoints below.
+LAUNCH_KWARGS = dict(css=CSS, head=HEAD, theme=THEME, max_file_size="10mb", state_session_capacity=1000,
+                     footer_links=["api", "gradio", "settings"])
 
 
 # --- ZeroGPU: decorate GPU work with spaces.GPU only where it exists and applies ---------------
@@ -67,25 +122,22 @@ GPU = gpu_decorator()
 
 
 # --- small UI helpers --------------------------------------------------------------------------
-def picture(sprites: np.ndarray | Image.Image, scale: int = 1) -> Image.Image:
-    """A PIL picture for a gr.Image output, upscaled crisply on the server.
+def saved(picture: np.ndarray | Image.Image, name: str, scale: int = 1) -> str:
+    """A picture for a gr.Image output, written as a PNG file named for what it shows.
 
-    Why the nonce: gradio 6.31 saves each returned image to GRADIO_TEMP_DIR/<sha256 of its
-    bytes>/image.png with a plain, non-atomic write, so two requests returning the *same*
-    picture at the same moment write the same file and one client can be served a half-written
-    one. Gradio copies PNG text chunks into the file, so a random per-response text chunk makes
-    every response's bytes, hence its cache path, unique: identical requests never share a
-    file, and delete_cache still cleans them all up. (Downloads are files we write ourselves,
-    atomically and uniquely named: ix.write_output.)
+    A file path, not a PIL image: Gradio copies a path into its cache under the file's own name
+    (so "Download" saves x_t-hero-t125.png, not image.png) and does so atomically, so identical
+    pictures served at the same moment never share a half-written file. Upscaled crisply here.
     """
-    im = sprites if isinstance(sprites, Image.Image) else upscale(np.ascontiguousarray(sprites), scale)
-    im = im.copy()
-    im.info["response"] = uuid.uuid4().hex
-    return im
+    im = picture if isinstance(picture, Image.Image) else upscale(np.ascontiguousarray(picture), scale)
+    return ix.write_named(ix.png_bytes(im), name)
 
 
 def user_errors(fn: Callable) -> Callable:
-    """Turn the library's ValueError/DataError (messages written for users) into gr.Error."""
+    """Turn the library's ValueError/DataError (messages written for users) into gr.Error.
+
+    The page's events run with show_progress="hidden" (or show progress on a status line only), so an
+    error shows as a message while every picture stays as it was."""
     def convert(e: Exception) -> gr.Error:
         return gr.Error(str(e))  # not capitalised: "t must ..." is not "T must ..."
 
@@ -111,6 +163,29 @@ def user_errors(fn: Callable) -> Callable:
     return wrapper
 
 
+def weight_name(class_name: str) -> str:
+    """The API parameter for a class's mix weight: hero -> hero_weight."""
+    return re.sub(r"\W+", "_", class_name).strip("_").lower() + "_weight"
+
+
+def with_mix_parameters(fn: Callable, classes: list[str]) -> Callable:
+    """fn(..., *mix) with one named parameter per class in its signature, which is what Gradio lists
+    for programs (hero_weight, creature_weight, ... instead of param_7, param_8, ...)."""
+    sig = inspect.signature(fn)
+    fixed = [p for p in sig.parameters.values() if p.kind is not inspect.Parameter.VAR_POSITIONAL]
+    mix = [inspect.Parameter(weight_name(c), inspect.Parameter.POSITIONAL_OR_KEYWORD) for c in classes]
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def named(*args):
+            yield from fn(*args)
+    else:
+        @functools.wraps(fn)
+        def named(*args):
+            return fn(*args)
+    named.__signature__ = sig.replace(parameters=fixed + mix)
+    return named
+
+
 def fmt(x: float) -> str:
     if x == float("inf"):
         return "∞"
@@ -127,6 +202,8 @@ def sampler_key(name: Any) -> str:
 class SpriteLab:
     """The model plus one method per UI action; app wiring lives in build_demo."""
 
+    FORWARD_SEED, REMIX_SEED = 0, 1  # the model sprites the Forward and Remix tabs open with
+
     def __init__(self, model: torch.nn.Module, schedule, device: torch.device, source: str,
                  palette: np.ndarray | None = None, precision: str = "fp32"):
         self.model, self.schedule, self.device, self.source = model, schedule, device, source
@@ -135,44 +212,91 @@ class SpriteLab:
         self.classes = list(model.class_names)
         self.T, self.height = schedule.T, model.height
         self.chart = ix.schedule_chart(schedule)
+        self._sprites: dict[tuple[str, int], np.ndarray] = {}
+        self._opening: dict | None = None
+        self._opening_lock = threading.Lock()
 
     # --- shared -------------------------------------------------------------------------------
     def model_sprite(self, cls: str, seed: Any) -> np.ndarray:
+        """The model's sprite for a class and seed (deterministic, so each is computed once)."""
         seed = ix.check_number(seed, "seed", 0, ix.MAX_SEED, integer=True)
-        rows = ix.generate(self.model, self.schedule, self.classes, ix.check_class(self.classes, cls), 1,
-                           DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_GUIDANCE, seed, self.precision)
-        return ix.maybe_snap(rows[0][0], self.palette, True)
+        cls = ix.check_class(self.classes, cls)
+        if (cls, seed) not in self._sprites:
+            rows = ix.generate(self.model, self.schedule, self.classes, cls, 1, DEFAULT_SAMPLER, DEFAULT_STEPS,
+                               DEFAULT_GUIDANCE, seed, self.precision)
+            if len(self._sprites) > 1000:
+                self._sprites.clear()
+            self._sprites[cls, seed] = ix.maybe_snap(rows[0][0], self.palette, True)
+        return self._sprites[cls, seed]
+
+    def sprite_in(self, picture: Any, default_seed: int) -> np.ndarray:
+        """The sprite a picture input holds; the tab's opening sprite when a program sends none."""
+        if picture is None:
+            return self.model_sprite(self.classes[0], default_seed)
+        return ix.sprite_from_picture(picture, self.height)
+
+    def opening(self) -> dict[str, Any]:
+        """What every tab shows when the page opens, computed once and then served from memory:
+        the same pictures for every visitor, so a page open costs no model work."""
+        with self._opening_lock:
+            if self._opening is None:
+                c0 = self.classes[0]
+                mix = [1.0 if i == 0 else 0.0 for i in range(len(self.classes))]
+                remix_source = self.remix_sprite(c0, self.REMIX_SEED)
+                self._opening = dict(
+                    forward=self.forward_sprite(c0, self.FORWARD_SEED, self.T // 4, 0, False),
+                    reverse=self.reverse_reset(None, c0, REVERSE_DEFAULT_N, 0, DEFAULT_SAMPLER, DEFAULT_STEPS,
+                                               DEFAULT_GUIDANCE, *mix)[1:],
+                    generate=list(self.generate(ix.ALL_CLASSES, GENERATE_DEFAULT_N, DEFAULT_SAMPLER, DEFAULT_STEPS,
+                                                DEFAULT_GUIDANCE, 0, False))[-1],
+                    remix_source=remix_source,
+                    remix=self.remix(self.model_sprite(c0, self.REMIX_SEED), self.remix_class(), REMIX_DEFAULT_STRENGTH, DEFAULT_SAMPLER,
+                                     DEFAULT_STEPS, DEFAULT_GUIDANCE, 0),
+                    model=self.model_info())
+            return self._opening
+
+    def remix_class(self) -> str:
+        return self.classes[min(2, len(self.classes) - 1)]
 
     # --- 1. forward process -------------------------------------------------------------------
-    @user_errors
-    def forward_sprite(self, cls, seed, t, noise_seed, show_model):
-        sprite = self.model_sprite(cls, seed)
-        return (sprite, picture(sprite, BIG)) + self.forward_view(sprite, t, noise_seed, show_model, cls)
+    def _forward(self, sprite: np.ndarray, source_name: str, t, noise_seed, show_model, cls):
+        return (saved(sprite, f"x0-{source_name}.png", BIG),) + self._view(sprite, t, noise_seed, show_model, cls)
 
     @user_errors
-    def forward_upload(self, path, t, noise_seed, show_model, cls):
-        sprite = ix.sprite_from_upload(path, self.height)
-        return (sprite, picture(sprite, BIG)) + self.forward_view(sprite, t, noise_seed, show_model, cls)
+    def forward_sprite(self, cls, seed, t, noise_seed, show_model):
+        """A new sprite from the model, and x_t for it."""
+        sprite = self.model_sprite(cls, seed)
+        return self._forward(sprite, f"{cls}-seed{int(seed)}", t, noise_seed, show_model, cls)
+
+    @user_errors
+    def forward_upload(self, upload, t, noise_seed, show_model, cls):
+        """An uploaded image as the sprite (centre-cropped, shrunk), and x_t for it."""
+        return self._forward(ix.sprite_from_upload(upload, self.height), "upload", t, noise_seed, show_model, cls)
 
     @user_errors
     def forward_draw(self, drawing, t, noise_seed, show_model, cls):
-        sprite = ix.sprite_from_drawing(drawing, self.height)
-        return (sprite, picture(sprite, BIG)) + self.forward_view(sprite, t, noise_seed, show_model, cls)
+        """A drawing as the sprite, and x_t for it."""
+        return self._forward(ix.sprite_from_drawing(drawing, self.height), "drawing", t, noise_seed, show_model, cls)
 
     @user_errors
     def forward_view(self, sprite, t, noise_seed, show_model, cls):
-        """x_t at the slider's t: picture, a line of numbers, the marked chart, and the model's view."""
-        if sprite is None:  # an API call before any sprite was chosen: the default one
-            sprite = self.model_sprite(self.classes[0], 0)
+        """x_t of a sprite (any image; the page sends the x₀ on screen) at time t: the picture, a line of
+        numbers, the marked chart, and with show_model the model's predicted noise and x₀."""
+        t = ix.check_number(t, "t", 0, self.T, integer=True)
+        return self._view(self.sprite_in(sprite, self.FORWARD_SEED), t, noise_seed, show_model, cls)
+
+    def _view(self, sprite: np.ndarray, t, noise_seed, show_model, cls):
         t = ix.check_number(t, "t", 0, self.T, integer=True)
         noise_seed = ix.check_number(noise_seed, "noise seed", 0, ix.MAX_SEED, integer=True)
-        context = ix.context_for(self.classes, ix.check_class(self.classes, cls), 1) if show_model else None
+        cls = ix.check_class(self.classes, cls)
+        context = ix.context_for(self.classes, cls, 1) if show_model else None
         v = ix.forward_view(self.schedule, sprite, t, noise_seed, self.model if show_model else None, context)
-        info = (f"**t = {t}** of {self.T} &nbsp;·&nbsp; signal kept ᾱₜ = {fmt(v.abar)} &nbsp;·&nbsp; "
-                f"noise level √(1−ᾱₜ) = **{fmt(v.noise_level)}** &nbsp;·&nbsp; SNR = {fmt(v.snr)}")
-        eps = picture(v.eps_pred, BIG) if v.eps_pred is not None else None
-        x0 = picture(v.x0_pred, BIG) if v.x0_pred is not None else None
-        return picture(v.x_t, BIG), info, picture(self.chart.marked(t)), eps, x0
+        info = (f"t = {t} of {self.T} · signal kept ᾱₜ = {fmt(v.abar)} · "
+                f"noise level √(1−ᾱₜ) = {fmt(v.noise_level)} · SNR = {fmt(v.snr)}")
+        eps = saved(v.eps_pred, f"predicted-noise-{cls}-t{t}.png", BIG) if v.eps_pred is not None else None
+        x0 = saved(v.x0_pred, f"predicted-x0-{cls}-t{t}.png", BIG) if v.x0_pred is not None else None
+        return (saved(v.x_t, f"x_t-{cls}-t{t}.png", BIG), info, saved(self.chart.marked(t), f"schedule-t{t}.png"),
+                eps, x0)
 
     # --- 2. reverse process -------------------------------------------------------------------
     def _reverse_settings(self, cls, mix, n, seed, sampler, steps, guidance) -> dict:
@@ -192,36 +316,41 @@ class SpriteLab:
     def _run_for(self, run: ix.ReverseRun | None, cls, n, seed, sampler, steps, guidance,
                  mix) -> tuple[ix.ReverseRun, bool]:
         """The session's run, or a fresh one when there is none or the settings changed."""
+        if len(mix) != len(self.classes):
+            raise ValueError(f"expected one mix weight per class ({len(self.classes)}), got {len(mix)}")
         s = self._reverse_settings(cls, mix, n, seed, sampler, steps, guidance)
         if isinstance(run, ix.ReverseRun) and run.settings == s:
             return run, False
         return self._new_run(s), True
 
-    def _reverse_outputs(self, run: ix.ReverseRun, index: int | None = None, note: str = ""):
-        frames = run.frames
-        i = len(frames) - 1 if index is None else max(0, min(int(index), len(frames) - 1))
-        f = frames[i]
-        x0 = f.x0 if f.x0 is not None else np.full_like(f.x_t, 127)
-        eps = f.eps if f.eps is not None else np.full_like(f.x_t, 127)
+    def _reverse_outputs(self, run: ix.ReverseRun, step: int | None = None, note: str = ""):
+        """(run, x_t grid, predicted x₀ grid, predicted noise grid, step shown, status line)."""
+        f = run.frame_at(step)
         s = run.settings
         what = "mix" if s["cls"] == ix.MIX else s["cls"]
-        state = "done ✨" if run.done and i == len(frames) - 1 else (
-            "pure noise" if f.step == 0 else "denoising…")
-        status = (f"**Step {f.step} / {run.total}** &nbsp;·&nbsp; t = {f.t} &nbsp;·&nbsp; {state} &nbsp;·&nbsp; "
+        last = f is run.frames[-1]
+        state = "done ✨" if run.done and last else ("pure noise" if f.step == 0 else "denoising…")
+        status = (f"Step {f.step} / {run.total} · t = {f.t} · {state} · "
                   f"{SAMPLER_NAMES[s['sampler']]}, guidance {s['guidance']:g}, class {what}")
+        if run.done and last and len(run.frames) > 1:
+            status += (f"\n\nAt t = 0 no noise is left to predict: the x₀ and ε̂ panels show the model's last "
+                       f"prediction, made at t = {run.frames[-2].t}.")
         if note:
-            status += f"  \n{note}"
-        timeline = gr.Slider(minimum=0, maximum=max(1, len(frames) - 1), value=i, step=1)
-        return (run, picture(ix.grid(f.x_t, scale=1), GRID), picture(ix.grid(x0, scale=1), GRID),
-                picture(ix.grid(eps, scale=1), GRID), timeline, status)
+            status += f"\n\n{note}"
+        name = f"reverse-{what}-step{f.step}"
+        return (run, saved(ix.grid(f.x_t, scale=1), f"{name}.png", GRID),
+                saved(ix.grid(f.x0, scale=1), f"{name}-predicted-x0.png", GRID),
+                saved(ix.grid(f.eps, scale=1), f"{name}-predicted-noise.png", GRID), f.step, status)
 
     @user_errors
     def reverse_reset(self, run, cls, n, seed, sampler, steps, guidance, *mix):
+        """Start over from pure noise x_T (the model's first predictions shown)."""
         run, _ = self._run_for(None, cls, n, seed, sampler, steps, guidance, mix)
         return self._reverse_outputs(run)
 
     @user_errors
     def reverse_step(self, run, cls, n, seed, sampler, steps, guidance, *mix):
+        """One reverse step of this session's run (a new run when the settings changed)."""
         run, _ = self._run_for(run, cls, n, seed, sampler, steps, guidance, mix)
         with run.lock:
             if run.done:
@@ -242,64 +371,79 @@ class SpriteLab:
             yield self._reverse_outputs(run)
 
     @user_errors
-    def reverse_scrub(self, run, index):
+    def reverse_scrub(self, run, timeline):
+        """Show the run as it was after `timeline` steps (the nearest kept frame at or before it)."""
         if not isinstance(run, ix.ReverseRun):
             raise ValueError("nothing to scrub yet: press Step or Run first")
-        index = ix.check_number(index, "timeline position", 0, ix.MAX_FRAMES, integer=True)
-        return self._reverse_outputs(run, index)
+        step = ix.check_number(timeline, "timeline position", 0, self.T, integer=True)
+        return self._reverse_outputs(run, step)
 
     @user_errors
     def reverse_gif(self, run):
+        """The run so far as an animated GIF."""
         if not isinstance(run, ix.ReverseRun) or len(run.frames) < 2:
             raise ValueError("no steps taken yet: press Step or Run first")
-        path = ix.write_output(ix.trajectory_gif(run.frames), ".gif", stem="trajectory")
-        return gr.update(value=path, visible=True)
+        what = "mix" if run.settings["cls"] == ix.MIX else run.settings["cls"]
+        return ix.write_named(ix.trajectory_gif(run.frames), f"reverse-{what}-trajectory.gif")
 
     # --- 3. generate ----------------------------------------------------------------------------
     @user_errors
     def generate(self, cls, n, sampler, steps, guidance, seed, transparent, snap=True):
-        rows = ix.generate(self.model, self.schedule, self.classes, cls, n, sampler_key(sampler), steps,
-                           guidance, seed, self.precision)
-        rows = [ix.maybe_snap(r, self.palette, bool(snap)) for r in rows]
-        shown = sprite_sheet(rows, scale=GRID, pad=1)
-        sheet = sprite_sheet(rows, scale=1, pad=0, transparent=bool(transparent))
-        path = ix.write_output(ix.png_bytes(sheet), ".png", stem="sprite-sheet")
-        names = self.classes if cls == ix.ALL_CLASSES else [cls]
-        caption = " · ".join(f"row {i + 1}: **{name}**" for i, name in enumerate(names))
-        return picture(shown), path, caption
+        """Sprites of one class or one row per class; streams the model's current guess as it samples,
+        then the sprites, the sprite sheet (1 px per pixel) and a caption."""
+        cls = ix.check_class(self.classes, cls, (ix.ALL_CLASSES,))
+        steps = ix.check_number(steps, "steps", 1, self.T, integer=True)
+        what = "all" if cls == ix.ALL_CLASSES else cls
+        every = max(1, steps // 10)  # about ten progress pictures per run
+        for done, total, rows in ix.generate_steps(self.model, self.schedule, self.classes, cls, n,
+                                                   sampler_key(sampler), steps, guidance, seed, self.precision):
+            if done < total:
+                if done % every == 0:
+                    yield (saved(sprite_sheet(rows, scale=GRID, pad=1), f"sprites-{what}-step{done}.png"), None,
+                           f"Sampling… step {done} / {total} (the model's current guess)")
+                continue
+            rows = [ix.maybe_snap(r, self.palette, bool(snap)) for r in rows]
+            sheet = sprite_sheet(rows, scale=1, pad=0, transparent=bool(transparent))
+            names = self.classes if cls == ix.ALL_CLASSES else [cls]
+            caption = " · ".join(f"row {i + 1}: {name}" for i, name in enumerate(names))
+            yield (saved(sprite_sheet(rows, scale=GRID, pad=1), f"sprites-{what}-seed{int(seed)}.png"),
+                   ix.write_named(ix.png_bytes(sheet), f"sprite-sheet-{what}.png"), caption)
 
     # --- 4. remix -------------------------------------------------------------------------------
-    def _remix_source(self, sprite):
-        return sprite, picture(sprite, BIG)
-
     @user_errors
     def remix_sprite(self, cls, seed):
-        return self._remix_source(self.model_sprite(cls, seed))
+        """A model sprite as the remix source."""
+        return saved(self.model_sprite(cls, seed), f"sprite-{cls}-seed{int(seed)}.png", BIG)
 
     @user_errors
-    def remix_upload(self, path):
-        return self._remix_source(ix.sprite_from_upload(path, self.height))
+    def remix_upload(self, upload):
+        """An uploaded image as the remix source."""
+        return saved(ix.sprite_from_upload(upload, self.height), "sprite-upload.png", BIG)
 
     @user_errors
     def remix_draw(self, drawing):
-        return self._remix_source(ix.sprite_from_drawing(drawing, self.height))
+        """A drawing as the remix source."""
+        return saved(ix.sprite_from_drawing(drawing, self.height), "sprite-drawing.png", BIG)
 
     @user_errors
     def remix(self, sprite, cls, strength, sampler, steps, guidance, seed, snap=True):
-        if sprite is None:
-            sprite = self.model_sprite(self.classes[0], 1)
+        """SDEdit a sprite (any image; the page sends the source on screen) toward another class:
+        the result, the trajectory strip and a line saying what was done."""
         cls = ix.check_class(self.classes, cls)
-        r = ix.remix(self.model, self.schedule, sprite, ix.context_for(self.classes, cls, 1), strength,
+        source = self.sprite_in(sprite, self.REMIX_SEED)
+        r = ix.remix(self.model, self.schedule, source, ix.context_for(self.classes, cls, 1), strength,
                      sampler_key(sampler), steps, guidance, seed, self.precision)
         result = ix.maybe_snap(r.result, self.palette, bool(snap))
         # the trajectory: at most 8 evenly spaced frames from the noised start to the result
         keep = np.unique(np.linspace(0, len(r.frames) - 1, min(8, len(r.frames))).round().astype(int))
         frames = [r.frames[k] for k in keep[:-1]] + [result]
-        strip = sprite_sheet([np.stack([sprite] + frames)], scale=GRID, pad=1)
-        info = (f"Noised to **t = {r.t_start}** of {self.T} (strength {r.t_start / self.T:.2f}), then "
-                f"**{r.steps} steps** of {SAMPLER_NAMES[sampler]} as **{cls}**. "
+        strip = sprite_sheet([np.stack([source] + frames)], scale=GRID, pad=1)
+        strength = r.t_start / self.T
+        info = (f"Noised to t = {r.t_start} of {self.T} (strength {strength:.2f}), then "
+                f"{r.steps} steps of {SAMPLER_NAMES[sampler]} as {cls}. "
                 "Below: the source, the noised start, …, the result.")
-        return picture(result, BIG), picture(strip), info
+        return (saved(result, f"remix-as-{cls}-strength{strength:.2f}.png", BIG),
+                saved(strip, f"remix-trajectory-as-{cls}.png"), info)
 
     # --- 5. model -------------------------------------------------------------------------------
     def model_info(self) -> str:
@@ -311,7 +455,7 @@ class SpriteLab:
         lines = [
             "### This model",
             f"- **Loaded from:** `{self.source}`" + (f" (`{folder}`)" if folder and str(folder) != self.source else ""),
-            f"- **Device:** `{self.device}`, network in {self.precision} &nbsp;·&nbsp; torch {torch.__version__} &nbsp;·&nbsp; gradio {gr.__version__}",
+            f"- **Device:** `{self.device}`, network in {self.precision} · torch {torch.__version__} · gradio {gr.__version__}",
             f"- **Classes ({len(self.classes)}):** " + ", ".join(f"`{c}`" for c in self.classes),
             f"- **Parameters:** {params:,}",
             f"- **Noise schedule:** `{json.dumps(self.schedule.config())}`",
@@ -332,220 +476,264 @@ class SpriteLab:
 
 
 # --- the page ----------------------------------------------------------------------------------
+def refuse_nan(payload: Any, name: str) -> None:
+    """Gradio's own checks let NaN through to its int rounding, which fails without a message."""
+    if isinstance(payload, float) and math.isnan(payload):
+        try:
+            ix.check_number(payload, name, -math.inf, math.inf)
+        except ValueError as e:
+            raise gr.Error(str(e)) from None
+
+
+def whole(component: gr.Slider | gr.Number, name: str) -> gr.Slider | gr.Number:
+    """A slider or number box of whole numbers (made with precision=0, so programs see an int) whose
+    NaN gets the library's one-line message. Wrapped on the instance: a subclass of a Gradio
+    component would make Gradio write a .pyi stub next to this file."""
+    original = component.preprocess
+
+    def preprocess(payload: Any) -> Any:
+        refuse_nan(payload, name)
+        return original(payload)
+
+    component.preprocess = preprocess
+    return component
+
+
 def sampler_controls(prefix: str, T: int, steps: int = DEFAULT_STEPS):
     sampler = gr.Radio(SAMPLERS, value=DEFAULT_SAMPLER, label="Sampler", elem_id=f"{prefix}-sampler",
                        info="DDPM: the best measured quality at 50 steps; with the seed's variance β it leaves more "
                             "speckle at few steps. DDIM and DPM-Solver++: deterministic, usable from 8 steps.")
-    steps = gr.Slider(1, T, value=steps, step=1, label="Steps", elem_id=f"{prefix}-steps")
+    steps = whole(gr.Slider(1, T, value=steps, step=1, precision=0, label="Steps", elem_id=f"{prefix}-steps"), "steps")
     guidance = gr.Slider(0, MAX_GUIDANCE, value=DEFAULT_GUIDANCE, step=0.5, label="Guidance (classifier-free)",
                          info="0 = plain conditional model; higher = more typical of the class",
                          elem_id=f"{prefix}-guidance")
     return sampler, steps, guidance
 
 
+def seed_box(value: int, label: str, elem_id: str, **kwargs) -> gr.Number:
+    return whole(gr.Number(value, step=1, precision=0, minimum=0, maximum=ix.MAX_SEED, label=label, elem_id=elem_id,
+                           **kwargs), label.lower())
+
+
+def caption(text: str) -> gr.Markdown:
+    """A title above a picture: Gradio's own label badge would sit on top of the sprite."""
+    return gr.Markdown(text, elem_classes=["caption"])
+
+
+def pixel_image(label: str, elem_id: str, value: Any = None, height: int | None = None, **kwargs) -> gr.Image:
+    """A crisp picture with no badge on it; its buttons (if any) sit below it (CSS)."""
+    kwargs.setdefault("buttons", ["download", "fullscreen"])
+    return gr.Image(value, label=label, show_label=False, format="png", interactive=False, height=height,
+                    type="numpy", image_mode="RGB", elem_classes=["pixelated"], elem_id=elem_id, **kwargs)
+
+
 def source_picker(lab: SpriteLab, prefix: str, default_class: str, default_seed: int):
     """Three ways to choose a sprite: from the model, an upload, or a drawing."""
-    with gr.Tabs(elem_id=f"{prefix}-source-tabs"):
-        with gr.Tab("🎲 From the model", id=f"{prefix}-src-model"):
+    with gr.Tabs(elem_id=f"{prefix}-source-tabs", overflow_behavior="wrap"):
+        with gr.Tab("🎲 From model", id=f"{prefix}-src-model"):
             cls = gr.Dropdown(lab.classes, value=default_class, label="Class", elem_id=f"{prefix}-src-class")
-            seed = gr.Number(default_seed, step=1, minimum=0, maximum=ix.MAX_SEED, label="Seed",
-                             elem_id=f"{prefix}-src-seed")
+            seed = seed_box(default_seed, "Seed", f"{prefix}-src-seed")
             new = gr.Button("New sprite", variant="secondary", elem_id=f"{prefix}-src-new")
         with gr.Tab("📁 Upload", id=f"{prefix}-src-upload"):
             upload = gr.File(label="Upload an image (centre-cropped and shrunk to the model's size)",
                              file_types=["image"], type="filepath", height=120, elem_id=f"{prefix}-upload")
-        with gr.Tab("✏️ Draw", id=f"{prefix}-src-draw"):
+        with gr.Tab("✏️ Draw", id=f"{prefix}-src-draw") as draw_tab:
             draw = gr.Sketchpad(canvas_size=(256, 256), type="numpy", image_mode="RGBA", layers=False,
                                 transforms=(), brush=gr.Brush(default_size=16, colors=PALETTE, default_color=PALETTE[6]),
                                 label="Draw a sprite (one brush dab ≈ one pixel)", elem_id=f"{prefix}-draw",
                                 elem_classes=["pixelated"])
             use = gr.Button("Use this drawing", variant="secondary", elem_id=f"{prefix}-draw-use")
+    draw_tab.select(None, None, None, js=pick_brush_js(f"{prefix}-draw"))
     return cls, seed, new, upload, draw, use
 
 
 def build_demo(lab: SpriteLab) -> gr.Blocks:
     T = lab.T
-    pix = ["pixelated"]
-    # delete_cache: every 5 minutes, remove cached outputs older than 30 minutes
+    opening = lab.opening()  # computed once per model, then every page open is served from memory
+    f0, r0, g0, m0 = opening["forward"], opening["reverse"], opening["generate"], opening["remix"]
+    hidden = dict(show_progress="hidden")  # errors keep the pictures; a message says what went wrong
+    # delete_cache: every 5 minutes, remove cached outputs older than 30 minutes (never the opening pictures)
     with gr.Blocks(title="DDPM Sprite Lab", delete_cache=(300, 1800)) as demo:
         gr.Markdown("# 👾 DDPM Sprite Lab\nA small diffusion model that draws 16×16 pixel-art sprites of "
                     f"{len(lab.classes)} classes ({', '.join(lab.classes)}). Watch noise swallow a sprite, step the "
                     "model back out of noise, generate sprite sheets, and remix your own drawings.")
-        with gr.Tabs():
+        with gr.Tabs(overflow_behavior="wrap"):  # on a phone every tab stays one tap away
             # 1 --------------------------------------------------------------------------------
-            with gr.Tab("1 · Forward process", id="forward"):
+            with gr.Tab("Forward", id="forward"):
                 gr.Markdown("Noise is mixed in step by step: **x_t = √ᾱₜ · x₀ + √(1−ᾱₜ) · ε**. Drag **t**.")
-                f_sprite = gr.State(None)
                 with gr.Row():
                     with gr.Column(scale=1, min_width=280):
-                        f_cls, f_seed, f_new, f_upload, f_draw, f_use = source_picker(lab, "f", lab.classes[0], 0)
-                        f_x0 = gr.Image(label="x₀ (clean)", format="png", interactive=False, height=200,
-                                        elem_classes=pix, elem_id="f-x0", buttons=["download"])
+                        f_cls, f_seed, f_new, f_upload, f_draw, f_use = source_picker(lab, "f", lab.classes[0],
+                                                                                      lab.FORWARD_SEED)
+                        caption("x₀ (clean): the sprite")
+                        f_x0 = pixel_image("x0", "f-x0", f0[0], height=200, buttons=["download"])
                     with gr.Column(scale=2):
                         with gr.Row():
-                            f_xt = gr.Image(label="x_t", format="png", interactive=False, height=300,
-                                            elem_classes=pix, elem_id="f-xt", buttons=["download", "fullscreen"])
-                            with gr.Column(visible=False) as f_model_col:
-                                f_eps = gr.Image(label="model's predicted noise ε̂", format="png", interactive=False,
-                                                 height=140, elem_classes=pix, elem_id="f-eps")
-                                f_x0p = gr.Image(label="model's predicted x₀", format="png", interactive=False,
-                                                 height=140, elem_classes=pix, elem_id="f-x0pred")
-                        f_t = gr.Slider(0, T, value=T // 4, step=1, label="t (time step: 0 = clean, T = pure noise)",
-                                        elem_id="f-t")
-                        f_info = gr.Markdown(elem_classes=["info-line"], elem_id="f-info")
+                            with gr.Column(min_width=260):
+                                caption("x_t (noised)")
+                                f_xt = pixel_image("x_t", "f-xt", f0[1], height=300)
+                            with gr.Column(visible=False, min_width=160) as f_model_col:
+                                caption("the model's predicted noise ε̂")
+                                f_eps = pixel_image("predicted noise", "f-eps", height=130, buttons=["download"])
+                                caption("the model's predicted x₀")
+                                f_x0p = pixel_image("predicted x0", "f-x0pred", height=130, buttons=["download"])
+                        f_t = whole(gr.Slider(0, T, value=T // 4, step=1, precision=0,
+                                              label="t (time step: 0 = clean, T = pure noise)", elem_id="f-t"), "t")
+                        f_info = gr.Markdown(f0[2], label="info", elem_classes=["info-line"], elem_id="f-info")
                         with gr.Row():
-                            f_noise = gr.Number(0, step=1, minimum=0, maximum=ix.MAX_SEED, label="Noise seed",
-                                                info="the same ε at every t, so the picture changes smoothly",
-                                                elem_id="f-noise")
+                            f_noise = seed_box(0, "Noise seed", "f-noise",
+                                               info="the same ε at every t, so the picture changes smoothly")
                             f_show = gr.Checkbox(False, label="Show what the model sees at this t", elem_id="f-show")
-                        f_chart = gr.Image(label="Signal ᾱₜ and signal-to-noise ratio over t", format="png",
-                                           interactive=False, height=250, elem_id="f-chart", show_label=False)
+                        f_chart = gr.Image(f0[3], label="schedule chart", format="png", interactive=False,
+                                           height=270, elem_id="f-chart", show_label=False, buttons=["download"])
                 view_out = [f_xt, f_info, f_chart, f_eps, f_x0p]
-                src_out = [f_sprite, f_x0] + view_out
+                src_out = [f_x0] + view_out
                 f_new.click(GPU(lab.forward_sprite), [f_cls, f_seed, f_t, f_noise, f_show], src_out,
-                            api_name="forward_sprite", concurrency_id="model")
+                            api_name="forward_sprite", concurrency_id="model", **hidden)
                 f_upload.upload(GPU(lab.forward_upload), [f_upload, f_t, f_noise, f_show, f_cls], src_out,
-                                api_name="forward_upload", concurrency_id="model")
+                                api_name="forward_upload", concurrency_id="model", **hidden)
                 f_use.click(GPU(lab.forward_draw), [f_draw, f_t, f_noise, f_show, f_cls], src_out,
-                            api_name="forward_draw", concurrency_id="model")
-                view_in = [f_sprite, f_t, f_noise, f_show, f_cls]
+                            api_name="forward_draw", concurrency_id="model", **hidden)
+                view_in = [f_x0, f_t, f_noise, f_show, f_cls]  # the sprite is the x₀ on screen: no hidden state
                 # "always_last": while dragging, a value that arrives during an update is queued, so the final
                 # position is always rendered; hidden progress keeps the picture from flashing.
                 f_t.change(GPU(lab.forward_view), view_in, view_out, api_name="forward_view", trigger_mode="always_last",
-                           show_progress="hidden", concurrency_limit=4, concurrency_id="preview")
+                           concurrency_limit=4, concurrency_id="preview", **hidden)
                 f_noise.change(GPU(lab.forward_view), view_in, view_out, api_visibility="private",
-                               show_progress="hidden", concurrency_limit=4, concurrency_id="preview")
+                               concurrency_limit=4, concurrency_id="preview", **hidden)
                 f_show.change(lambda show: gr.Column(visible=bool(show)), f_show, f_model_col, api_visibility="private",
                               queue=False).then(GPU(lab.forward_view), view_in, view_out, api_visibility="private",
-                                                show_progress="hidden", concurrency_limit=4,
-                                                concurrency_id="preview")
+                                                concurrency_limit=4, concurrency_id="preview", **hidden)
 
             # 2 --------------------------------------------------------------------------------
-            with gr.Tab("2 · Reverse process", id="reverse"):
+            with gr.Tab("Reverse", id="reverse"):
                 gr.Markdown("Start from pure noise and let the model remove it, one step at a time. "
                             "**Step** takes one step, **Run** streams to the end, the **timeline** scrubs back.")
                 r_run = gr.State(None, time_to_live=3600)
                 with gr.Row():
-                    with gr.Column(scale=1, min_width=280):
+                    with gr.Column(scale=1, min_width=260, elem_classes=["settings-col"]):
                         r_cls = gr.Dropdown(lab.classes + [ix.MIX], value=lab.classes[0], label="Class",
                                             info=f"'{ix.MIX}' blends classes with the weights below", elem_id="r-class")
                         with gr.Accordion("Class mix weights", open=False):
                             r_mix = [gr.Slider(0, 1, value=1.0 if i == 0 else 0.0, step=0.05, label=c,
                                                elem_id=f"r-mix-{i}") for i, c in enumerate(lab.classes)]
-                        r_n = gr.Slider(1, ix.MAX_SPRITES, value=REVERSE_DEFAULT_N, step=1, label="Sprites", elem_id="r-n")
-                        r_seed = gr.Number(0, step=1, minimum=0, maximum=ix.MAX_SEED, label="Seed", elem_id="r-seed")
+                        r_n = whole(gr.Slider(1, ix.MAX_SPRITES, value=REVERSE_DEFAULT_N, step=1, precision=0,
+                                              label="Sprites", elem_id="r-n"), "sprites")
+                        r_seed = seed_box(0, "Seed", "r-seed")
                         r_sampler, r_steps, r_guidance = sampler_controls("r", T)
                     with gr.Column(scale=3):
+                        with gr.Row(equal_height=True):
+                            r_step = gr.Button("Step ▶", variant="primary", elem_id="r-step", min_width=80)
+                            r_go = gr.Button("Run ⏩", variant="primary", elem_id="r-run", min_width=80)
+                            r_stop = gr.Button("Stop ⏹", variant="stop", elem_id="r-stop", min_width=80)
+                            r_reset = gr.Button("Reset ↺", elem_id="r-reset", min_width=80)
+                        r_status = gr.Markdown(r0[4], label="status", elem_id="r-status")
                         with gr.Row():
-                            r_step = gr.Button("Step ▶", variant="primary", elem_id="r-step")
-                            r_go = gr.Button("Run ⏩", variant="primary", elem_id="r-run")
-                            r_reset = gr.Button("Reset ↺", elem_id="r-reset")
-                        r_status = gr.Markdown(elem_id="r-status")
-                        with gr.Row():
-                            # Headings above, not Gradio's label badge, which would cover the first sprite.
-                            grids = []
-                            for title, key in (("x_t (now)", "r-xt"), ("predicted x₀ (the model's guess)", "r-x0"),
-                                               ("predicted noise ε̂", "r-eps")):
-                                with gr.Column(min_width=200):
-                                    gr.Markdown(f"**{title}**")
-                                    grids.append(gr.Image(label=title, show_label=False, format="png", height=320,
-                                                          interactive=False, elem_classes=pix, elem_id=key,
-                                                          buttons=["download", "fullscreen"]))
-                            r_xt, r_x0, r_eps = grids
-                        r_timeline = gr.Slider(0, 1, value=0, step=1, label="Timeline (steps taken so far)",
-                                               elem_id="r-timeline")
+                            with gr.Column(scale=2, min_width=300):
+                                caption("x_t (now)")
+                                r_xt = pixel_image("x_t", "r-xt", r0[0], height=470)
+                            with gr.Column(scale=1, min_width=200):
+                                caption("predicted x₀ (the model's guess)")
+                                r_x0 = pixel_image("predicted x0", "r-x0", r0[1], height=210)
+                                caption("predicted noise ε̂")
+                                r_eps = pixel_image("predicted noise", "r-eps", r0[2], height=210)
+                        r_timeline = whole(gr.Slider(0, DEFAULT_STEPS, value=0, step=1, precision=0,
+                                                     label="Timeline (steps taken so far)", elem_id="r-timeline"),
+                                           "timeline position")
                         with gr.Row():
                             r_gif_btn = gr.Button("🎞 Make trajectory GIF", elem_id="r-gif-btn", scale=1)
-                            r_gif = gr.File(label="Trajectory GIF", interactive=False, elem_id="r-gif", scale=2,
-                                            visible=False)
+                            r_gif = gr.File(label="Trajectory GIF", interactive=False, elem_id="r-gif", scale=2)
                 r_in = [r_run, r_cls, r_n, r_seed, r_sampler, r_steps, r_guidance] + r_mix
                 r_out = [r_run, r_xt, r_x0, r_eps, r_timeline, r_status]
-                r_reset.click(GPU(lab.reverse_reset), r_in, r_out, api_name="reverse_reset",
-                              concurrency_id="model").then(lambda: gr.update(visible=False), None, r_gif,
-                                                           api_visibility="private", queue=False)  # stale GIF
-                r_step.click(GPU(lab.reverse_step), r_in, r_out, api_name="reverse_step", concurrency_id="model")
-                r_go.click(GPU(lab.reverse_run), r_in, r_out, api_name="reverse_run", concurrency_id="model")
+                named = functools.partial(with_mix_parameters, classes=lab.classes)
+                # Run, Step and Reset hide the previous run's GIF in the browser before they start (js=);
+                # making a GIF shows it again.
+                run_event = r_go.click(GPU(named(lab.reverse_run)), r_in, r_out, api_name="reverse_run",
+                                       concurrency_id="model", js=HIDE_GIF_JS, **hidden)
+                r_stop.click(None, None, None, cancels=[run_event])
+                # Reset stops a run first, then starts over, so no late step of the old run lands on top
+                r_reset.click(None, None, None, cancels=[run_event]).then(
+                    GPU(named(lab.reverse_reset)), r_in, r_out, api_name="reverse_reset", concurrency_id="model",
+                    js=HIDE_GIF_JS, **hidden)
+                r_step.click(GPU(named(lab.reverse_step)), r_in, r_out, api_name="reverse_step", concurrency_id="model",
+                             js=HIDE_GIF_JS, **hidden)
+                r_steps.change(lambda steps: gr.Slider(maximum=max(1, int(steps or 1))), r_steps, r_timeline,
+                               api_visibility="private", queue=False)
                 r_timeline.input(lab.reverse_scrub, [r_run, r_timeline], r_out, api_name="reverse_scrub",
-                                 trigger_mode="always_last", show_progress="hidden", concurrency_limit=4,
-                                 concurrency_id="preview")
-                r_gif_btn.click(lab.reverse_gif, r_run, r_gif, api_name="reverse_gif", concurrency_id="model")
+                                 api_visibility="undocumented", trigger_mode="always_last", concurrency_limit=4,
+                                 concurrency_id="preview", **hidden)
+                r_gif_btn.click(lab.reverse_gif, r_run, r_gif, api_name="reverse_gif", api_visibility="undocumented",
+                                concurrency_id="model", **hidden).success(
+                    None, None, None, js=SHOW_GIF_JS)
 
             # 3 --------------------------------------------------------------------------------
-            with gr.Tab("3 · Generate", id="generate"):
+            with gr.Tab("Generate", id="generate"):
                 with gr.Row():
-                    with gr.Column(scale=1, min_width=280):
+                    with gr.Column(scale=1, min_width=260, elem_classes=["settings-col"]):
                         g_cls = gr.Dropdown([ix.ALL_CLASSES] + lab.classes, value=ix.ALL_CLASSES, label="Class",
                                             info="'all classes' draws one row per class", elem_id="g-class")
-                        g_n = gr.Slider(1, ix.MAX_SPRITES, value=GENERATE_DEFAULT_N, step=1, label="How many (per row)",
-                                        elem_id="g-n")
-                        g_seed = gr.Number(0, step=1, minimum=0, maximum=ix.MAX_SEED, label="Seed", elem_id="g-seed")
+                        g_n = whole(gr.Slider(1, ix.MAX_SPRITES, value=GENERATE_DEFAULT_N, step=1, precision=0,
+                                              label="How many (per row)", elem_id="g-n"), "how many")
+                        g_seed = seed_box(0, "Seed", "g-seed")
                         g_sampler, g_steps, g_guidance = sampler_controls("g", T)
                         g_transparent = gr.Checkbox(False, label="Transparent background in the sheet",
                                                     elem_id="g-transparent")
                         g_snap = gr.Checkbox(True, label="Snap colours to the model's palette",
                                              visible=lab.palette is not None, elem_id="g-snap")
-                        g_go = gr.Button("Generate ✨", variant="primary", elem_id="g-go")
                     with gr.Column(scale=2):
-                        g_caption = gr.Markdown(elem_id="g-caption")
-                        g_grid = gr.Image(label="Sprites", show_label=False, format="png", interactive=False, elem_classes=pix,
-                                          elem_id="g-grid", buttons=["download", "fullscreen"])
-                        g_sheet = gr.File(label="Sprite sheet PNG (1 px per pixel, ready for a game)",
+                        with gr.Row(equal_height=True):
+                            g_go = gr.Button("Generate ✨", variant="primary", elem_id="g-go", min_width=100)
+                            g_stop = gr.Button("Stop ⏹", variant="stop", elem_id="g-stop", min_width=80)
+                        g_caption = gr.Markdown(g0[2], label="caption", elem_id="g-caption")
+                        g_grid = pixel_image("sprites", "g-grid", g0[0])
+                        g_sheet = gr.File(g0[1], label="Sprite sheet PNG (1 px per pixel, ready for a game)",
                                           interactive=False, elem_id="g-sheet", height=80)
                 g_in = [g_cls, g_n, g_sampler, g_steps, g_guidance, g_seed, g_transparent, g_snap]
-                g_go.click(GPU(lab.generate), g_in, [g_grid, g_sheet, g_caption], api_name="generate",
-                           concurrency_id="model")
+                g_go.click(None, None, g_caption, js="() => 'Starting…'", api_visibility="private")
+                gen_event = g_go.click(GPU(lab.generate), g_in, [g_grid, g_sheet, g_caption], api_name="generate",
+                                       concurrency_id="model", **hidden)
+                g_stop.click(None, None, g_caption, js="() => 'Stopped.'", cancels=[gen_event])
 
             # 4 --------------------------------------------------------------------------------
-            with gr.Tab("4 · Remix", id="remix"):
+            with gr.Tab("Remix", id="remix"):
                 gr.Markdown("**SDEdit**: noise a sprite part of the way, then denoise it as another class. "
                             "Low strength keeps the shape; high strength keeps little but the colours.")
-                m_sprite = gr.State(None)
                 with gr.Row():
                     with gr.Column(scale=1, min_width=280):
                         m_src_cls, m_src_seed, m_new, m_upload, m_draw, m_use = source_picker(
-                            lab, "m", lab.classes[0], 1)
-                        m_src = gr.Image(label="Source", format="png", interactive=False, height=200,
-                                         elem_classes=pix, elem_id="m-src")
+                            lab, "m", lab.classes[0], lab.REMIX_SEED)
+                        caption("Source (what Remix uses)")
+                        m_src = pixel_image("source", "m-src", opening["remix_source"], height=200,
+                                            buttons=["download"])
                     with gr.Column(scale=2):
                         with gr.Row():
-                            m_cls = gr.Dropdown(lab.classes, value=lab.classes[min(2, len(lab.classes) - 1)],
-                                                label="Remix as", elem_id="m-class")
-                            m_strength = gr.Slider(0.05, 1.0, value=0.6, step=0.05, label="Strength",
+                            m_cls = gr.Dropdown(lab.classes, value=lab.remix_class(), label="Remix as", elem_id="m-class")
+                            m_strength = gr.Slider(0.05, 1.0, value=REMIX_DEFAULT_STRENGTH, step=0.05, label="Strength",
                                                    info="how far to noise it: 1 = start from pure noise",
                                                    elem_id="m-strength")
-                            m_seed = gr.Number(0, step=1, minimum=0, maximum=ix.MAX_SEED, label="Seed",
-                                               elem_id="m-seed")
+                            m_seed = seed_box(0, "Seed", "m-seed")
                         with gr.Accordion("Sampler", open=False):
                             m_sampler, m_steps, m_guidance = sampler_controls("m", T)
                             m_snap = gr.Checkbox(True, label="Snap the result to the model's palette",
                                                  visible=lab.palette is not None, elem_id="m-snap")
                         m_go = gr.Button("Remix 🪄", variant="primary", elem_id="m-go")
-                        m_result = gr.Image(label="Result", format="png", interactive=False, height=260,
-                                            elem_classes=pix, elem_id="m-result", buttons=["download", "fullscreen"])
-                        m_info = gr.Markdown(elem_id="m-info")
-                        m_traj = gr.Image(label="Trajectory", format="png", interactive=False, elem_classes=pix,
-                                          elem_id="m-traj", buttons=["download"], show_label=False)
-                m_new.click(GPU(lab.remix_sprite), [m_src_cls, m_src_seed], [m_sprite, m_src], api_name="remix_sprite",
-                            concurrency_id="model")
-                m_upload.upload(GPU(lab.remix_upload), m_upload, [m_sprite, m_src], api_name="remix_upload",
-                                concurrency_id="model")
-                m_use.click(GPU(lab.remix_draw), m_draw, [m_sprite, m_src], api_name="remix_draw", concurrency_id="model")
-                m_in = [m_sprite, m_cls, m_strength, m_sampler, m_steps, m_guidance, m_seed, m_snap]
-                m_go.click(GPU(lab.remix), m_in, [m_result, m_traj, m_info], api_name="remix", concurrency_id="model")
+                        caption("Result")
+                        m_result = pixel_image("result", "m-result", m0[0], height=260)
+                        m_info = gr.Markdown(m0[2], label="info", elem_id="m-info")
+                        m_traj = pixel_image("trajectory", "m-traj", m0[1], buttons=["download"])
+                m_new.click(GPU(lab.remix_sprite), [m_src_cls, m_src_seed], m_src, api_name="remix_sprite",
+                            concurrency_id="model", **hidden)
+                m_upload.upload(GPU(lab.remix_upload), m_upload, m_src, api_name="remix_upload",
+                                concurrency_id="model", **hidden)
+                m_use.click(GPU(lab.remix_draw), m_draw, m_src, api_name="remix_draw", concurrency_id="model", **hidden)
+                m_in = [m_src, m_cls, m_strength, m_sampler, m_steps, m_guidance, m_seed, m_snap]
+                m_go.click(GPU(lab.remix), m_in, [m_result, m_traj, m_info], api_name="remix", concurrency_id="model",
+                           **hidden)
 
             # 5 --------------------------------------------------------------------------------
-            with gr.Tab("5 · Model", id="model"):
-                m_card = gr.Markdown(elem_id="model-info")
-
-        # Every tab shows something the moment the page opens.
-        demo.load(GPU(lab.forward_sprite), [f_cls, f_seed, f_t, f_noise, f_show], src_out, api_visibility="private",
-                  concurrency_id="model")
-        demo.load(GPU(lab.reverse_reset), r_in, r_out, api_visibility="private", concurrency_id="model")
-        demo.load(GPU(lab.generate), g_in, [g_grid, g_sheet, g_caption], api_visibility="private", concurrency_id="model")
-        demo.load(GPU(lab.remix_sprite), [m_src_cls, m_src_seed], [m_sprite, m_src], api_visibility="private",
-                  concurrency_id="model").then(GPU(lab.remix), m_in, [m_result, m_traj, m_info],
-                                               api_visibility="private", concurrency_id="model")
-        demo.load(lab.model_info, None, m_card, api_name="model_info")
+            with gr.Tab("Model", id="model"):
+                gr.Markdown(opening["model"], elem_id="model-info")
+        gr.api(lab.model_info, api_name="model_info")
     # Model work shares two slots (more only splits the same CPU cores); previews get their own.
     demo.queue(default_concurrency_limit=2, max_size=64)
     return demo
@@ -588,8 +776,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: cannot load the model from {args.model!r}: {e}", file=sys.stderr)
         return 2
     print(f"DDPM Sprite Lab: model {lab.source} ({', '.join(lab.classes)}) on {lab.device}, {lab.precision}")
-    build_demo(lab).launch(server_name=args.host, server_port=args.port, **LAUNCH_KWARGS)
+    global demo
+    demo = build_demo(lab)  # module-level, where `gradio app.py` (reload mode) looks for it
+    demo.launch(server_name=args.host, server_port=args.port, **LAUNCH_KWARGS)
     return 0
+
+
+def __getattr__(name: str) -> Any:
+    """`app.demo` for importers (Spaces, `gradio app.py`): the default model's app, built on first use."""
+    if name == "demo":
+        args = parse_args([])
+        globals()["demo"] = built = build_demo(create_lab(args.model, args.device, args.precision))
+        return built
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 if __name__ == "__main__":

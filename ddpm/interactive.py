@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import re
 import tempfile
 import threading
 import time
@@ -133,6 +134,26 @@ def sprite_from_drawing(value: Any, height: int) -> np.ndarray:
     return sprite_from_image(im, height)
 
 
+def sprite_from_picture(value: Any, height: int) -> np.ndarray:
+    """A picture as the app shows it (an enlarged sprite, or any image an API caller sends) as an
+    (height, height, 3) sprite. An exact nearest-neighbour enlargement shrinks back to the same pixels."""
+    if value is None:
+        raise ValueError("no sprite: choose, upload or draw one first")
+    if isinstance(value, (str, os.PathLike)):
+        return sprite_from_upload(value, height)
+    if isinstance(value, Image.Image):
+        im = value
+    else:
+        arr = np.asarray(value)
+        if arr.ndim not in (2, 3) or arr.size == 0 or arr.dtype != np.uint8:
+            raise ValueError(f"the sprite is not an 8-bit image (shape {arr.shape}, {arr.dtype})")
+        if arr.shape[0] * arr.shape[1] > MAX_IMAGE_PIXELS:
+            raise DataError(f"the sprite is {arr.shape[1]}x{arr.shape[0]}, larger than the "
+                            f"{MAX_IMAGE_PIXELS:,} pixels allowed")
+        im = Image.fromarray(arr)
+    return sprite_from_image(im, height)
+
+
 def to_model_input(sprite: np.ndarray) -> torch.Tensor:
     """(H, W, 3) uint8 to a (1, 3, H, W) float tensor in [-1, 1], the range the model was trained on."""
     sprite = np.asarray(sprite, dtype=np.uint8)
@@ -232,7 +253,8 @@ class ScheduleChart:
         return im
 
 
-def schedule_chart(schedule: NoiseSchedule, width: int = 560, height: int = 240) -> ScheduleChart:
+def schedule_chart(schedule: NoiseSchedule, width: int = 480, height: int = 270) -> ScheduleChart:
+    """The chart with text large enough to read when a phone shows it ~360 px wide."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -248,16 +270,18 @@ def schedule_chart(schedule: NoiseSchedule, width: int = 560, height: int = 240)
     ax.plot(ts, abar, color="#1f77b4", label=r"$\bar\alpha_t$ (signal kept)")
     ax.set_xlim(0, T)
     ax.set_ylim(-0.02, 1.02)
-    ax.set_xlabel("t")
-    ax.set_ylabel(r"$\bar\alpha_t$", color="#1f77b4")
+    ax.set_xlabel("t", fontsize=13)
+    ax.set_ylabel(r"$\bar\alpha_t$", color="#1f77b4", fontsize=14)
+    ax.tick_params(labelsize=12)
     ax2 = ax.twinx()
     ax2.semilogy(ts, snr, color="#ff7f0e", label="SNR")
-    ax2.set_ylabel("SNR (log)", color="#ff7f0e")
+    ax2.set_ylabel("SNR (log)", color="#ff7f0e", fontsize=13)
+    ax2.tick_params(labelsize=12)
     lo, hi = snr[1:].min(), snr[1:].max()
     ax2.set_ylim(lo / 2, hi * 2)
     ax.grid(alpha=0.3)
     lines = ax.get_lines() + ax2.get_lines()
-    ax.legend(lines, [ln.get_label() for ln in lines], loc="upper right", fontsize=8)
+    ax.legend(lines, [ln.get_label() for ln in lines], loc="upper right", fontsize=12)
     fig.tight_layout(pad=0.4)
     fig.canvas.draw()
     image = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
@@ -320,6 +344,13 @@ class ReverseRun:
     def taken(self) -> int:
         return self.frames[-1].step if self.frames else 0
 
+    def frame_at(self, step: int | None = None) -> Frame:
+        """The newest kept frame at or before `step` steps (the newest frame when None)."""
+        if step is None:
+            return self.frames[-1]
+        kept = [f for f in self.frames if f.step <= step]
+        return kept[-1] if kept else self.frames[0]
+
     def advance(self) -> Frame:
         """Take one step; returns the newest frame (the final image once done)."""
         if self.done:
@@ -327,8 +358,10 @@ class ReverseRun:
         s = self.pending
         new = Frame(s.index + 1, s.t_prev, to_uint8(s.x_prev), None, None)
         if s.index + 1 == s.steps:
+            # At t = 0 there is no noise left to predict: the final frame keeps the last prediction
+            # (made at the previous frame's t) so its panels are not blank.
             self.done, self.pending = True, None
-            new.x0, new.eps = new.x_t, np.full_like(new.x_t, 127)  # the end: no noise left to predict
+            new.x0, new.eps = to_uint8(s.x0), noise_to_uint8(s.eps)
         else:
             self.pending = next(self.steps)
             new.x0, new.eps = to_uint8(self.pending.x0), noise_to_uint8(self.pending.eps)
@@ -363,9 +396,13 @@ def trajectory_gif(frames: Sequence[Frame], scale: int = 4, ms: int = 90, hold_m
 
 
 # --- generating and remixing ---------------------------------------------------------------------
-def generate(model: torch.nn.Module, schedule: NoiseSchedule, class_names: Sequence[str], choice: str, n: int,
-             sampler: str, steps: int, guidance: float, seed: int, precision: str = "fp32") -> list[np.ndarray]:
-    """Rows of (n, H, W, 3) uint8 sprites: one row, or one per class for ALL_CLASSES."""
+def generate_steps(model: torch.nn.Module, schedule: NoiseSchedule, class_names: Sequence[str], choice: str,
+                   n: int, sampler: str, steps: int, guidance: float, seed: int,
+                   precision: str = "fp32") -> Iterator[tuple[int, int, list[np.ndarray]]]:
+    """Generate with progress: (steps done, steps, rows) after every step, where rows are the model's
+    current predictions of the final sprites, and the last item's rows are the sprites themselves.
+
+    Rows are (n, H, W, 3) uint8: one row, or one per class for ALL_CLASSES."""
     choice = check_class(class_names, choice, (ALL_CLASSES,))
     n = check_number(n, "how many", 1, MAX_SPRITES, integer=True)
     steps = check_number(steps, "steps", 1, schedule.T, integer=True)
@@ -373,12 +410,26 @@ def generate(model: torch.nn.Module, schedule: NoiseSchedule, class_names: Seque
     seed = check_number(seed, "seed", 0, MAX_SEED, integer=True)
     names = list(class_names) if choice == ALL_CLASSES else [choice]
     context = torch.cat([context_for(class_names, name, n) for name in names])
+
+    def rows(x: torch.Tensor) -> list[np.ndarray]:
+        sprites = to_uint8(x)
+        return [sprites[i * n:(i + 1) * n] for i in range(len(names))]
+
     last = None
     for last in sample_steps(model, schedule, context, sampler=sampler, steps=steps, guidance=guidance, seed=seed,
                              precision=precision):
+        if last.index + 1 < last.steps:
+            yield last.index + 1, last.steps, rows(last.x0)
+    yield last.steps, last.steps, rows(last.x_prev)
+
+
+def generate(model: torch.nn.Module, schedule: NoiseSchedule, class_names: Sequence[str], choice: str, n: int,
+             sampler: str, steps: int, guidance: float, seed: int, precision: str = "fp32") -> list[np.ndarray]:
+    """Rows of (n, H, W, 3) uint8 sprites: one row, or one per class for ALL_CLASSES."""
+    for *_, rows in generate_steps(model, schedule, class_names, choice, n, sampler, steps, guidance, seed,
+                                   precision):
         pass
-    sprites = to_uint8(last.x_prev)
-    return [sprites[i * n:(i + 1) * n] for i in range(len(names))]
+    return rows
 
 
 def remix_start(strength: float, T: int) -> int:
@@ -439,12 +490,40 @@ def write_output(data: bytes, suffix: str, stem: str = "sprites", folder: Path =
     return str(final)
 
 
+SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def write_named(data: bytes, name: str, folder: Path = OUTPUT_DIR) -> str:
+    """Write bytes to folder/<new unique directory>/name atomically; return its path.
+
+    The file keeps exactly the name given (what a browser's download saves it as), and its own
+    directory keeps two requests for the same name apart. Anything but letters, digits, '.', '_'
+    and '-' in the name becomes '-'.
+    """
+    name = SAFE_NAME.sub("-", name).strip(".-") or "picture"
+    folder.mkdir(parents=True, exist_ok=True)
+    prune(folder, OUTPUT_MAX_AGE_S)
+    home = Path(tempfile.mkdtemp(dir=folder, prefix="out-"))
+    fd, tmp = tempfile.mkstemp(dir=home, prefix=".staging-")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, home / name)
+    return str(home / name)
+
+
 def prune(folder: Path, max_age_s: float) -> None:
+    """Remove files, and directories made by write_named, older than max_age_s."""
     cutoff = time.time() - max_age_s
     for p in folder.glob("*"):
         try:
-            if p.is_file() and p.stat().st_mtime < cutoff:
+            if p.stat().st_mtime >= cutoff:
+                continue
+            if p.is_file():
                 p.unlink()
+            elif p.is_dir() and p.name.startswith("out-"):
+                for child in p.iterdir():
+                    child.unlink()
+                p.rmdir()
         except OSError:  # another worker removed it first
             pass
 

@@ -19,8 +19,15 @@ T = 500
 REV_DEFAULTS = dict(cls="hero", n=2, seed=0, sampler="dpm++", steps=4, guidance=2.0)
 
 
-def arr(im: Image.Image) -> np.ndarray:
+def arr(im) -> np.ndarray:
+    """A picture output (a PNG path, as the app returns them) as an int16 RGB array."""
+    im = Image.open(im) if isinstance(im, (str, Path)) else im
     return np.asarray(im.convert("RGB"), dtype=np.int16)
+
+
+def generated(lab, *args):
+    """The last output of the streaming generate handler: (grid, sheet, caption)."""
+    return list(lab.generate(*args))[-1]
 
 
 def rev(lab, run, fn=None, mix=(1, 0, 0, 0, 0), **kw):
@@ -31,20 +38,20 @@ def rev(lab, run, fn=None, mix=(1, 0, 0, 0, 0), **kw):
 
 # --- forward process -------------------------------------------------------------------------------
 def test_forward_sprite_shows_a_crisp_sprite_and_its_noisy_version(lab):
-    sprite, x0_pic, xt_pic, info, chart, eps, x0p = lab.forward_sprite("hero", 0, 125, 0, False)
-    assert sprite.shape == (16, 16, 3) and sprite.dtype == np.uint8
-    assert x0_pic.size == (256, 256) and xt_pic.size == (256, 256)
+    x0_pic, xt_pic, info, chart, eps, x0p = lab.forward_sprite("hero", 0, 125, 0, False)
+    assert Path(x0_pic).name == "x0-hero-seed0.png" and Path(xt_pic).name == "x_t-hero-t125.png"
+    assert Image.open(x0_pic).size == (256, 256) and Image.open(xt_pic).size == (256, 256)
     # nearest-neighbour: every 16x16 block of the upscale is one flat colour
     blocks = arr(x0_pic).reshape(16, 16, 16, 16, 3)
     assert (blocks == blocks[:, :1, :, :1]).all()
     assert "t = 125" in info and "noise level" in info
     assert eps is None and x0p is None
-    assert chart.size[0] > 300
+    assert Image.open(chart).size[0] > 300
 
 
 def test_forward_view_t0_is_x0_and_tT_is_noise(lab):
     sprite = lab.model_sprite("food", 3)
-    x0 = arr(app.picture(sprite, app.BIG))
+    x0 = arr(lab.forward_sprite("food", 3, 0, 0, False)[0])
     at0 = arr(lab.forward_view(sprite, 0, 0, False, "food")[0])
     atT = arr(lab.forward_view(sprite, T, 0, False, "food")[0])
     assert (at0 == x0).all()
@@ -69,7 +76,7 @@ def test_forward_chart_marker_moves_with_t(lab):
 def test_forward_view_shows_the_models_predictions_on_request(lab):
     sprite = lab.model_sprite("hero", 0)
     xt, info, chart, eps, x0p = lab.forward_view(sprite, 200, 0, True, "spell")
-    assert eps.size == (256, 256) and x0p.size == (256, 256)
+    assert Image.open(eps).size == (256, 256) and Image.open(x0p).size == (256, 256)
     assert not (arr(eps) == arr(x0p)).all()
 
 
@@ -89,7 +96,8 @@ def test_forward_view_refuses_unknown_class_and_bad_seed(lab):
 
 @pytest.mark.parametrize("name", ["rgb", "gray", "transparent", "palette"])
 def test_forward_upload_accepts_any_image_mode(lab, images, name):
-    sprite, x0_pic, *rest = lab.forward_upload(str(images[name]), 100, 0, False, "hero")
+    x0_pic, *rest = lab.forward_upload(str(images[name]), 100, 0, False, "hero")
+    sprite = ix.sprite_from_picture(x0_pic, 16)  # the picture on screen shrinks back to the same sprite
     assert sprite.shape == (16, 16, 3) and sprite.dtype == np.uint8
     if name == "transparent":  # transparency lands on white, the square stays green
         assert (sprite[0, 0] == 255).all() and tuple(sprite[8, 8]) == (20, 200, 40)
@@ -115,7 +123,8 @@ def test_forward_draw(lab):
     with pytest.raises(gr.Error, match="draw something"):
         lab.forward_draw({"background": None, "layers": [], "composite": None}, 10, 0, False, "hero")
     canvas[64:192, 64:192] = (208, 70, 72, 255)
-    sprite = lab.forward_draw({"background": None, "layers": [], "composite": canvas}, 10, 0, False, "hero")[0]
+    sprite = ix.sprite_from_picture(
+        lab.forward_draw({"background": None, "layers": [], "composite": canvas}, 10, 0, False, "hero")[0], 16)
     assert tuple(sprite[8, 8]) == (208, 70, 72) and tuple(sprite[0, 0]) == (255, 255, 255)
 
 
@@ -124,7 +133,8 @@ def test_reverse_reset_shows_pure_noise(lab):
     run, xt, x0, eps, timeline, status = rev(lab, None, lab.reverse_reset)
     assert isinstance(run, ix.ReverseRun) and run.taken == 0
     assert "Step 0 / 4" in status and "t = 500" in status
-    assert xt.size == x0.size == eps.size
+    assert Image.open(xt).size == Image.open(x0).size == Image.open(eps).size
+    assert Path(xt).name == "reverse-hero-step0.png" and Path(eps).name == "reverse-hero-step0-predicted-noise.png"
 
 
 def test_reverse_step_until_done_then_scrub_back(lab):
@@ -135,14 +145,16 @@ def test_reverse_step_until_done_then_scrub_back(lab):
         assert out[0] is run  # the same session run continues
         assert f"Step {k} / 4" in out[5]
         pictures.append(arr(out[1]))
-    assert run.done and "done" in out[5]
+    assert run.done and "done" in out[5] and out[4] == 4
+    assert "last prediction" in out[5]  # the final frame's panels say what they show
+    assert arr(out[3]).std() > 1  # ... and are not flat grey
     assert not (pictures[0] == pictures[-1]).all()
     again = rev(lab, run)  # stepping a finished run says so, nothing breaks
     assert "Finished" in again[5]
     back = lab.reverse_scrub(run, 1)
     assert "Step 1 / 4" in back[5] and (arr(back[1]) == pictures[0]).all()
     assert "Step 0 / 4" in lab.reverse_scrub(run, 0)[5]
-    assert "Step 4 / 4" in lab.reverse_scrub(run, 99)[5]  # clamped to the last frame
+    assert "Step 4 / 4" in lab.reverse_scrub(run, 400)[5]  # beyond the steps taken: the last frame
 
 
 def test_reverse_run_streams_every_step_and_matches_stepping(lab):
@@ -191,9 +203,9 @@ def test_reverse_gif(lab):
     run = rev(lab, None, lab.reverse_reset)[0]
     for _ in range(4):
         rev(lab, run)
-    update = lab.reverse_gif(run)
-    assert update["visible"] is True
-    im = Image.open(update["value"])
+    path = lab.reverse_gif(run)
+    assert Path(path).name == "reverse-hero-trajectory.gif"
+    im = Image.open(path)
     assert im.format == "GIF" and im.n_frames == 5
 
 
@@ -208,27 +220,30 @@ def test_reverse_trajectory_memory_is_capped(lab):
 
 # --- generate ----------------------------------------------------------------------------------
 def test_generate_all_classes_gives_one_row_each_and_a_sheet(lab):
-    shown, sheet_path, caption = lab.generate("all classes", 3, "dpm++", 5, 2.0, 0, False)
-    sheet = Image.open(sheet_path)
+    outs = list(lab.generate("all classes", 3, "dpm++", 5, 2.0, 0, False))
+    assert len(outs) == 5 and all(o[1] is None and "step" in o[2] for o in outs[:-1])  # progress, then the sheet
+    shown, sheet_path, caption = outs[-1]
+    assert Path(sheet_path).name == "sprite-sheet-all.png"
+    sheet, shown = Image.open(sheet_path), Image.open(shown)
     assert sheet.format == "PNG" and sheet.size == (3 * 16, 5 * 16) and sheet.mode == "RGB"
     assert shown.size == ((3 * 17 + 1) * 8, (5 * 17 + 1) * 8)
     assert all(c in caption for c in CLASSES)
 
 
 def test_generate_is_deterministic_and_transparent_sheets_have_alpha(lab):
-    a = Image.open(lab.generate("food", 4, "ddim", 5, 1.0, 11, False)[1])
-    b = Image.open(lab.generate("food", 4, "ddim", 5, 1.0, 11, False)[1])
-    c = Image.open(lab.generate("food", 4, "ddim", 5, 1.0, 12, False)[1])
+    a = Image.open(generated(lab, "food", 4, "ddim", 5, 1.0, 11, False)[1])
+    b = Image.open(generated(lab, "food", 4, "ddim", 5, 1.0, 11, False)[1])
+    c = Image.open(generated(lab, "food", 4, "ddim", 5, 1.0, 12, False)[1])
     assert (arr(a) == arr(b)).all() and not (arr(a) == arr(c)).all()
-    t = Image.open(lab.generate("food", 4, "ddim", 5, 1.0, 11, True)[1])
+    t = Image.open(generated(lab, "food", 4, "ddim", 5, 1.0, 11, True)[1])
     assert t.mode == "RGBA" and t.size == (64, 16)
 
 
 def test_bf16_lab_samples_in_bf16(model_dir, lab):
     bf16 = app.create_lab(str(model_dir), "cpu", "bf16")
     assert lab.precision == "fp32" and bf16.precision == "bf16"
-    fp32_sheet = arr(Image.open(lab.generate("hero", 4, "ddim", 5, 2.0, 3, False)[1]))
-    bf16_sheet = arr(Image.open(bf16.generate("hero", 4, "ddim", 5, 2.0, 3, False)[1]))
+    fp32_sheet = arr(Image.open(generated(lab, "hero", 4, "ddim", 5, 2.0, 3, False)[1]))
+    bf16_sheet = arr(Image.open(generated(bf16, "hero", 4, "ddim", 5, 2.0, 3, False)[1]))
     assert fp32_sheet.shape == bf16_sheet.shape and not (fp32_sheet == bf16_sheet).all()
     # bf16 rounding moves some colours a little, never the picture as a whole
     assert np.abs(fp32_sheet.astype(int) - bf16_sheet.astype(int)).mean() < 8
@@ -255,39 +270,43 @@ def test_auto_precision_is_bf16_only_where_it_is_fast(model_dir, monkeypatch):
 ])
 def test_generate_refuses_bad_input(lab, args, match):
     with pytest.raises(gr.Error, match=match):
-        lab.generate(*args)
+        generated(lab, *args)
 
 
 def test_generate_and_remix_snap_to_the_models_palette(lab):
     palette = np.array([[20, 12, 28], [208, 70, 72], [222, 238, 214], [89, 125, 206]], np.uint8)
     pal_lab = app.SpriteLab(lab.model, lab.schedule, lab.device, lab.source, palette)
     allowed = {tuple(c) for c in palette}
-    snapped = np.asarray(Image.open(pal_lab.generate("hero", 3, "ddim", 5, 2.0, 0, False, True)[1]))
-    raw = np.asarray(Image.open(pal_lab.generate("hero", 3, "ddim", 5, 2.0, 0, False, False)[1]))
+    snapped = np.asarray(Image.open(generated(pal_lab, "hero", 3, "ddim", 5, 2.0, 0, False, True)[1]))
+    raw = np.asarray(Image.open(generated(pal_lab, "hero", 3, "ddim", 5, 2.0, 0, False, False)[1]))
     assert {tuple(c) for c in snapped.reshape(-1, 3)} <= allowed
     assert not {tuple(c) for c in raw.reshape(-1, 3)} <= allowed
     result = pal_lab.remix(lab.model_sprite("hero", 0), "food", 0.5, "ddim", 10, 2.0, 0, True)[0]
-    assert {tuple(c) for c in np.asarray(result).reshape(-1, 3)} <= allowed
+    assert {tuple(c) for c in arr(result).reshape(-1, 3)} <= allowed
     assert "4 colours" in pal_lab.model_info()
 
 
 # --- remix -------------------------------------------------------------------------------------
 def test_remix_low_strength_stays_closer_to_the_source(lab, images):
-    sprite = lab.remix_upload(str(images["rgb"]))[0]
+    source = lab.remix_upload(str(images["rgb"]))  # the source picture as shown: what Remix takes
+    sprite = arr(source).astype(np.uint8)
     low = arr(lab.remix(sprite, "food", 0.05, "ddim", 20, 0, 0)[0])
     high = arr(lab.remix(sprite, "food", 1.0, "ddim", 20, 0, 0)[0])
-    src = arr(app.picture(sprite, app.BIG))
+    src = arr(source)
     assert np.abs(low - src).mean() < np.abs(high - src).mean()
 
 
 def test_remix_outputs_and_sources(lab):
-    sprite, pic = lab.remix_sprite("hero", 1)
-    result, strip, info = lab.remix(sprite, "spell", 0.6, "dpm++", 20, 2.0, 0)
+    source = lab.remix_sprite("hero", 1)
+    assert Path(source).name == "sprite-hero-seed1.png"
+    result, strip, info = lab.remix(source, "spell", 0.6, "dpm++", 20, 2.0, 0)
+    assert Path(result).name == "remix-as-spell-strength0.60.png"
+    result, strip = Image.open(result), Image.open(strip)
     assert result.size == (256, 256) and "t = 300" in info and "12 steps" in info and "spell" in info
     assert strip.size[0] > 4 * strip.size[1]  # a horizontal strip of frames
     canvas = np.zeros((256, 256, 4), np.uint8)
     canvas[:128] = (89, 125, 206, 255)
-    drawn = lab.remix_draw({"background": None, "layers": [], "composite": canvas})[0]
+    drawn = ix.sprite_from_picture(lab.remix_draw({"background": None, "layers": [], "composite": canvas}), 16)
     assert tuple(drawn[0, 0]) == (89, 125, 206) and tuple(drawn[15, 15]) == (255, 255, 255)
 
 
@@ -309,13 +328,35 @@ def test_model_info(lab, model_dir):
     assert "Test card" in info and "license:" not in info and "![samples]" not in info
 
 
-def test_identical_pictures_get_distinct_bytes():
-    """The nonce that keeps gradio from writing two identical responses to the same cache file."""
-    from gradio.processing_utils import encode_pil_to_bytes
+def test_pictures_are_named_files_and_shrink_back_to_their_sprite(lab):
+    sprite = lab.model_sprite("hero", 0)
+    paths = {app.saved(sprite, "x_t-hero-t125.png", app.BIG) for _ in range(3)}
+    assert len(paths) == 3 and {Path(p).name for p in paths} == {"x_t-hero-t125.png"}  # same name, own files
+    assert (ix.sprite_from_picture(next(iter(paths)), 16) == sprite).all()
+    assert Path(ix.write_named(b"x", "../odd name?.png")).name == "odd-name-.png"
 
-    sprite = np.zeros((16, 16, 3), np.uint8)
-    a, b = (encode_pil_to_bytes(app.picture(sprite, 4), "png") for _ in range(2))
-    assert a != b and (arr(Image.open(io.BytesIO(a))) == arr(Image.open(io.BytesIO(b)))).all()
+
+def test_page_open_is_computed_once(lab):
+    assert lab.opening() is lab.opening()
+    forward = lab.opening()["forward"]
+    assert Path(forward[1]).name == "x_t-hero-t125.png" and "t = 125" in forward[2]
+    assert "row 5" in lab.opening()["generate"][2] and Path(lab.opening()["generate"][1]).is_file()
+
+
+def test_mix_weights_are_named_parameters(lab):
+    import inspect
+
+    named = app.with_mix_parameters(lab.reverse_step, lab.classes)
+    assert list(inspect.signature(named).parameters)[-5:] == [f"{c}_weight" for c in CLASSES]
+    assert "Step 1 / 4" in named(None, "hero", 2, 0, "dpm++", 4, 2.0, 1, 0, 0, 0, 0)[5]
+
+
+def test_forward_view_and_remix_take_any_picture(lab, images):
+    xt, info, *_ = lab.forward_view(str(images["rgb"]), 0, 0, False, "hero")
+    assert "t = 0" in info and Image.open(xt).size == (256, 256)
+    with pytest.raises(gr.Error, match="not an 8-bit image"):
+        lab.forward_view(np.zeros((4, 4, 3), np.float32), 10, 0, False, "hero")
+    assert "food" in lab.remix(None, "food", 0.5, "ddim", 5, 1.0, 0)[2]  # no sprite sent: the tab's opening one
 
 
 def test_main_fails_cleanly_on_missing_or_broken_checkpoints(tmp_path, capsys):
@@ -370,7 +411,7 @@ def test_parse_args_defaults(monkeypatch):
                     reason="weights/ not shipped in this checkout")
 def test_shipped_weights_load_and_generate():
     shipped = app.create_lab(str(Path(app.__file__).parent / "weights"), "cpu")
-    shown, path, caption = shipped.generate("all classes", 2, "dpm++", 10, 2.0, 0, False)
+    shown, path, caption = generated(shipped, "all classes", 2, "dpm++", 10, 2.0, 0, False)
     assert Image.open(path).size == (32, 16 * len(shipped.classes))
 
 

@@ -19,8 +19,8 @@ from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
 ENDPOINTS = {"/forward_sprite", "/forward_upload", "/forward_draw", "/forward_view", "/reverse_reset",
-             "/reverse_step", "/reverse_run", "/reverse_scrub", "/reverse_gif", "/generate", "/remix_sprite",
-             "/remix_upload", "/remix_draw", "/remix", "/model_info"}
+             "/reverse_step", "/reverse_run", "/generate", "/remix_sprite", "/remix_upload", "/remix_draw", "/remix",
+             "/model_info"}  # /reverse_scrub and /reverse_gif work on the page's session run: undocumented
 REV = ("hero", 2, 0, "dpm++", 4, 2.0, 1.0, 0.0, 0.0, 0.0, 0.0)  # class, n, seed, sampler, steps, guidance, mix
 
 
@@ -36,7 +36,7 @@ def png(path) -> np.ndarray:
 
 
 def still_serves(client):
-    x_t, info, *_ = client.predict(77, 0, False, "hero", api_name="/forward_view")
+    x_t, info, *_ = client.predict(t=77, noise_seed=0, show_model=False, cls="hero", api_name="/forward_view")
     assert "t = 77" in info and png(x_t).shape == (256, 256, 3)
 
 
@@ -44,9 +44,23 @@ def test_every_public_event_has_a_name(client):
     assert set(client.view_api(print_info=False, return_format="dict")["named_endpoints"]) == ENDPOINTS
 
 
+def test_api_fields_have_names_and_types(client):
+    api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    for name, endpoint in api.items():
+        params = [p["parameter_name"] for p in endpoint["parameters"]]
+        labels = [r["label"] for r in endpoint["returns"]]
+        assert not [f for f in params + labels if re.fullmatch(r"(param|value)_\d+", f or "")], (name, params, labels)
+        types = {p["parameter_name"]: p["python_type"]["type"] for p in endpoint["parameters"]}
+        for whole in ("seed", "t", "n", "steps", "noise_seed"):
+            assert types.get(whole, "int") == "int", (name, whole, types)
+    assert [p["parameter_name"] for p in api["/reverse_step"]["parameters"]][-5:] == [f"{c}_weight" for c in CLASSES]
+    assert [r["label"] for r in api["/reverse_step"]["returns"]][-1] == "status"
+
+
 def test_forward_endpoints(client, images, tmp_path):
     x0, x_t, info, chart, eps, x0p = client.predict("creature", 4, 250, 0, True, api_name="/forward_sprite")
     assert png(x0).shape == png(x_t).shape == png(eps).shape == (256, 256, 3) and "t = 250" in info
+    assert x_t.endswith("x_t-creature-t250.png") and "&nbsp;" not in info
     out = client.predict(handle_file(str(images["gray"])), 0, 0, False, "hero", api_name="/forward_upload")
     assert (png(out[0]) == png(out[1])).all()  # at t = 0, x_t is x0
     canvas = np.zeros((256, 256, 4), np.uint8)
@@ -55,30 +69,30 @@ def test_forward_endpoints(client, images, tmp_path):
     drawing = dict(background=None, layers=[], composite=handle_file(str(tmp_path / "drawing.png")), id=None)
     out = client.predict(drawing, 0, 0, False, "hero", api_name="/forward_draw")
     assert tuple(png(out[0])[0, 0]) == (222, 238, 214) and tuple(png(out[0])[0, 255]) == (255, 255, 255)
-    # forward_view now uses this session's drawn sprite
-    again = client.predict(0, 0, False, "hero", api_name="/forward_view")
+    # forward_view takes the sprite itself: no hidden state
+    again = client.predict(handle_file(out[0]), 0, 0, False, "hero", api_name="/forward_view")
     assert (png(again[0]) == png(out[0])).all()
 
 
 def test_reverse_endpoints(client):
     client.predict(*REV, api_name="/reverse_reset")
     xt, x0, eps, timeline, status = client.predict(*REV, api_name="/reverse_step")
-    assert "Step 1 / 4" in status and timeline["value"] == 1 and timeline["maximum"] == 1
+    assert "Step 1 / 4" in status and timeline == 1 and isinstance(timeline, int)
     job = client.submit(*REV, api_name="/reverse_run")
     streamed = list(job)
     assert len(streamed) >= 2 and "Step 4 / 4" in job.outputs()[-1][4]
     back = client.predict(2, api_name="/reverse_scrub")
     assert "Step 2 / 4" in back[4]
     gif = client.predict(api_name="/reverse_gif")
-    assert Image.open(gif["value"] if isinstance(gif, dict) else gif).format == "GIF"
+    assert Image.open(gif).format == "GIF" and gif.endswith("reverse-hero-trajectory.gif")
 
 
 def test_generate_and_remix_endpoints(client, images):
     shown, sheet, caption = client.predict("all classes", 2, "ddim", 5, 1.0, 3, True, api_name="/generate")
     assert Image.open(sheet).size == (32, 16 * len(CLASSES)) and Image.open(sheet).mode == "RGBA"
-    assert png(shown).shape[1] > 100
-    client.predict("food", 2, api_name="/remix_sprite")
-    result, strip, info = client.predict("item", 0.5, "dpm++", 10, 2.0, 0, api_name="/remix")
+    assert png(shown).shape[1] > 100 and sheet.endswith("sprite-sheet-all.png") and "row 5: item" in caption
+    source = client.predict("food", 2, api_name="/remix_sprite")
+    result, strip, info = client.predict(handle_file(source), "item", 0.5, "dpm++", 10, 2.0, 0, api_name="/remix")
     assert png(result).shape == (256, 256, 3) and "item" in info
     src = client.predict(handle_file(str(images["transparent"])), api_name="/remix_upload")
     assert tuple(png(src)[0, 0]) == (255, 255, 255)
@@ -102,16 +116,16 @@ def test_non_image_file_type_is_refused(client, tmp_path):
 
 
 @pytest.mark.parametrize("args,api_name,match", [
-    ((float("nan"), 0, False, "hero"), "/forward_view", "t must be a finite"),
-    ((10_000, 0, False, "hero"), "/forward_view", "(?i)t|range|bound"),
-    ((10, 0, True, "dragon"), "/forward_view", "dragon"),
+    ((None, float("nan"), 0, False, "hero"), "/forward_view", "t must be a finite"),
+    ((None, 10_000, 0, False, "hero"), "/forward_view", "(?i)t|range|bound"),
+    ((None, 10, 0, True, "dragon"), "/forward_view", "dragon"),
     (("hero", 2, 0, "dpm++", 0, 2.0, 1.0, 0, 0, 0, 0), "/reverse_step", "(?i)steps|bound|minimum"),
     (("hero", 2, 0, "dpm++", 4, float("nan"), 1.0, 0, 0, 0, 0), "/reverse_step", "guidance must be a finite"),
     (("mix", 2, 0, "dpm++", 4, 2.0, 0, 0, 0, 0, 0), "/reverse_run", "at least one class"),
     (("dragon", 2, "dpm++", 5, 2.0, 0, False), "/generate", "dragon"),
     (("hero", 2, "dpm++", 0, 2.0, 0, False), "/generate", "(?i)steps|bound|minimum"),
     (("hero", 2, "dpm++", 5, 2.0, float("nan"), False, True), "/generate", "seed must be a finite"),
-    (("food", float("nan"), "dpm++", 10, 2.0, 0, True), "/remix", "strength must be a finite"),
+    ((None, "food", float("nan"), "dpm++", 10, 2.0, 0, True), "/remix", "strength must be a finite"),
 ])
 def test_bad_numbers_and_classes_get_clear_errors(server, client, args, api_name, match):
     if any(isinstance(a, float) and math.isnan(a) for a in args):
@@ -136,14 +150,14 @@ def raw_call(server: str, api_name: str, args) -> tuple[str, dict]:
 
 
 def test_identical_concurrent_requests_all_succeed(server):
-    """gradio writes outputs to content-hashed paths non-atomically; identical responses must not collide."""
+    """Identical responses share one content-hashed cache file, which gradio copies into place atomically:
+    none may be served half-written."""
     clients = [Client(server, verbose=False, analytics_enabled=False) for _ in range(6)]
 
     def call(c):
-        return [c.predict(123, 5, False, "hero", api_name="/forward_view")[0] for _ in range(3)]
+        return [c.predict(None, 123, 5, False, "hero", api_name="/forward_view")[0] for _ in range(3)]
 
     with ThreadPoolExecutor(len(clients)) as pool:
         results = [p for ps in pool.map(call, clients) for p in ps]
     pictures = [png(p) for p in results]
     assert len(pictures) == 18 and all((p == pictures[0]).all() for p in pictures)
-    assert len(set(results)) == 18  # every response has its own file

@@ -101,7 +101,7 @@ def test_uploads_and_downloads_stay_in_the_temp_dir(served, tmp_path):
     upload_dir = gradio.utils.get_upload_folder()
     marker = np.random.default_rng(1).integers(0, 256, (20, 20, 3), dtype=np.uint8)
     Image.fromarray(marker).save(tmp_path / "mine.png")
-    before = {p: p.stat().st_mtime_ns for p in ix.OUTPUT_DIR.glob("*")} if ix.OUTPUT_DIR.exists() else {}
+    before = set(ix.OUTPUT_DIR.rglob("*")) if ix.OUTPUT_DIR.exists() else set()
     client = Client(url, verbose=False, analytics_enabled=False)
     client.predict(handle_file(str(tmp_path / "mine.png")), t=5, api_name="/forward_upload")
     assert len(rec.uploads) == 1 and inside(rec.uploads[0], upload_dir), (rec.uploads, upload_dir)
@@ -109,10 +109,10 @@ def test_uploads_and_downloads_stay_in_the_temp_dir(served, tmp_path):
     content = (tmp_path / "mine.png").read_bytes()
     assert Path(rec.uploads[0]).read_bytes() == content
     # the app never copies an upload anywhere: no new file in its download folder holds those bytes
-    new = [p for p in ix.OUTPUT_DIR.glob("*") if p not in before]
-    assert all(p.read_bytes() != content for p in new)
+    new = [p for p in ix.OUTPUT_DIR.rglob("*") if p not in before and p.is_file()]
+    assert new and all(p.read_bytes() != content for p in new)
     # what the app writes for download (sheets, GIFs) lives in the temporary directory too
-    sheet = rec.generate("hero", 1, "dpm++", 2, 0.0, 0, False)[1]
+    sheet = list(rec.generate("hero", 1, "dpm++", 2, 0.0, 0, False))[-1][1]
     assert inside(sheet, tempfile.gettempdir()) and inside(ix.OUTPUT_DIR, tempfile.gettempdir())
 
 
