@@ -15,6 +15,8 @@ import json
 import os
 import re
 import sys
+import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Callable
@@ -24,6 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ddpm import compare as cp
 from ddpm import interactive as ix
 from ddpm.checkpoint import CheckpointError, load_model, load_palette, load_schedule, resolve
 from ddpm.data import DataError
@@ -363,6 +366,287 @@ def source_picker(lab: SpriteLab, prefix: str, default_class: str, default_seed:
     return cls, seed, new, upload, draw, use
 
 
+# --- 6. compare: a sampler race, a guidance sweep, morphs ------------------------------------------
+RACE_OFF = "none"
+RACE_CHOICES = SAMPLERS + [("— (no column)", RACE_OFF)]
+RACE_FPS = 20  # a long race streams at most this many pictures a second; every tick is still in the GIF
+SWEEP_DEFAULT_VALUES = ", ".join(f"{g:g}" for g in cp.DEFAULT_GUIDANCES)
+MORPH_SAMPLERS = [(name, key) for name, key in SAMPLERS if key in cp.MORPH_SAMPLERS]
+MORPH_DEFAULT_FRAMES, MORPH_DEFAULT_STEPS = 16, 25
+
+
+class CompareLab:
+    """The Compare tab's handlers: what one choice changes, everything else held fixed (ddpm.compare)."""
+
+    def __init__(self, lab: SpriteLab):
+        self.lab = lab
+        self._defaults: dict | None = None
+        self._defaults_lock = threading.Lock()
+
+    @property
+    def classes(self) -> list[str]:
+        return self.lab.classes
+
+    def _common(self, class_name: Any, seed: Any, guidance: Any) -> tuple[str, int, float]:
+        return (ix.check_class(self.classes, class_name), ix.check_number(seed, "seed", 0, ix.MAX_SEED, integer=True),
+                ix.check_number(guidance, "guidance", 0, MAX_GUIDANCE))
+
+    # --- the race -------------------------------------------------------------------------------
+    def _race_for(self, race, class_name, seed, guidance, slots) -> cp.SamplerRace:
+        """The session's race, or a new one at tick 0 when there is none or a setting changed."""
+        cls, seed, guidance = self._common(class_name, seed, guidance)
+        pairs = [(s, n) for s, n in zip(slots[0::2], slots[1::2]) if s != RACE_OFF]
+        entries = cp.check_racers([(sampler_key(s), n) for s, n in pairs], self.lab.T)
+        settings = dict(cls=cls, seed=seed, guidance=guidance, entries=entries)
+        if isinstance(race, cp.SamplerRace) and race.settings == settings:
+            return race
+        lab = self.lab
+        return cp.SamplerRace(lab.model, lab.schedule, ix.context_for(self.classes, cls, 1), entries, guidance, seed,
+                              lab.precision, settings=settings)
+
+    def _race_outputs(self, race: cp.SamplerRace, note: str = ""):
+        f, s = race.frames[-1], race.settings
+        status = (f"**Tick {f.tick} / {f.ticks}** · {s['cls']}, seed {s['seed']}, guidance {s['guidance']:g} · "
+                  + ("finished ✨" if f.done else "pure noise" if f.tick == 0 else "racing…"))
+        files = None
+        if f.done:
+            rows = "\n".join(f"| {SAMPLER_NAMES[c.sampler]} | {c.steps} | {c.seconds:.2f} s | "
+                             f"{1000 * c.seconds / c.steps:.1f} ms |" for c in f.columns)
+            status += "\n\n| sampler | steps | wall time | per step |\n|---|---|---|---|\n" + rows
+            stem = f"race-{s['cls']}-seed{s['seed']}"
+            files = [ix.write_output(ix.png_bytes(cp.race_picture(f)), ".png", stem=stem),
+                     ix.write_output(cp.race_gif(race.frames), ".gif", stem=stem)]
+        if note:
+            status += f"\n\n{note}"
+        return race, picture(cp.race_picture(f)), status, files
+
+    @user_errors
+    def compare_reset(self, race, class_name, seed, guidance, sampler_1, steps_1, sampler_2, steps_2,
+                      sampler_3, steps_3, sampler_4, steps_4):
+        slots = (sampler_1, steps_1, sampler_2, steps_2, sampler_3, steps_3, sampler_4, steps_4)
+        return self._race_outputs(self._race_for(None, class_name, seed, guidance, slots))
+
+    @user_errors
+    def compare_step(self, race, class_name, seed, guidance, sampler_1, steps_1, sampler_2, steps_2,
+                     sampler_3, steps_3, sampler_4, steps_4):
+        slots = (sampler_1, steps_1, sampler_2, steps_2, sampler_3, steps_3, sampler_4, steps_4)
+        race = self._race_for(race, class_name, seed, guidance, slots)
+        with race.lock:
+            if race.done:
+                return self._race_outputs(race, "Finished: press Reset (or change a setting) to start over.")
+            race.advance()
+        return self._race_outputs(race)
+
+    @user_errors
+    def compare_samplers(self, race, class_name, seed, guidance, sampler_1, steps_1, sampler_2, steps_2,
+                         sampler_3, steps_3, sampler_4, steps_4):
+        """Race the samplers to t = 0, streaming the columns; a finished race is run again from noise."""
+        slots = (sampler_1, steps_1, sampler_2, steps_2, sampler_3, steps_3, sampler_4, steps_4)
+        race = self._race_for(race, class_name, seed, guidance, slots)
+        if race.done:
+            race = self._race_for(None, class_name, seed, guidance, slots)
+        yield self._race_outputs(race)
+        shown = time.perf_counter()
+        while not race.done:
+            with race.lock:
+                race.advance()
+            if race.done or time.perf_counter() - shown >= 1 / RACE_FPS:
+                shown = time.perf_counter()
+                yield self._race_outputs(race)
+
+    # --- the guidance sweep -----------------------------------------------------------------------
+    @user_errors
+    def guidance_sweep(self, class_name, seed, rows, guidance_values, sampler, steps):
+        """One column per guidance value, streamed as each finishes; rows are seeds seed, seed + 1, ..."""
+        cls, seed, _ = self._common(class_name, seed, 0)
+        seeds = cp.sweep_seeds(seed, rows)
+        values = cp.parse_numbers(guidance_values, "guidance values", 0, MAX_GUIDANCE, cp.MAX_SWEEP_VALUES)
+        sampler = sampler_key(sampler)
+        steps = ix.check_number(steps, "steps", 1, self.lab.T, integer=True)
+        lab, cols = self.lab, [None] * len(values)
+        what = f"{cls}, {SAMPLER_NAMES[sampler]} {steps} steps, seed{'s' if len(seeds) > 1 else ''} " + \
+               ", ".join(map(str, seeds))
+        yield picture(cp.sweep_picture(cols, values, seeds, height=lab.height)), f"Sampling guidance {values[0]:g}… · {what}", None
+        sweep = cp.guidance_sweep(lab.model, lab.schedule, ix.context_for(self.classes, cls, 1), values, seeds,
+                                  sampler, steps, lab.precision)
+        for j, sprites in sweep:
+            cols[j] = sprites
+            if j + 1 < len(values):
+                yield picture(cp.sweep_picture(cols, values, seeds)), \
+                    f"Sampling guidance {values[j + 1]:g}… ({j + 1} of {len(values)} done) · {what}", None
+        pic = cp.sweep_picture(cols, values, seeds)
+        path = ix.write_output(ix.png_bytes(pic), ".png", stem=f"guidance-sweep-{cls}-seed{seed}")
+        yield picture(pic), f"**Guidance {', '.join(f'{v:g}' for v in values)}** · {what}", [path]
+
+    # --- morphs -----------------------------------------------------------------------------------
+    @user_errors
+    def morph(self, class_a, class_b, seed_a, seed_b, frames, sampler, steps, guidance):
+        class_a, class_b = (ix.check_class(self.classes, c) for c in (class_a, class_b))
+        guidance = ix.check_number(guidance, "guidance", 0, MAX_GUIDANCE)
+        lab = self.lab
+        m = cp.morph(lab.model, lab.schedule, self.classes, class_a, class_b, seed_a, seed_b, frames, sampler, steps,
+                     guidance, lab.precision)
+        ends = f"{class_a} seed {int(seed_a)} → {class_b} seed {int(seed_b)}"
+        stem = f"morph-{class_a}-{int(seed_a)}-to-{class_b}-{int(seed_b)}"
+        strip = ix.write_output(ix.png_bytes(cp.morph_picture(m)), ".png", stem=stem)
+        gif = ix.write_output(cp.morph_gif(m), ".gif", stem=stem)
+        how = {"seeds": "the starting noise slerps from one seed's to the other's",
+               "classes": "the class weights slide from one class to the other",
+               "seeds and classes": "the noise slerps and the class weights slide together",
+               "nothing": "both ends are the same: choose another seed or class for one end"}[m.what]
+        status = (f"**{len(m.frames)} frames**, {ends}: {how} · {SAMPLER_NAMES[sampler_key(sampler)]}, "
+                  f"{int(steps)} steps, guidance {guidance:g}")
+        return strip, gif, status, [strip, gif]
+
+    # --- what the page shows on open: computed once, served from memory -------------------------
+    def defaults(self) -> dict:
+        with self._defaults_lock:
+            if self._defaults is None:
+                c = self.classes
+                race = self.compare_reset(None, c[0], 0, DEFAULT_GUIDANCE, *[v for e in cp.DEFAULT_RACE for v in e])
+                *_, sweep = self.guidance_sweep(c[0], 0, 1, SWEEP_DEFAULT_VALUES, DEFAULT_SAMPLER, DEFAULT_STEPS)
+                morph = self.morph(c[0], c[min(1, len(c) - 1)], 0, 0, MORPH_DEFAULT_FRAMES, "ddim",
+                                   MORPH_DEFAULT_STEPS, DEFAULT_GUIDANCE)
+                read = lambda p: Path(p).read_bytes()  # noqa: E731  (files are pruned after an hour: keep bytes)
+                self._defaults = dict(race=race[1:3], sweep=(sweep[0], sweep[1], read(sweep[2][0])),
+                                      morph=(read(morph[0]), read(morph[1]), morph[2]))
+            return self._defaults
+
+    def on_load(self):
+        d = self.defaults()
+        c = self.classes
+        sweep_png = ix.write_output(d["sweep"][2], ".png", stem=f"guidance-sweep-{c[0]}-seed0")
+        stem = f"morph-{c[0]}-0-to-{c[min(1, len(c) - 1)]}-0"
+        strip, gif = (ix.write_output(d["morph"][0], ".png", stem=stem), ix.write_output(d["morph"][1], ".gif", stem=stem))
+        return (picture(d["race"][0]), d["race"][1], picture(d["sweep"][0]), d["sweep"][1], [sweep_png],
+                strip, gif, d["morph"][2], [strip, gif])
+
+
+def compare_tab(lab: SpriteLab, demo: gr.Blocks) -> None:
+    """The sixth tab: three side-by-side comparisons, each a public endpoint with a Stop."""
+    T, pix, cl = lab.T, ["pixelated"], CompareLab(lab)
+    with gr.Tab("6 · Compare", id="compare"):
+        with gr.Tabs(elem_id="c-tabs"):
+            with gr.Tab("🏁 Race", id="c-race-tab"):
+                gr.Markdown("Two to four samplers from **the same starting noise**. **Step** moves every sampler to "
+                            "the same point of its schedule (the same fraction of the way from t = T to 0); **Run** "
+                            "races them to t = 0. Top: x_t now; below: the model's predicted x₀ at that x_t; under "
+                            "each column its steps, t and wall time so far.")
+                race_state = gr.State(None, time_to_live=3600)
+                with gr.Row():
+                    with gr.Column(scale=1, min_width=280):
+                        with gr.Row():
+                            c_cls = gr.Dropdown(lab.classes, value=lab.classes[0], label="Class", elem_id="c-class",
+                                                min_width=120)
+                            c_seed = gr.Number(0, precision=0, label="Seed", elem_id="c-seed", min_width=100)
+                        c_guidance = gr.Slider(0, MAX_GUIDANCE, value=DEFAULT_GUIDANCE, step=0.5,
+                                               label="Guidance (classifier-free)", elem_id="c-guidance")
+                        slots = []
+                        for k, (name, steps) in enumerate(cp.DEFAULT_RACE, 1):
+                            with gr.Row():
+                                slots.append(gr.Dropdown(RACE_CHOICES, value=name, label=f"Column {k}", scale=3,
+                                                         min_width=150, elem_id=f"c-sampler-{k}"))
+                                slots.append(gr.Number(steps, precision=0, label="Steps", scale=1, min_width=80,
+                                                       elem_id=f"c-steps-{k}"))
+                    with gr.Column(scale=2, min_width=300):
+                        with gr.Row():
+                            c_step = gr.Button("Step ▶", variant="primary", elem_id="c-step", min_width=80)
+                            c_run = gr.Button("Run ⏩", variant="primary", elem_id="c-run", min_width=80)
+                            c_stop = gr.Button("Stop ■", variant="stop", elem_id="c-stop", min_width=80)
+                            c_reset = gr.Button("Reset ↺", elem_id="c-reset", min_width=80)
+                        c_race = gr.Image(label="race", show_label=False, format="png", interactive=False,
+                                          elem_classes=pix, elem_id="c-race", buttons=[])
+                        c_status = gr.Markdown(label="status", elem_id="c-status")
+                        c_files = gr.File(label="downloads", file_count="multiple", interactive=False,
+                                          elem_id="c-race-files", height=90)
+                race_in = [race_state, c_cls, c_seed, c_guidance] + slots
+                race_out = [race_state, c_race, c_status, c_files]
+                run_ev = c_run.click(GPU(cl.compare_samplers), race_in, race_out, api_name="compare_samplers",
+                                     concurrency_id="model")
+                step_ev = c_step.click(GPU(cl.compare_step), race_in, race_out, api_visibility="private",
+                                       concurrency_id="model")
+                c_reset.click(GPU(cl.compare_reset), race_in, race_out, api_visibility="private",
+                              concurrency_id="model", cancels=[run_ev, step_ev])
+                c_stop.click(None, None, None, cancels=[run_ev, step_ev], queue=False)
+
+            with gr.Tab("🎚 Guidance", id="c-sweep-tab"):
+                gr.Markdown("One class, one seed, one row of sprites at each **classifier-free guidance** w. Every "
+                            "column starts from the same noise (and with DDPM gets the same noise at every step), so "
+                            "only w differs: low w varies more and strays from the class, high w is more typical, "
+                            "then overdone. More rows: the next seeds. Raw model colours, not snapped to the palette.")
+                with gr.Row():
+                    with gr.Column(scale=1, min_width=280):
+                        with gr.Row():
+                            s_cls = gr.Dropdown(lab.classes, value=lab.classes[0], label="Class", elem_id="s-class",
+                                                min_width=120)
+                            s_seed = gr.Number(0, precision=0, label="Seed", elem_id="s-seed", min_width=100)
+                        s_values = gr.Textbox(SWEEP_DEFAULT_VALUES, label="Guidance values",
+                                              info=f"up to {cp.MAX_SWEEP_VALUES}, from 0 to {MAX_GUIDANCE:g}",
+                                              elem_id="s-values")
+                        s_rows = gr.Slider(1, cp.MAX_SWEEP_ROWS, value=1, step=1, precision=0,
+                                           label="Rows (seeds)", elem_id="s-rows")
+                        s_sampler = gr.Dropdown(SAMPLERS, value=DEFAULT_SAMPLER, label="Sampler", elem_id="s-sampler")
+                        s_steps = gr.Number(DEFAULT_STEPS, precision=0, label="Steps", elem_id="s-steps")
+                    with gr.Column(scale=2, min_width=300):
+                        with gr.Row():
+                            s_go = gr.Button("Sweep 🎚", variant="primary", elem_id="s-go", min_width=80)
+                            s_stop = gr.Button("Stop ■", variant="stop", elem_id="s-stop", min_width=80)
+                        s_pic = gr.Image(label="sweep", show_label=False, format="png", interactive=False,
+                                         elem_classes=pix, elem_id="s-sweep", buttons=[])
+                        s_status = gr.Markdown(label="status", elem_id="s-status")
+                        s_files = gr.File(label="downloads", file_count="multiple", interactive=False,
+                                          elem_id="s-files", height=90)
+                sweep_out = [s_pic, s_status, s_files]
+                sweep_ev = s_go.click(GPU(cl.guidance_sweep), [s_cls, s_seed, s_rows, s_values, s_sampler, s_steps],
+                                      sweep_out, api_name="guidance_sweep", concurrency_id="model")
+                s_stop.click(None, None, None, cancels=[sweep_ev], queue=False)
+
+            with gr.Tab("🔀 Morph", id="c-morph-tab"):
+                gr.Markdown("From one sprite to another. **Two seeds** (same class): the starting noise travels a "
+                            "great circle (slerp) from one seed's noise to the other's. **Two classes** (same seed): "
+                            "the class weights slide from one to the other. Both differ: both at once. A "
+                            "deterministic sampler turns each noise into one sprite, so neighbouring frames stay close; "
+                            "the end frames are exactly the two ends sampled on their own.")
+                with gr.Row():
+                    with gr.Column(scale=1, min_width=280):
+                        with gr.Row():
+                            o_cls_a = gr.Dropdown(lab.classes, value=lab.classes[0], label="From class",
+                                                  elem_id="o-class-a", min_width=120)
+                            o_seed_a = gr.Number(0, precision=0, label="From seed", elem_id="o-seed-a", min_width=100)
+                        with gr.Row():
+                            o_cls_b = gr.Dropdown(lab.classes, value=lab.classes[min(1, len(lab.classes) - 1)],
+                                                  label="To class", elem_id="o-class-b", min_width=120)
+                            o_seed_b = gr.Number(0, precision=0, label="To seed", elem_id="o-seed-b", min_width=100)
+                        o_frames = gr.Slider(cp.MIN_MORPH_FRAMES, cp.MAX_MORPH_FRAMES, value=MORPH_DEFAULT_FRAMES,
+                                             step=1, precision=0, label="Frames", elem_id="o-frames")
+                        o_sampler = gr.Radio(MORPH_SAMPLERS, value="ddim", label="Sampler (deterministic)",
+                                             elem_id="o-sampler")
+                        with gr.Row():
+                            o_steps = gr.Number(MORPH_DEFAULT_STEPS, precision=0, label="Steps", elem_id="o-steps",
+                                                min_width=80)
+                            o_guidance = gr.Slider(0, MAX_GUIDANCE, value=DEFAULT_GUIDANCE, step=0.5, label="Guidance",
+                                                   elem_id="o-guidance", min_width=160)
+                    with gr.Column(scale=2, min_width=300):
+                        with gr.Row():
+                            o_go = gr.Button("Morph 🔀", variant="primary", elem_id="o-go", min_width=80)
+                            o_stop = gr.Button("Stop ■", variant="stop", elem_id="o-stop", min_width=80)
+                        with gr.Row():
+                            o_gif = gr.Image(label="morph_gif", show_label=False, interactive=False, height=256,
+                                             elem_classes=pix, elem_id="o-gif", buttons=[], min_width=200, scale=1)
+                            o_strip = gr.Image(label="morph_strip", show_label=False, format="png", interactive=False,
+                                               elem_classes=pix, elem_id="o-strip", buttons=[], min_width=280, scale=2)
+                        o_status = gr.Markdown(label="status", elem_id="o-status")
+                        o_files = gr.File(label="downloads", file_count="multiple", interactive=False,
+                                          elem_id="o-files", height=90)
+                morph_out = [o_strip, o_gif, o_status, o_files]
+                morph_ev = o_go.click(GPU(cl.morph), [o_cls_a, o_cls_b, o_seed_a, o_seed_b, o_frames, o_sampler,
+                                                      o_steps, o_guidance], morph_out, api_name="morph",
+                                      concurrency_id="model")
+                o_stop.click(None, None, None, cancels=[morph_ev], queue=False)
+    demo.load(GPU(cl.on_load), None, [c_race, c_status, s_pic, s_status, s_files] + morph_out,
+              api_visibility="private", concurrency_id="model")
+
+
 def build_demo(lab: SpriteLab) -> gr.Blocks:
     T = lab.T
     pix = ["pixelated"]
@@ -536,6 +820,8 @@ def build_demo(lab: SpriteLab) -> gr.Blocks:
             # 5 --------------------------------------------------------------------------------
             with gr.Tab("5 · Model", id="model"):
                 m_card = gr.Markdown(elem_id="model-info")
+
+            compare_tab(lab, demo)
 
         # Every tab shows something the moment the page opens.
         demo.load(GPU(lab.forward_sprite), [f_cls, f_seed, f_t, f_noise, f_show], src_out, api_visibility="private",

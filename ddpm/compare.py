@@ -73,15 +73,16 @@ def _font(size: int) -> ImageFont.ImageFont:
 
 def captioned_grid(cells: Sequence[Sequence[np.ndarray | None]], col_labels: Sequence[str] = (),
                    row_labels: Sequence[str] = (), footers: Sequence[Sequence[str]] = (),
-                   scale: int = SCALE, pad: int = 6) -> Image.Image:
-    """Rows of (H, W, 3) uint8 sprites (None: an empty grey cell) on white, enlarged crisply, with a
+                   scale: int = SCALE, pad: int = 6, empty_size: int = 16) -> Image.Image:
+    """Rows of (H, W, 3) uint8 sprites (None: an empty grey cell, empty_size pixels when all are) on white, enlarged crisply, with a
     caption above each column, a label left of each row and lines of text below each column.
 
     Captions sit outside the sprites, so nothing on the page or in a download covers a pixel.
     """
     rows = [list(r) for r in cells]
-    first = next(c for r in rows for c in r if c is not None)
-    h, w = first.shape[0] * scale, first.shape[1] * scale
+    first = next((c for r in rows for c in r if c is not None), None)
+    size = first.shape[:2] if first is not None else (empty_size, empty_size)
+    h, w = size[0] * scale, size[1] * scale
     ncols = max(len(r) for r in rows)
     font = _font(13)
     line = 16
@@ -308,11 +309,11 @@ def guidance_sweep(model: torch.nn.Module, schedule: NoiseSchedule, context: tor
 
 
 def sweep_picture(columns: Sequence[np.ndarray | None], guidances: Sequence[float], seeds: Sequence[int],
-                  scale: int = SCALE) -> Image.Image:
+                  scale: int = SCALE, height: int = 16) -> Image.Image:
     """Guidance values across, seeds down; columns not computed yet are grey."""
     rows = [[None if c is None else c[i] for c in columns] for i in range(len(seeds))]
     return captioned_grid(rows, col_labels=[f"w = {g:g}" for g in guidances],
-                          row_labels=[f"seed {s}" for s in seeds], scale=scale)
+                          row_labels=[f"seed {s}" for s in seeds], scale=scale, empty_size=height)
 
 
 # --- morphs ------------------------------------------------------------------------------------------
