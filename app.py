@@ -369,6 +369,7 @@ def source_picker(lab: SpriteLab, prefix: str, default_class: str, default_seed:
 # --- 6. compare: a sampler race, a guidance sweep, morphs ------------------------------------------
 RACE_OFF = "none"
 RACE_CHOICES = SAMPLERS + [("— (no column)", RACE_OFF)]
+RACE_LABELS = {"ddpm": "DDPM", "ddpm-beta": "DDPM β", "ddim": "DDIM", "dpm++": "DPM-Solver++"}  # short: phones
 RACE_FPS = 20  # a long race streams at most this many pictures a second; every tick is still in the GIF
 SWEEP_DEFAULT_VALUES = ", ".join(f"{g:g}" for g in cp.DEFAULT_GUIDANCES)
 MORPH_SAMPLERS = [(name, key) for name, key in SAMPLERS if key in cp.MORPH_SAMPLERS]
@@ -408,11 +409,12 @@ class CompareLab:
         f, s = race.frames[-1], race.settings
         status = (f"**Tick {f.tick} / {f.ticks}** · {s['cls']}, seed {s['seed']}, guidance {s['guidance']:g} · "
                   + ("finished ✨" if f.done else "pure noise" if f.tick == 0 else "racing…"))
+        # each column's network passes so far: one ahead of its steps until it is done (ddpm.compare._Racer)
+        rows = "\n".join(f"| {RACE_LABELS[c.sampler]} | {c.taken}/{c.steps} | {c.t} | {c.seconds:.2f} s | "
+                         f"{1000 * c.seconds / min(c.taken + 1, c.steps):.0f} ms |" for c in f.columns)
+        status += "\n\n| sampler | step | t | time | per step |\n|---|---|---|---|---|\n" + rows
         files = None
         if f.done:
-            rows = "\n".join(f"| {SAMPLER_NAMES[c.sampler]} | {c.steps} | {c.seconds:.2f} s | "
-                             f"{1000 * c.seconds / c.steps:.1f} ms |" for c in f.columns)
-            status += "\n\n| sampler | steps | wall time | per step |\n|---|---|---|---|\n" + rows
             stem = f"race-{s['cls']}-seed{s['seed']}"
             files = [ix.write_output(ix.png_bytes(cp.race_picture(f)), ".png", stem=stem),
                      ix.write_output(cp.race_gif(race.frames), ".gif", stem=stem)]
@@ -527,11 +529,11 @@ def compare_tab(lab: SpriteLab, demo: gr.Blocks) -> None:
     T, pix, cl = lab.T, ["pixelated"], CompareLab(lab)
     with gr.Tab("6 · Compare", id="compare"):
         with gr.Tabs(elem_id="c-tabs"):
-            with gr.Tab("🏁 Race", id="c-race-tab"):
+            with gr.Tab("Race", id="c-race-tab"):
                 gr.Markdown("Two to four samplers from **the same starting noise**. **Step** moves every sampler to "
                             "the same point of its schedule (the same fraction of the way from t = T to 0); **Run** "
-                            "races them to t = 0. Top: x_t now; below: the model's predicted x₀ at that x_t; under "
-                            "each column its steps, t and wall time so far.")
+                            "races them to t = 0. **Top row:** x_t now; **bottom row:** the model's predicted x₀ at that "
+                            "x_t; under each column its steps, t and wall time so far.")
                 race_state = gr.State(None, time_to_live=3600)
                 with gr.Row():
                     with gr.Column(scale=1, min_width=280):
@@ -558,7 +560,7 @@ def compare_tab(lab: SpriteLab, demo: gr.Blocks) -> None:
                                           elem_classes=pix, elem_id="c-race", buttons=[])
                         c_status = gr.Markdown(label="status", elem_id="c-status")
                         c_files = gr.File(label="downloads", file_count="multiple", interactive=False,
-                                          elem_id="c-race-files", height=90)
+                                          elem_id="c-race-files")
                 race_in = [race_state, c_cls, c_seed, c_guidance] + slots
                 race_out = [race_state, c_race, c_status, c_files]
                 run_ev = c_run.click(GPU(cl.compare_samplers), race_in, race_out, api_name="compare_samplers",
@@ -569,7 +571,7 @@ def compare_tab(lab: SpriteLab, demo: gr.Blocks) -> None:
                               concurrency_id="model", cancels=[run_ev, step_ev])
                 c_stop.click(None, None, None, cancels=[run_ev, step_ev], queue=False)
 
-            with gr.Tab("🎚 Guidance", id="c-sweep-tab"):
+            with gr.Tab("Guidance", id="c-sweep-tab"):
                 gr.Markdown("One class, one seed, one row of sprites at each **classifier-free guidance** w. Every "
                             "column starts from the same noise (and with DDPM gets the same noise at every step), so "
                             "only w differs: low w varies more and strays from the class, high w is more typical, "
@@ -595,13 +597,13 @@ def compare_tab(lab: SpriteLab, demo: gr.Blocks) -> None:
                                          elem_classes=pix, elem_id="s-sweep", buttons=[])
                         s_status = gr.Markdown(label="status", elem_id="s-status")
                         s_files = gr.File(label="downloads", file_count="multiple", interactive=False,
-                                          elem_id="s-files", height=90)
+                                          elem_id="s-files")
                 sweep_out = [s_pic, s_status, s_files]
                 sweep_ev = s_go.click(GPU(cl.guidance_sweep), [s_cls, s_seed, s_rows, s_values, s_sampler, s_steps],
                                       sweep_out, api_name="guidance_sweep", concurrency_id="model")
                 s_stop.click(None, None, None, cancels=[sweep_ev], queue=False)
 
-            with gr.Tab("🔀 Morph", id="c-morph-tab"):
+            with gr.Tab("Morph", id="c-morph-tab"):
                 gr.Markdown("From one sprite to another. **Two seeds** (same class): the starting noise travels a "
                             "great circle (slerp) from one seed's noise to the other's. **Two classes** (same seed): "
                             "the class weights slide from one to the other. Both differ: both at once. A "
@@ -637,7 +639,7 @@ def compare_tab(lab: SpriteLab, demo: gr.Blocks) -> None:
                                                elem_classes=pix, elem_id="o-strip", buttons=[], min_width=280, scale=2)
                         o_status = gr.Markdown(label="status", elem_id="o-status")
                         o_files = gr.File(label="downloads", file_count="multiple", interactive=False,
-                                          elem_id="o-files", height=90)
+                                          elem_id="o-files")
                 morph_out = [o_strip, o_gif, o_status, o_files]
                 morph_ev = o_go.click(GPU(cl.morph), [o_cls_a, o_cls_b, o_seed_a, o_seed_b, o_frames, o_sampler,
                                                       o_steps, o_guidance], morph_out, api_name="morph",

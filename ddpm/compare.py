@@ -32,6 +32,7 @@ MIN_MORPH_FRAMES, MAX_MORPH_FRAMES = 8, 32
 # interpolation: DDIM with eta 0 and DPM-Solver++ map noise to a sprite deterministically.
 MORPH_SAMPLERS = ("ddim", "dpm++")
 SCALE = 6                                # nearest-neighbour enlargement of the sprites in these pictures
+RACE_SCALE = 8                           # a race has at most four columns: room for larger sprites
 
 
 # --- interpolation ---------------------------------------------------------------------------------
@@ -84,8 +85,8 @@ def captioned_grid(cells: Sequence[Sequence[np.ndarray | None]], col_labels: Seq
     size = first.shape[:2] if first is not None else (empty_size, empty_size)
     h, w = size[0] * scale, size[1] * scale
     ncols = max(len(r) for r in rows)
-    font = _font(13)
-    line = 16
+    font = _font(15)
+    line = 19
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     text_w = lambda s: int(probe.textlength(s, font=font))  # noqa: E731
     cell_w = max([w] + [text_w(s) + 4 for s in col_labels] + [text_w(s) + 4 for f in footers for s in f])
@@ -251,17 +252,18 @@ def sampler_race(model: torch.nn.Module, schedule: NoiseSchedule, context: torch
 SAMPLER_LABELS = {"ddpm": "DDPM", "ddpm-beta": "DDPM beta", "ddim": "DDIM", "dpm++": "DPM-Solver++"}
 
 
-def race_picture(frame: RaceFrame, scale: int = SCALE) -> Image.Image:
+def race_picture(frame: RaceFrame, scale: int = RACE_SCALE) -> Image.Image:
     """Columns of x_t over predicted x0, captioned with the sampler, its steps, t and its time so far."""
     cols = frame.columns
+    # no row labels: a label column would cost a phone a fifth of the width (the page says which row is which)
     return captioned_grid([[c.x_t for c in cols], [c.x0 for c in cols]],
                           col_labels=[f"{SAMPLER_LABELS.get(c.sampler, c.sampler)} {c.steps}" for c in cols],
-                          row_labels=["x_t", "pred. x0"],
                           footers=[[f"step {c.taken}/{c.steps}", f"t = {c.t}", f"{c.seconds:.2f} s"] for c in cols],
                           scale=scale)
 
 
 def race_gif(frames: Sequence[RaceFrame], scale: int = 4) -> bytes:
+    """The race as an animated GIF, at half the picture's size: noisy frames barely compress (~40 KB a frame)."""
     return gif_bytes([race_picture(f, scale) for f in frames], ms=120, hold_ms=2500)
 
 
@@ -309,11 +311,25 @@ def guidance_sweep(model: torch.nn.Module, schedule: NoiseSchedule, context: tor
 
 
 def sweep_picture(columns: Sequence[np.ndarray | None], guidances: Sequence[float], seeds: Sequence[int],
-                  scale: int = SCALE, height: int = 16) -> Image.Image:
-    """Guidance values across, seeds down; columns not computed yet are grey."""
-    rows = [[None if c is None else c[i] for c in columns] for i in range(len(seeds))]
-    return captioned_grid(rows, col_labels=[f"w = {g:g}" for g in guidances],
-                          row_labels=[f"seed {s}" for s in seeds], scale=scale, empty_size=height)
+                  scale: int = SCALE, height: int = 16, per_row: int = 4) -> Image.Image:
+    """Guidance values across (per_row at a time, so a phone can show them large), seeds down;
+    columns not computed yet are grey."""
+    blocks = []
+    for k in range(0, len(guidances), per_row):
+        rows = [[None if c is None else c[i] for c in columns[k:k + per_row]] for i in range(len(seeds))]
+        blocks.append(captioned_grid(rows, col_labels=[f"w = {g:g}" for g in guidances[k:k + per_row]],
+                                     row_labels=[f"seed {s}" for s in seeds], scale=scale, empty_size=height))
+    return stack(blocks)
+
+
+def stack(images: Sequence[Image.Image]) -> Image.Image:
+    """Pictures one below the other on white, left-aligned."""
+    out = Image.new("RGB", (max(im.width for im in images), sum(im.height for im in images)), (255, 255, 255))
+    y = 0
+    for im in images:
+        out.paste(im, (0, y))
+        y += im.height
+    return out
 
 
 # --- morphs ------------------------------------------------------------------------------------------
@@ -366,14 +382,8 @@ def morph(model: torch.nn.Module, schedule: NoiseSchedule, class_names: Sequence
 def morph_picture(m: Morph, per_row: int = 8, scale: int = SCALE) -> Image.Image:
     """The frames in rows of per_row, each captioned with how far along it is (0 = the first end)."""
     labels = [f"{f:.2f}" for f in m.fractions]
-    rows = [captioned_grid([list(m.frames[i:i + per_row])], col_labels=labels[i:i + per_row], scale=scale)
-            for i in range(0, len(m.frames), per_row)]
-    out = Image.new("RGB", (max(r.width for r in rows), sum(r.height for r in rows)), (255, 255, 255))
-    y = 0
-    for r in rows:
-        out.paste(r, (0, y))
-        y += r.height
-    return out
+    return stack([captioned_grid([list(m.frames[i:i + per_row])], col_labels=labels[i:i + per_row], scale=scale)
+                  for i in range(0, len(m.frames), per_row)])
 
 
 def morph_gif(m: Morph, scale: int = 16, ms: int = 110) -> bytes:

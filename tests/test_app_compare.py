@@ -47,8 +47,8 @@ def test_compare_samplers_streams_a_race_to_t0(client):
     assert len(streamed) >= 2
     picture, status, files = job.outputs()[-1]
     assert "Tick 6 / 6" in status and "finished" in status
-    for label in ("DDPM (ancestral)", "DDIM", "DPM-Solver++ (2M)"):
-        assert f"| {label} |" in status
+    for label, steps in (("DDPM", 6), ("DDIM", 3), ("DPM-Solver++", 2)):
+        assert f"| {label} | {steps}/{steps} | 0 |" in status
     assert sorted(Path(f).suffix for f in files) == [".gif", ".png"]
     assert all(Path(f).name.startswith("race-hero-seed3-") for f in files)
     gif = Image.open([f for f in files if f.endswith(".gif")][0])
