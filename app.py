@@ -48,6 +48,7 @@ CSS = """
 .pixelated img, .pixelated canvas { image-rendering: pixelated; image-rendering: crisp-edges; object-fit: contain; }
 .info-line { font-size: 0.95em; }
 footer { display: none !important; }
+#c-status td, #c-status th { white-space: nowrap; padding: 4px 8px; }
 """
 THEME = gr.themes.Soft(primary_hue="violet", secondary_hue="amber")
 # Gradio keeps ~200 KB of bookkeeping per session (plus our gr.State) for its 10,000 most recent sessions by

@@ -318,7 +318,8 @@ def sweep_picture(columns: Sequence[np.ndarray | None], guidances: Sequence[floa
     for k in range(0, len(guidances), per_row):
         rows = [[None if c is None else c[i] for c in columns[k:k + per_row]] for i in range(len(seeds))]
         blocks.append(captioned_grid(rows, col_labels=[f"w = {g:g}" for g in guidances[k:k + per_row]],
-                                     row_labels=[f"seed {s}" for s in seeds], scale=scale, empty_size=height))
+                                     row_labels=[f"seed {s}" for s in seeds] if len(seeds) > 1 else [],
+                                     scale=scale, empty_size=height))
     return stack(blocks)
 
 
