@@ -423,16 +423,14 @@ class CompareLab:
             status += f"\n\n{note}"
         return race, picture(cp.race_picture(f)), status, files
 
+    # Reset and Step are the page's (private endpoints): their slots stay positional. compare_samplers is
+    # public, so every parameter is named: Gradio takes the API's parameter names from the signature.
     @user_errors
-    def compare_reset(self, race, class_name, seed, guidance, sampler_1, steps_1, sampler_2, steps_2,
-                      sampler_3, steps_3, sampler_4, steps_4):
-        slots = (sampler_1, steps_1, sampler_2, steps_2, sampler_3, steps_3, sampler_4, steps_4)
+    def compare_reset(self, race, class_name, seed, guidance, *slots):
         return self._race_outputs(self._race_for(None, class_name, seed, guidance, slots))
 
     @user_errors
-    def compare_step(self, race, class_name, seed, guidance, sampler_1, steps_1, sampler_2, steps_2,
-                     sampler_3, steps_3, sampler_4, steps_4):
-        slots = (sampler_1, steps_1, sampler_2, steps_2, sampler_3, steps_3, sampler_4, steps_4)
+    def compare_step(self, race, class_name, seed, guidance, *slots):
         race = self._race_for(race, class_name, seed, guidance, slots)
         with race.lock:
             if race.done:

@@ -8,24 +8,15 @@ import pytest
 from PIL import Image
 
 from app_helpers import app_single_thread, lab, model_dir, server  # noqa: F401  (fixtures)
+from test_app_server import client, png  # noqa: F401  (a fixture and a helper)
 
 gradio_client = pytest.importorskip("gradio_client")
-from gradio_client import Client  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
 RACE = dict(class_name="hero", seed=3, guidance=1.5, sampler_1="ddpm", steps_1=6, sampler_2="ddim", steps_2=3,
             sampler_3="dpm++", steps_3=2, sampler_4="none", steps_4=10)
 SWEEP = dict(class_name="food", seed=2, rows=2, guidance_values="0, 2, 5", sampler="ddpm", steps=4)
 MORPH = dict(class_a="hero", class_b="spell", seed_a=0, seed_b=1, frames=8, sampler="ddim", steps=4, guidance=2.0)
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    return Client(server, verbose=False, analytics_enabled=False)
-
-
-def rgb(path) -> np.ndarray:
-    return np.asarray(Image.open(path).convert("RGB"), dtype=np.int16)
 
 
 def test_compare_endpoints_have_named_integer_parameters(client):
@@ -55,7 +46,7 @@ def test_compare_samplers_streams_a_race_to_t0(client):
     assert gif.n_frames == 7  # tick 0 to tick 6
     # the same call gives the same sprites (the captions below them carry the measured wall times)
     again = client.predict(**RACE, api_name="/compare_samplers")[0]
-    a, b = rgb(picture), rgb(again)
+    a, b = png(picture), png(again)
     assert a.shape == b.shape and np.array_equal(a[:-60], b[:-60])
 
 
@@ -63,9 +54,9 @@ def test_guidance_sweep_is_deterministic_and_named(client):
     picture, status, files = client.predict(**SWEEP, api_name="/guidance_sweep")
     assert "Guidance 0, 2, 5" in status and "seeds 2, 3" in status
     assert Path(files[0]).name.startswith("guidance-sweep-food-seed2-")
-    assert np.array_equal(rgb(picture), rgb(files[0]))  # the download is the picture as shown
+    assert np.array_equal(png(picture), png(files[0]))  # the download is the picture as shown
     again = client.predict(**SWEEP, api_name="/guidance_sweep")[0]
-    assert np.array_equal(rgb(picture), rgb(again)) and rgb(picture).shape[1] > 3 * 16 * 6
+    assert np.array_equal(png(picture), png(again)) and png(picture).shape[1] > 3 * 16 * 6
 
 
 def test_morph_gives_a_strip_and_an_animated_gif(client):
@@ -75,7 +66,7 @@ def test_morph_gives_a_strip_and_an_animated_gif(client):
     assert anim.format == "GIF" and anim.n_frames == 14
     assert Path(strip).name.startswith("morph-hero-0-to-spell-1-") and len(files) == 2
     again = client.predict(**MORPH, api_name="/morph")
-    assert np.array_equal(rgb(strip), rgb(again[0])) and Path(again[1]).read_bytes() == Path(gif).read_bytes()
+    assert np.array_equal(png(strip), png(again[0])) and Path(again[1]).read_bytes() == Path(gif).read_bytes()
 
 
 @pytest.mark.parametrize("api_name,kwargs,match", [
