@@ -523,6 +523,19 @@ class CompareLab:
                 strip, gif, d["morph"][2], [strip, gif])
 
 
+def class_and_seed(lab: SpriteLab, elem: str, default_class: str, class_label: str = "Class",
+                   seed_label: str = "Seed") -> tuple[gr.Dropdown, gr.Number]:
+    """A class and a seed side by side (they stay side by side on a phone)."""
+    with gr.Row():
+        cls = gr.Dropdown(lab.classes, value=default_class, label=class_label, elem_id=f"{elem}-class", min_width=120)
+        seed = gr.Number(0, precision=0, label=seed_label, elem_id=f"{elem}-seed", min_width=100)
+    return cls, seed
+
+
+def downloads(elem_id: str) -> gr.File:
+    return gr.File(label="downloads", file_count="multiple", interactive=False, elem_id=elem_id)
+
+
 def compare_tab(lab: SpriteLab, demo: gr.Blocks) -> None:
     """The sixth tab: three side-by-side comparisons, each a public endpoint with a Stop."""
     T, pix, cl = lab.T, ["pixelated"], CompareLab(lab)
@@ -536,10 +549,7 @@ def compare_tab(lab: SpriteLab, demo: gr.Blocks) -> None:
                 race_state = gr.State(None, time_to_live=3600)
                 with gr.Row():
                     with gr.Column(scale=1, min_width=280):
-                        with gr.Row():
-                            c_cls = gr.Dropdown(lab.classes, value=lab.classes[0], label="Class", elem_id="c-class",
-                                                min_width=120)
-                            c_seed = gr.Number(0, precision=0, label="Seed", elem_id="c-seed", min_width=100)
+                        c_cls, c_seed = class_and_seed(lab, "c", lab.classes[0])
                         c_guidance = gr.Slider(0, MAX_GUIDANCE, value=DEFAULT_GUIDANCE, step=0.5,
                                                label="Guidance (classifier-free)", elem_id="c-guidance")
                         slots = []
@@ -558,8 +568,7 @@ def compare_tab(lab: SpriteLab, demo: gr.Blocks) -> None:
                         c_race = gr.Image(label="race", show_label=False, format="png", interactive=False,
                                           elem_classes=pix, elem_id="c-race", buttons=[])
                         c_status = gr.Markdown(label="status", elem_id="c-status")
-                        c_files = gr.File(label="downloads", file_count="multiple", interactive=False,
-                                          elem_id="c-race-files")
+                        c_files = downloads("c-race-files")
                 race_in = [race_state, c_cls, c_seed, c_guidance] + slots
                 race_out = [race_state, c_race, c_status, c_files]
                 run_ev = c_run.click(GPU(cl.compare_samplers), race_in, race_out, api_name="compare_samplers",
@@ -577,10 +586,7 @@ def compare_tab(lab: SpriteLab, demo: gr.Blocks) -> None:
                             "then overdone. More rows: the next seeds. Raw model colours, not snapped to the palette.")
                 with gr.Row():
                     with gr.Column(scale=1, min_width=280):
-                        with gr.Row():
-                            s_cls = gr.Dropdown(lab.classes, value=lab.classes[0], label="Class", elem_id="s-class",
-                                                min_width=120)
-                            s_seed = gr.Number(0, precision=0, label="Seed", elem_id="s-seed", min_width=100)
+                        s_cls, s_seed = class_and_seed(lab, "s", lab.classes[0])
                         s_values = gr.Textbox(SWEEP_DEFAULT_VALUES, label="Guidance values",
                                               info=f"up to {cp.MAX_SWEEP_VALUES}, from 0 to {MAX_GUIDANCE:g}",
                                               elem_id="s-values")
@@ -595,8 +601,7 @@ def compare_tab(lab: SpriteLab, demo: gr.Blocks) -> None:
                         s_pic = gr.Image(label="sweep", show_label=False, format="png", interactive=False,
                                          elem_classes=pix, elem_id="s-sweep", buttons=[])
                         s_status = gr.Markdown(label="status", elem_id="s-status")
-                        s_files = gr.File(label="downloads", file_count="multiple", interactive=False,
-                                          elem_id="s-files")
+                        s_files = downloads("s-files")
                 sweep_out = [s_pic, s_status, s_files]
                 sweep_ev = s_go.click(GPU(cl.guidance_sweep), [s_cls, s_seed, s_rows, s_values, s_sampler, s_steps],
                                       sweep_out, api_name="guidance_sweep", concurrency_id="model")
@@ -610,14 +615,9 @@ def compare_tab(lab: SpriteLab, demo: gr.Blocks) -> None:
                             "the end frames are exactly the two ends sampled on their own.")
                 with gr.Row():
                     with gr.Column(scale=1, min_width=280):
-                        with gr.Row():
-                            o_cls_a = gr.Dropdown(lab.classes, value=lab.classes[0], label="From class",
-                                                  elem_id="o-class-a", min_width=120)
-                            o_seed_a = gr.Number(0, precision=0, label="From seed", elem_id="o-seed-a", min_width=100)
-                        with gr.Row():
-                            o_cls_b = gr.Dropdown(lab.classes, value=lab.classes[min(1, len(lab.classes) - 1)],
-                                                  label="To class", elem_id="o-class-b", min_width=120)
-                            o_seed_b = gr.Number(0, precision=0, label="To seed", elem_id="o-seed-b", min_width=100)
+                        o_cls_a, o_seed_a = class_and_seed(lab, "o-a", lab.classes[0], "From class", "From seed")
+                        o_cls_b, o_seed_b = class_and_seed(lab, "o-b", lab.classes[min(1, len(lab.classes) - 1)],
+                                                           "To class", "To seed")
                         o_frames = gr.Slider(cp.MIN_MORPH_FRAMES, cp.MAX_MORPH_FRAMES, value=MORPH_DEFAULT_FRAMES,
                                              step=1, precision=0, label="Frames", elem_id="o-frames")
                         o_sampler = gr.Radio(MORPH_SAMPLERS, value="ddim", label="Sampler (deterministic)",
@@ -637,8 +637,7 @@ def compare_tab(lab: SpriteLab, demo: gr.Blocks) -> None:
                             o_strip = gr.Image(label="morph_strip", show_label=False, format="png", interactive=False,
                                                elem_classes=pix, elem_id="o-strip", buttons=[], min_width=280, scale=2)
                         o_status = gr.Markdown(label="status", elem_id="o-status")
-                        o_files = gr.File(label="downloads", file_count="multiple", interactive=False,
-                                          elem_id="o-files")
+                        o_files = downloads("o-files")
                 morph_out = [o_strip, o_gif, o_status, o_files]
                 morph_ev = o_go.click(GPU(cl.morph), [o_cls_a, o_cls_b, o_seed_a, o_seed_b, o_frames, o_sampler,
                                                       o_steps, o_guidance], morph_out, api_name="morph",

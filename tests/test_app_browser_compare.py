@@ -81,7 +81,7 @@ def test_sweep_and_morph(browser, server):
     shot(pg, "6-compare-sweep")
     pg.get_by_role("tab", name="Morph").click()
     old = src(pg, "o-strip")
-    pg.locator("#o-seed-b input").fill("1")
+    pg.locator("#o-b-seed input").fill("1")
     pg.locator("#o-go").click()
     wait_text(pg, "o-status", "slide together")
     wait_new_src(pg, "o-strip", old)
