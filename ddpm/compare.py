@@ -380,8 +380,10 @@ def morph(model: torch.nn.Module, schedule: NoiseSchedule, class_names: Sequence
     return Morph(to_uint8(last.x_prev), fr, " and ".join(what) or "nothing")
 
 
-def morph_picture(m: Morph, per_row: int = 8, scale: int = SCALE) -> Image.Image:
-    """The frames in rows of per_row, each captioned with how far along it is (0 = the first end)."""
+def morph_picture(m: Morph, per_row: int | None = None, scale: int = SCALE) -> Image.Image:
+    """The frames in rows of per_row (4 up to 16 frames, so a phone shows them large; else 8), each
+    captioned with how far along it is (0 = the first end)."""
+    per_row = per_row or (4 if len(m.frames) <= 16 else 8)
     labels = [f"{f:.2f}" for f in m.fractions]
     return stack([captioned_grid([list(m.frames[i:i + per_row])], col_labels=labels[i:i + per_row], scale=scale)
                   for i in range(0, len(m.frames), per_row)])
