@@ -395,7 +395,7 @@ class CompareLab:
 
     # --- the race -------------------------------------------------------------------------------
     def _race_for(self, race, class_name, seed, guidance, slots) -> cp.SamplerRace:
-        """The session's race, or a new one at tick 0 when there is none or a setting changed."""
+        """This visitor's race, or a new one at tick 0 when there is none or a setting changed."""
         cls, seed, guidance = self._common(class_name, seed, guidance)
         pairs = [(s, n) for s, n in zip(slots[0::2], slots[1::2]) if s != RACE_OFF]
         entries = cp.check_racers([(sampler_key(s), n) for s, n in pairs], self.lab.T)

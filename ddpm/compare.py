@@ -200,7 +200,7 @@ class SamplerRace:
     further than k/K of the way from T to 0 (their time grids are evenly spaced, so steps and t
     agree), so the sampler with the most steps moves on every tick and the others when their
     next step is due. Frames (at most MAX_FRAMES, thinned from the middle) are kept for the GIF.
-    The lock keeps a Step click from racing a Run on the same session's race.
+    The lock keeps a Step click from racing a Run on the same visitor's race.
     """
 
     def __init__(self, model: torch.nn.Module, schedule: NoiseSchedule, context: torch.Tensor,
