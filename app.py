@@ -17,6 +17,7 @@ import os
 import re
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ddpm import compare as cp
 from ddpm import interactive as ix
 from ddpm.checkpoint import CheckpointError, load_model, load_palette, load_schedule, resolve
 from ddpm.data import DataError
@@ -61,6 +63,7 @@ CSS = """
   /* all five tabs fit in one row: Gradio moves tabs that do not fit behind a "..." menu */
   .tab-container button { padding: 0 7px !important; font-size: 14px !important; }
 }
+#c-status td, #c-status th { white-space: nowrap; padding: 4px 8px; }
 """
 # Number boxes commit on Enter or when they lose focus, not on every keystroke: while "9999" or "12.7" is
 # being typed, no half-typed value is sent (and refused) on the way. Sliders' number boxes included.
@@ -547,6 +550,272 @@ def source_picker(lab: SpriteLab, prefix: str, default_class: str, default_seed:
     return cls, seed, new, upload, draw, use
 
 
+# --- 6. compare: a sampler race, a guidance sweep, morphs ------------------------------------------
+RACE_OFF = "none"
+RACE_CHOICES = SAMPLERS + [("— (no column)", RACE_OFF)]
+RACE_LABELS = {"ddpm": "DDPM", "ddpm-beta": "DDPM β", "ddim": "DDIM", "dpm++": "DPM-Solver++"}  # short: phones
+RACE_FPS = 20  # a long race streams at most this many pictures a second; every tick is still in the GIF
+SWEEP_DEFAULT_VALUES = ", ".join(f"{g:g}" for g in cp.DEFAULT_GUIDANCES)
+MORPH_SAMPLERS = [(name, key) for name, key in SAMPLERS if key in cp.MORPH_SAMPLERS]
+MORPH_DEFAULT_FRAMES, MORPH_DEFAULT_STEPS = 16, 25
+
+
+class CompareLab:
+    """The Compare tab's handlers: what one choice changes, everything else held fixed (ddpm.compare)."""
+
+    def __init__(self, lab: SpriteLab):
+        self.lab = lab
+
+    @property
+    def classes(self) -> list[str]:
+        return self.lab.classes
+
+    def _common(self, class_name: Any, seed: Any, guidance: Any) -> tuple[str, int, float]:
+        return (ix.check_class(self.classes, class_name), ix.check_number(seed, "seed", 0, ix.MAX_SEED, integer=True),
+                ix.check_number(guidance, "guidance", 0, MAX_GUIDANCE))
+
+    # --- the race -------------------------------------------------------------------------------
+    def _race_for(self, race, class_name, seed, guidance, slots) -> cp.SamplerRace:
+        """This visitor's race, or a new one at tick 0 when there is none or a setting changed."""
+        cls, seed, guidance = self._common(class_name, seed, guidance)
+        pairs = [(s, n) for s, n in zip(slots[0::2], slots[1::2]) if s != RACE_OFF]
+        entries = cp.check_racers([(sampler_key(s), n) for s, n in pairs], self.lab.T)
+        settings = dict(cls=cls, seed=seed, guidance=guidance, entries=entries)
+        if isinstance(race, cp.SamplerRace) and race.settings == settings:
+            return race
+        lab = self.lab
+        return cp.SamplerRace(lab.model, lab.schedule, ix.context_for(self.classes, cls, 1), entries, guidance, seed,
+                              lab.precision, settings=settings)
+
+    def _race_outputs(self, race: cp.SamplerRace, note: str = ""):
+        f, s = race.frames[-1], race.settings
+        status = (f"**Tick {f.tick} / {f.ticks}** · {s['cls']}, seed {s['seed']}, guidance {s['guidance']:g} · "
+                  + ("finished ✨" if f.done else "pure noise" if f.tick == 0 else "racing…"))
+        # each column's network passes so far: one ahead of its steps until it is done (ddpm.compare._Racer)
+        rows = "\n".join(f"| {RACE_LABELS[c.sampler]} | {c.taken}/{c.steps} | {c.t} | {c.seconds:.2f} s | "
+                         f"{1000 * c.seconds / min(c.taken + 1, c.steps):.0f} ms |" for c in f.columns)
+        status += "\n\n| sampler | step | t | time | per step |\n|---|---|---|---|---|\n" + rows
+        files, stem = None, f"race-{s['cls']}-seed{s['seed']}"
+        if f.done:
+            files = [ix.write_named(ix.png_bytes(cp.race_picture(f)), f"{stem}.png"),
+                     ix.write_named(cp.race_gif(race.frames), f"{stem}.gif")]
+        if note:
+            status += f"\n\n{note}"
+        return race, saved(cp.race_picture(f), f"{stem}-tick{f.tick}.png"), status, files
+
+    # Reset and Step are the page's (private endpoints): their slots stay positional. compare_samplers is
+    # public, so every parameter is named: Gradio takes the API's parameter names from the signature.
+    @user_errors
+    def compare_reset(self, race, class_name, seed, guidance, *slots):
+        return self._race_outputs(self._race_for(None, class_name, seed, guidance, slots))
+
+    @user_errors
+    def compare_step(self, race, class_name, seed, guidance, *slots):
+        race = self._race_for(race, class_name, seed, guidance, slots)
+        with race.lock:
+            if race.done:
+                return self._race_outputs(race, "Finished: press Reset (or change a setting) to start over.")
+            race.advance()
+        return self._race_outputs(race)
+
+    @user_errors
+    def compare_samplers(self, race, class_name, seed, guidance, sampler_1, steps_1, sampler_2, steps_2,
+                         sampler_3, steps_3, sampler_4, steps_4):
+        """Race the samplers to t = 0, streaming the columns; a finished race is run again from noise."""
+        slots = (sampler_1, steps_1, sampler_2, steps_2, sampler_3, steps_3, sampler_4, steps_4)
+        race = self._race_for(race, class_name, seed, guidance, slots)
+        if race.done:
+            race = self._race_for(None, class_name, seed, guidance, slots)
+        yield self._race_outputs(race)
+        shown = time.perf_counter()
+        while not race.done:
+            with race.lock:
+                race.advance()
+            if race.done or time.perf_counter() - shown >= 1 / RACE_FPS:
+                shown = time.perf_counter()
+                yield self._race_outputs(race)
+
+    # --- the guidance sweep -----------------------------------------------------------------------
+    @user_errors
+    def guidance_sweep(self, class_name, seed, rows, guidance_values, sampler, steps):
+        """One column per guidance value, streamed as each finishes; rows are seeds seed, seed + 1, ..."""
+        cls, seed, _ = self._common(class_name, seed, 0)
+        seeds = cp.sweep_seeds(seed, rows)
+        values = cp.parse_numbers(guidance_values, "guidance values", 0, MAX_GUIDANCE, cp.MAX_SWEEP_VALUES)
+        sampler = sampler_key(sampler)
+        steps = ix.check_number(steps, "steps", 1, self.lab.T, integer=True)
+        lab, cols = self.lab, [None] * len(values)
+        what = f"{cls}, {SAMPLER_NAMES[sampler]} {steps} steps, seed{'s' if len(seeds) > 1 else ''} " + \
+               ", ".join(map(str, seeds))
+        name = f"guidance-sweep-{cls}-seed{seed}.png"
+        yield saved(cp.sweep_picture(cols, values, seeds, height=lab.height), name), \
+            f"Sampling guidance {values[0]:g}… · {what}", None
+        sweep = cp.guidance_sweep(lab.model, lab.schedule, ix.context_for(self.classes, cls, 1), values, seeds,
+                                  sampler, steps, lab.precision)
+        for j, sprites in sweep:
+            cols[j] = sprites
+            if j + 1 < len(values):
+                yield saved(cp.sweep_picture(cols, values, seeds), name), \
+                    f"Sampling guidance {values[j + 1]:g}… ({j + 1} of {len(values)} done) · {what}", None
+        pic = cp.sweep_picture(cols, values, seeds)
+        path = saved(pic, name)
+        yield path, f"**Guidance {', '.join(f'{v:g}' for v in values)}** · {what}", [path]
+
+    # --- morphs -----------------------------------------------------------------------------------
+    @user_errors
+    def morph(self, class_a, class_b, seed_a, seed_b, frames, sampler, steps, guidance):
+        class_a, class_b = (ix.check_class(self.classes, c) for c in (class_a, class_b))
+        guidance = ix.check_number(guidance, "guidance", 0, MAX_GUIDANCE)
+        lab = self.lab
+        m = cp.morph(lab.model, lab.schedule, self.classes, class_a, class_b, seed_a, seed_b, frames, sampler, steps,
+                     guidance, lab.precision)
+        ends = f"{class_a} seed {int(seed_a)} → {class_b} seed {int(seed_b)}"
+        stem = f"morph-{class_a}-{int(seed_a)}-to-{class_b}-{int(seed_b)}"
+        strip = saved(cp.morph_picture(m), f"{stem}.png")
+        gif = ix.write_named(cp.morph_gif(m), f"{stem}.gif")
+        how = {"seeds": "the starting noise slerps from one seed's to the other's",
+               "classes": "the class weights slide from one class to the other",
+               "seeds and classes": "the noise slerps and the class weights slide together",
+               "nothing": "both ends are the same: choose another seed or class for one end"}[m.what]
+        status = (f"**{len(m.frames)} frames**, {ends}: {how} · {SAMPLER_NAMES[sampler_key(sampler)]}, "
+                  f"{int(steps)} steps, guidance {guidance:g}")
+        return strip, gif, status, [strip, gif]
+
+    # --- what the page shows on open: computed once, served from memory -------------------------
+    def opening(self) -> dict[str, tuple]:
+        """The three views' opening outputs: the start values of the tab, so a page open costs nothing."""
+        c = self.classes
+        return dict(race=self.compare_reset(None, c[0], 0, DEFAULT_GUIDANCE, *[v for e in cp.DEFAULT_RACE for v in e])[1:],
+                    sweep=list(self.guidance_sweep(c[0], 0, 1, SWEEP_DEFAULT_VALUES, DEFAULT_SAMPLER, DEFAULT_STEPS))[-1],
+                    morph=self.morph(c[0], c[min(1, len(c) - 1)], 0, 0, MORPH_DEFAULT_FRAMES, "ddim",
+                                     MORPH_DEFAULT_STEPS, DEFAULT_GUIDANCE))
+
+
+def class_and_seed(lab: SpriteLab, elem: str, default_class: str, class_label: str = "Class",
+                   seed_label: str = "Seed") -> tuple[gr.Dropdown, gr.Number]:
+    """A class and a seed side by side (they stay side by side on a phone)."""
+    with gr.Row():
+        cls = gr.Dropdown(lab.classes, value=default_class, label=class_label, elem_id=f"{elem}-class", min_width=120)
+        seed = gr.Number(0, precision=0, label=seed_label, elem_id=f"{elem}-seed", min_width=100)
+    return cls, seed
+
+
+def downloads(elem_id: str, files: list[str] | None = None) -> gr.File:
+    return gr.File(files, label="downloads", file_count="multiple", interactive=False, elem_id=elem_id)
+
+
+def compare_tab(lab: SpriteLab, demo: gr.Blocks) -> None:
+    """The sixth tab: three side-by-side comparisons, each a public endpoint with a Stop."""
+    T, pix, cl = lab.T, ["pixelated"], CompareLab(lab)
+    opening = cl.opening()
+    (race0, race_status0, race_files0), sweep0, morph0 = opening["race"], opening["sweep"], opening["morph"]
+    hidden = dict(show_progress="hidden")  # errors keep the pictures, as on the other tabs
+    with gr.Tab("Compare", id="compare"):
+        with gr.Tabs(elem_id="c-tabs"):
+            with gr.Tab("Race", id="c-race-tab"):
+                gr.Markdown("Two to four samplers from **the same starting noise**. **Step** moves every sampler to "
+                            "the same point of its schedule (the same fraction of the way from t = T to 0); **Run** "
+                            "races them to t = 0. **Top row:** x_t now; **bottom row:** the model's predicted x₀ at that "
+                            "x_t; under each column its steps, t and wall time so far.")
+                race_state = gr.State(None, time_to_live=3600)
+                with gr.Row():
+                    with gr.Column(scale=1, min_width=280):
+                        c_cls, c_seed = class_and_seed(lab, "c", lab.classes[0])
+                        c_guidance = gr.Slider(0, MAX_GUIDANCE, value=DEFAULT_GUIDANCE, step=0.5,
+                                               label="Guidance (classifier-free)", elem_id="c-guidance")
+                        slots = []
+                        for k, (name, steps) in enumerate(cp.DEFAULT_RACE, 1):
+                            with gr.Row():
+                                slots.append(gr.Dropdown(RACE_CHOICES, value=name, label=f"Column {k}", scale=3,
+                                                         min_width=150, elem_id=f"c-sampler-{k}"))
+                                slots.append(gr.Number(steps, precision=0, label="Steps", scale=1, min_width=80,
+                                                       elem_id=f"c-steps-{k}"))
+                    with gr.Column(scale=2, min_width=300):
+                        with gr.Row():
+                            c_step = gr.Button("Step ▶", variant="primary", elem_id="c-step", min_width=80)
+                            c_run = gr.Button("Run ⏩", variant="primary", elem_id="c-run", min_width=80)
+                            c_stop = gr.Button("Stop ■", variant="stop", elem_id="c-stop", min_width=80)
+                            c_reset = gr.Button("Reset ↺", elem_id="c-reset", min_width=80)
+                        c_race = gr.Image(race0, label="race", show_label=False, format="png", interactive=False,
+                                          elem_classes=pix, elem_id="c-race", buttons=[])
+                        c_status = gr.Markdown(race_status0, label="status", elem_id="c-status")
+                        c_files = downloads("c-race-files", race_files0)
+                race_in = [race_state, c_cls, c_seed, c_guidance] + slots
+                race_out = [race_state, c_race, c_status, c_files]
+                run_ev = c_run.click(GPU(cl.compare_samplers), race_in, race_out, api_name="compare_samplers",
+                                     concurrency_id="model", **hidden)
+                step_ev = c_step.click(GPU(cl.compare_step), race_in, race_out, api_visibility="private",
+                                       concurrency_id="model", **hidden)
+                c_reset.click(GPU(cl.compare_reset), race_in, race_out, api_visibility="private",
+                              concurrency_id="model", cancels=[run_ev, step_ev], **hidden)
+                c_stop.click(None, None, None, cancels=[run_ev, step_ev], queue=False)
+
+            with gr.Tab("Guidance", id="c-sweep-tab"):
+                gr.Markdown("One class, one seed, one row of sprites at each **classifier-free guidance** w. Every "
+                            "column starts from the same noise (and with DDPM gets the same noise at every step), so "
+                            "only w differs: low w varies more and strays from the class, high w is more typical, "
+                            "then overdone. More rows: the next seeds. Raw model colours, not snapped to the palette.")
+                with gr.Row():
+                    with gr.Column(scale=1, min_width=280):
+                        s_cls, s_seed = class_and_seed(lab, "s", lab.classes[0])
+                        s_values = gr.Textbox(SWEEP_DEFAULT_VALUES, label="Guidance values",
+                                              info=f"up to {cp.MAX_SWEEP_VALUES}, from 0 to {MAX_GUIDANCE:g}",
+                                              elem_id="s-values")
+                        s_rows = gr.Slider(1, cp.MAX_SWEEP_ROWS, value=1, step=1, precision=0,
+                                           label="Rows (seeds)", elem_id="s-rows")
+                        s_sampler = gr.Dropdown(SAMPLERS, value=DEFAULT_SAMPLER, label="Sampler", elem_id="s-sampler")
+                        s_steps = gr.Number(DEFAULT_STEPS, precision=0, label="Steps", elem_id="s-steps")
+                    with gr.Column(scale=2, min_width=300):
+                        with gr.Row():
+                            s_go = gr.Button("Sweep 🎚", variant="primary", elem_id="s-go", min_width=80)
+                            s_stop = gr.Button("Stop ■", variant="stop", elem_id="s-stop", min_width=80)
+                        s_pic = gr.Image(sweep0[0], label="sweep", show_label=False, format="png", interactive=False,
+                                         elem_classes=pix, elem_id="s-sweep", buttons=[])
+                        s_status = gr.Markdown(sweep0[1], label="status", elem_id="s-status")
+                        s_files = downloads("s-files", sweep0[2])
+                sweep_out = [s_pic, s_status, s_files]
+                sweep_ev = s_go.click(GPU(cl.guidance_sweep), [s_cls, s_seed, s_rows, s_values, s_sampler, s_steps],
+                                      sweep_out, api_name="guidance_sweep", concurrency_id="model", **hidden)
+                s_stop.click(None, None, None, cancels=[sweep_ev], queue=False)
+
+            with gr.Tab("Morph", id="c-morph-tab"):
+                gr.Markdown("From one sprite to another. **Two seeds** (same class): the starting noise travels a "
+                            "great circle (slerp) from one seed's noise to the other's. **Two classes** (same seed): "
+                            "the class weights slide from one to the other. Both differ: both at once. A "
+                            "deterministic sampler turns each noise into one sprite, so neighbouring frames stay close; "
+                            "the end frames are exactly the two ends sampled on their own.")
+                with gr.Row():
+                    with gr.Column(scale=1, min_width=280):
+                        o_cls_a, o_seed_a = class_and_seed(lab, "o-a", lab.classes[0], "From class", "From seed")
+                        o_cls_b, o_seed_b = class_and_seed(lab, "o-b", lab.classes[min(1, len(lab.classes) - 1)],
+                                                           "To class", "To seed")
+                        o_frames = gr.Slider(cp.MIN_MORPH_FRAMES, cp.MAX_MORPH_FRAMES, value=MORPH_DEFAULT_FRAMES,
+                                             step=1, precision=0, label="Frames", elem_id="o-frames")
+                        o_sampler = gr.Radio(MORPH_SAMPLERS, value="ddim", label="Sampler (deterministic)",
+                                             elem_id="o-sampler")
+                        with gr.Row():
+                            o_steps = gr.Number(MORPH_DEFAULT_STEPS, precision=0, label="Steps", elem_id="o-steps",
+                                                min_width=80)
+                            o_guidance = gr.Slider(0, MAX_GUIDANCE, value=DEFAULT_GUIDANCE, step=0.5, label="Guidance",
+                                                   elem_id="o-guidance", min_width=160)
+                    with gr.Column(scale=2, min_width=300):
+                        with gr.Row():
+                            o_go = gr.Button("Morph 🔀", variant="primary", elem_id="o-go", min_width=80)
+                            o_stop = gr.Button("Stop ■", variant="stop", elem_id="o-stop", min_width=80)
+                        with gr.Row():
+                            o_gif = gr.Image(morph0[1], label="morph_gif", show_label=False, interactive=False, height=256,
+                                             elem_classes=pix, elem_id="o-gif", buttons=[], min_width=200, scale=1)
+                            o_strip = gr.Image(morph0[0], label="morph_strip", show_label=False, format="png", interactive=False,
+                                               elem_classes=pix, elem_id="o-strip", buttons=[], min_width=280, scale=2)
+                        o_status = gr.Markdown(morph0[2], label="status", elem_id="o-status")
+                        o_files = downloads("o-files", morph0[3])
+                morph_out = [o_strip, o_gif, o_status, o_files]
+                morph_ev = o_go.click(GPU(cl.morph), [o_cls_a, o_cls_b, o_seed_a, o_seed_b, o_frames, o_sampler,
+                                                      o_steps, o_guidance], morph_out, api_name="morph",
+                                      concurrency_id="model", **hidden)
+                o_stop.click(None, None, None, cancels=[morph_ev], queue=False)
+
+
 def build_demo(lab: SpriteLab) -> gr.Blocks:
     T = lab.T
     opening = lab.opening()  # computed once per model, then every page open is served from memory
@@ -733,6 +1002,8 @@ def build_demo(lab: SpriteLab) -> gr.Blocks:
             # 5 --------------------------------------------------------------------------------
             with gr.Tab("Model", id="model"):
                 gr.Markdown(opening["model"], elem_id="model-info")
+
+            compare_tab(lab, demo)
         gr.api(lab.model_info, api_name="model_info")
     # Model work shares two slots (more only splits the same CPU cores); previews get their own.
     demo.queue(default_concurrency_limit=2, max_size=64)

@@ -362,12 +362,15 @@ def sample_steps(
     x_start: torch.Tensor | None = None,
     t_start: int | None = None,
     precision: str = "fp32",
+    noise: torch.Tensor | None = None,
 ) -> Iterator[Step]:
     """Run the reverse process one step at a time, yielding a Step for each.
 
     context: (B, n_classes) class weights, one row per sprite. Starts from pure noise at T, or,
     for SDEdit, from `x_start` (clean images in [-1, 1]) noised to `t_start`. precision "bf16" runs
-    the network under bf16 autocast; every Step's tensors are fp32 either way.
+    the network under bf16 autocast; every Step's tensors are fp32 either way. `noise` (B, C, H, W)
+    replaces the x_T drawn from `seed` (a morph starts from interpolated noise); the generator of the
+    later steps' noise is the seed's either way, so noise=initial_noise(shape, seed)[0] changes nothing.
     """
     if context.ndim != 2 or not 1 <= context.shape[0] <= MAX_BATCH:
         raise ValueError(f"context must be (B, classes) with 1 <= B <= {MAX_BATCH}, got {tuple(context.shape)}")
@@ -381,7 +384,12 @@ def sample_steps(
     ts = make_timesteps(t_start, int(steps))
     device = next(model.parameters()).device
     b, h = context.shape[0], model.height
-    noise, generator = initial_noise((b, model.in_channels, h, h), seed)
+    drawn, generator = initial_noise((b, model.in_channels, h, h), seed)
+    if noise is None:
+        noise = drawn
+    elif tuple(noise.shape) != tuple(drawn.shape) or not torch.isfinite(noise).all():
+        raise ValueError(f"noise must be finite, of shape {tuple(drawn.shape)}, got {tuple(noise.shape)}")
+    noise = noise.float().cpu()
     if x_start is None:
         x = noise
     else:

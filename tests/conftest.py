@@ -8,7 +8,7 @@ import torch
 LIB_CLASSES = ["hero", "creature", "food", "spell", "item"]
 LIB_TEST_MODULES = {"test_schedule", "test_samplers", "test_model", "test_checkpoint", "test_data", "test_train",
                     "test_cli", "test_speed", "test_bad_inputs", "test_safety", "test_train_faults",
-                    "test_hub_format", "test_accelerate"}
+                    "test_hub_format", "test_accelerate", "test_compare"}
 
 
 @pytest.fixture(scope="module", autouse=True)

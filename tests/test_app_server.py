@@ -20,7 +20,7 @@ from gradio_client.exceptions import AppError  # noqa: E402
 
 ENDPOINTS = {"/forward_sprite", "/forward_upload", "/forward_draw", "/forward_view", "/reverse_reset",
              "/reverse_step", "/reverse_run", "/generate", "/remix_sprite", "/remix_upload", "/remix_draw", "/remix",
-             "/model_info"}  # /reverse_scrub and /reverse_gif work on the page's session run: undocumented
+             "/model_info", "/compare_samplers", "/guidance_sweep", "/morph"}  # /reverse_scrub and /reverse_gif work on the page's session run: undocumented
 REV = ("hero", 2, 0, "dpm++", 4, 2.0, 1.0, 0.0, 0.0, 0.0, 0.0)  # class, n, seed, sampler, steps, guidance, mix
 
 
