@@ -28,6 +28,7 @@ from PIL import Image
 
 from ddpm import compare as cp
 from ddpm import interactive as ix
+from ddpm import limits as lim
 from ddpm.checkpoint import CheckpointError, load_model, load_palette, load_schedule, resolve
 from ddpm.data import DataError
 from ddpm.images import sprite_sheet, upscale
@@ -39,7 +40,6 @@ SAMPLERS = [("DDPM (ancestral)", "ddpm"), ("DDPM, the seed's variance β", "ddpm
             ("DPM-Solver++ (2M)", "dpm++")]
 SAMPLER_NAMES = dict((v, k) for k, v in SAMPLERS)
 BIG, GRID = 16, 8  # nearest-neighbour scale of a single sprite (16 px -> 256 px) and of grids
-MAX_GUIDANCE = 10.0
 GENERATE_DEFAULT_N, REVERSE_DEFAULT_N = 6, 16
 REMIX_DEFAULT_STRENGTH = 0.6
 PALETTE = ["#140c1c", "#442434", "#30346d", "#4e4a4e", "#854c30", "#346524", "#d04648", "#757161",
@@ -222,7 +222,7 @@ class SpriteLab:
     # --- shared -------------------------------------------------------------------------------
     def model_sprite(self, cls: str, seed: Any) -> np.ndarray:
         """The model's sprite for a class and seed (deterministic, so each is computed once)."""
-        seed = ix.check_number(seed, "seed", 0, ix.MAX_SEED, integer=True)
+        seed = lim.check_seed(seed)
         cls = ix.check_class(self.classes, cls)
         if (cls, seed) not in self._sprites:
             rows = ix.generate(self.model, self.schedule, self.classes, cls, 1, DEFAULT_SAMPLER, DEFAULT_STEPS,
@@ -285,12 +285,12 @@ class SpriteLab:
     def forward_view(self, sprite, t, noise_seed, show_model, cls):
         """x_t of a sprite (any image; the page sends the x₀ on screen) at time t: the picture, a line of
         numbers, the marked chart, and with show_model the model's predicted noise and x₀."""
-        t = ix.check_number(t, "t", 0, self.T, integer=True)
+        t = lim.check_number(t, "t", 0, self.T, integer=True)
         return self._view(self.sprite_in(sprite, self.FORWARD_SEED), t, noise_seed, show_model, cls)
 
     def _view(self, sprite: np.ndarray, t, noise_seed, show_model, cls):
-        t = ix.check_number(t, "t", 0, self.T, integer=True)
-        noise_seed = ix.check_number(noise_seed, "noise seed", 0, ix.MAX_SEED, integer=True)
+        t = lim.check_number(t, "t", 0, self.T, integer=True)
+        noise_seed = lim.check_seed(noise_seed, "noise seed")
         cls = ix.check_class(self.classes, cls)
         context = ix.context_for(self.classes, cls, 1) if show_model else None
         v = ix.forward_view(self.schedule, sprite, t, noise_seed, self.model if show_model else None, context)
@@ -304,12 +304,12 @@ class SpriteLab:
     # --- 2. reverse process -------------------------------------------------------------------
     def _reverse_settings(self, cls, mix, n, seed, sampler, steps, guidance) -> dict:
         return dict(cls=ix.check_class(self.classes, cls, (ix.MIX,)),
-                    mix=[ix.check_number(w, f"the weight of {c}", 0, 1) for c, w in zip(self.classes, mix)],
-                    n=ix.check_number(n, "sprites", 1, ix.MAX_SPRITES, integer=True),
-                    seed=ix.check_number(seed, "seed", 0, ix.MAX_SEED, integer=True),
+                    mix=[lim.check_number(w, f"the weight of {c}", 0, 1) for c, w in zip(self.classes, mix)],
+                    n=lim.check_batch(n, "sprites", lim.MAX_SPRITES),
+                    seed=lim.check_seed(seed),
                     sampler=sampler_key(sampler),
-                    steps=ix.check_number(steps, "steps", 1, self.T, integer=True),
-                    guidance=ix.check_number(guidance, "guidance", 0, MAX_GUIDANCE))
+                    steps=lim.check_steps(steps, self.T),
+                    guidance=lim.check_guidance(guidance))
 
     def _new_run(self, s: dict) -> ix.ReverseRun:
         context = ix.context_for(self.classes, s["cls"], s["n"], s["mix"])
@@ -378,7 +378,7 @@ class SpriteLab:
         """Show the run as it was after `timeline` steps (the nearest kept frame at or before it)."""
         if not isinstance(run, ix.ReverseRun):
             raise ValueError("nothing to scrub yet: press Step or Run first")
-        step = ix.check_number(timeline, "timeline position", 0, self.T, integer=True)
+        step = lim.check_number(timeline, "timeline position", 0, self.T, integer=True)
         return self._reverse_outputs(run, step)
 
     @user_errors
@@ -395,7 +395,7 @@ class SpriteLab:
         """Sprites of one class or one row per class; streams the model's current guess as it samples,
         then the sprites, the sprite sheet (1 px per pixel) and a caption."""
         cls = ix.check_class(self.classes, cls, (ix.ALL_CLASSES,))
-        steps = ix.check_number(steps, "steps", 1, self.T, integer=True)
+        steps = lim.check_steps(steps, self.T)
         what = "all" if cls == ix.ALL_CLASSES else cls
         every = max(1, steps // 10)  # about ten progress pictures per run
         for done, total, rows in ix.generate_steps(self.model, self.schedule, self.classes, cls, n,
@@ -483,7 +483,7 @@ def refuse_nan(payload: Any, name: str) -> None:
     """Gradio's own checks let NaN through to its int rounding, which fails without a message."""
     if isinstance(payload, float) and math.isnan(payload):
         try:
-            ix.check_number(payload, name, -math.inf, math.inf)
+            lim.check_number(payload, name, -math.inf, math.inf)
         except ValueError as e:
             raise gr.Error(str(e)) from None
 
@@ -507,14 +507,14 @@ def sampler_controls(prefix: str, T: int, steps: int = DEFAULT_STEPS):
                        info="DDPM: the best measured quality at 50 steps; with the seed's variance β it leaves more "
                             "speckle at few steps. DDIM and DPM-Solver++: deterministic, usable from 8 steps.")
     steps = whole(gr.Slider(1, T, value=steps, step=1, precision=0, label="Steps", elem_id=f"{prefix}-steps"), "steps")
-    guidance = gr.Slider(0, MAX_GUIDANCE, value=DEFAULT_GUIDANCE, step=0.5, label="Guidance (classifier-free)",
+    guidance = gr.Slider(0, lim.MAX_GUIDANCE, value=DEFAULT_GUIDANCE, step=0.5, label="Guidance (classifier-free)",
                          info="0 = plain conditional model; higher = more typical of the class",
                          elem_id=f"{prefix}-guidance")
     return sampler, steps, guidance
 
 
 def seed_box(value: int, label: str, elem_id: str, **kwargs) -> gr.Number:
-    return whole(gr.Number(value, step=1, precision=0, minimum=0, maximum=ix.MAX_SEED, label=label, elem_id=elem_id,
+    return whole(gr.Number(value, step=1, precision=0, minimum=0, maximum=lim.MAX_SEED, label=label, elem_id=elem_id,
                            **kwargs), label.lower())
 
 
@@ -571,8 +571,8 @@ class CompareLab:
         return self.lab.classes
 
     def _common(self, class_name: Any, seed: Any, guidance: Any) -> tuple[str, int, float]:
-        return (ix.check_class(self.classes, class_name), ix.check_number(seed, "seed", 0, ix.MAX_SEED, integer=True),
-                ix.check_number(guidance, "guidance", 0, MAX_GUIDANCE))
+        return (ix.check_class(self.classes, class_name), lim.check_seed(seed),
+                lim.check_guidance(guidance))
 
     # --- the race -------------------------------------------------------------------------------
     def _race_for(self, race, class_name, seed, guidance, slots) -> cp.SamplerRace:
@@ -641,9 +641,9 @@ class CompareLab:
         """One column per guidance value, streamed as each finishes; rows are seeds seed, seed + 1, ..."""
         cls, seed, _ = self._common(class_name, seed, 0)
         seeds = cp.sweep_seeds(seed, rows)
-        values = cp.parse_numbers(guidance_values, "guidance values", 0, MAX_GUIDANCE, cp.MAX_SWEEP_VALUES)
+        values = cp.parse_numbers(guidance_values, "guidance values", 0, lim.MAX_GUIDANCE, cp.MAX_SWEEP_VALUES)
         sampler = sampler_key(sampler)
-        steps = ix.check_number(steps, "steps", 1, self.lab.T, integer=True)
+        steps = lim.check_steps(steps, self.lab.T)
         lab, cols = self.lab, [None] * len(values)
         what = f"{cls}, {SAMPLER_NAMES[sampler]} {steps} steps, seed{'s' if len(seeds) > 1 else ''} " + \
                ", ".join(map(str, seeds))
@@ -665,7 +665,7 @@ class CompareLab:
     @user_errors
     def morph(self, class_a, class_b, seed_a, seed_b, frames, sampler, steps, guidance):
         class_a, class_b = (ix.check_class(self.classes, c) for c in (class_a, class_b))
-        guidance = ix.check_number(guidance, "guidance", 0, MAX_GUIDANCE)
+        guidance = lim.check_guidance(guidance)
         lab = self.lab
         m = cp.morph(lab.model, lab.schedule, self.classes, class_a, class_b, seed_a, seed_b, frames, sampler, steps,
                      guidance, lab.precision)
@@ -721,7 +721,7 @@ def compare_tab(lab: SpriteLab, demo: gr.Blocks) -> None:
                 with gr.Row():
                     with gr.Column(scale=1, min_width=280):
                         c_cls, c_seed = class_and_seed(lab, "c", lab.classes[0])
-                        c_guidance = gr.Slider(0, MAX_GUIDANCE, value=DEFAULT_GUIDANCE, step=0.5,
+                        c_guidance = gr.Slider(0, lim.MAX_GUIDANCE, value=DEFAULT_GUIDANCE, step=0.5,
                                                label="Guidance (classifier-free)", elem_id="c-guidance")
                         slots = []
                         for k, (name, steps) in enumerate(cp.DEFAULT_RACE, 1):
@@ -759,7 +759,7 @@ def compare_tab(lab: SpriteLab, demo: gr.Blocks) -> None:
                     with gr.Column(scale=1, min_width=280):
                         s_cls, s_seed = class_and_seed(lab, "s", lab.classes[0])
                         s_values = gr.Textbox(SWEEP_DEFAULT_VALUES, label="Guidance values",
-                                              info=f"up to {cp.MAX_SWEEP_VALUES}, from 0 to {MAX_GUIDANCE:g}",
+                                              info=f"up to {cp.MAX_SWEEP_VALUES}, from 0 to {lim.MAX_GUIDANCE:g}",
                                               elem_id="s-values")
                         s_rows = gr.Slider(1, cp.MAX_SWEEP_ROWS, value=1, step=1, precision=0,
                                            label="Rows (seeds)", elem_id="s-rows")
@@ -796,7 +796,7 @@ def compare_tab(lab: SpriteLab, demo: gr.Blocks) -> None:
                         with gr.Row():
                             o_steps = gr.Number(MORPH_DEFAULT_STEPS, precision=0, label="Steps", elem_id="o-steps",
                                                 min_width=80)
-                            o_guidance = gr.Slider(0, MAX_GUIDANCE, value=DEFAULT_GUIDANCE, step=0.5, label="Guidance",
+                            o_guidance = gr.Slider(0, lim.MAX_GUIDANCE, value=DEFAULT_GUIDANCE, step=0.5, label="Guidance",
                                                    elem_id="o-guidance", min_width=160)
                     with gr.Column(scale=2, min_width=300):
                         with gr.Row():
@@ -886,7 +886,7 @@ def build_demo(lab: SpriteLab) -> gr.Blocks:
                         with gr.Accordion("Class mix weights", open=False):
                             r_mix = [gr.Slider(0, 1, value=1.0 if i == 0 else 0.0, step=0.05, label=c,
                                                elem_id=f"r-mix-{i}") for i, c in enumerate(lab.classes)]
-                        r_n = whole(gr.Slider(1, ix.MAX_SPRITES, value=REVERSE_DEFAULT_N, step=1, precision=0,
+                        r_n = whole(gr.Slider(1, lim.MAX_SPRITES, value=REVERSE_DEFAULT_N, step=1, precision=0,
                                               label="Sprites", elem_id="r-n"), "sprites")
                         r_seed = seed_box(0, "Seed", "r-seed")
                         r_sampler, r_steps, r_guidance = sampler_controls("r", T)
@@ -941,7 +941,7 @@ def build_demo(lab: SpriteLab) -> gr.Blocks:
                     with gr.Column(scale=1, min_width=260, elem_classes=["settings-col"]):
                         g_cls = gr.Dropdown([ix.ALL_CLASSES] + lab.classes, value=ix.ALL_CLASSES, label="Class",
                                             info="'all classes' draws one row per class", elem_id="g-class")
-                        g_n = whole(gr.Slider(1, ix.MAX_SPRITES, value=GENERATE_DEFAULT_N, step=1, precision=0,
+                        g_n = whole(gr.Slider(1, lim.MAX_SPRITES, value=GENERATE_DEFAULT_N, step=1, precision=0,
                                               label="How many (per row)", elem_id="g-n"), "how many")
                         g_seed = seed_box(0, "Seed", "g-seed")
                         g_sampler, g_steps, g_guidance = sampler_controls("g", T)

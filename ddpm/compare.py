@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from .interactive import MAX_FRAMES, MAX_SEED, check_number, context_for, gif_bytes, thin
+from .interactive import MAX_FRAMES, context_for, gif_bytes, thin
+from .limits import MAX_SEED, check_guidance, check_number, check_seed, check_steps
 from .sampling import SAMPLER_ALIASES, Step, initial_noise, make_sampler, sample_steps, to_uint8
 from .schedule import NoiseSchedule
 
@@ -207,8 +208,8 @@ class SamplerRace:
                  entries: Sequence[tuple[str, int]], guidance: float, seed: int, precision: str = "fp32",
                  settings: dict | None = None):
         entries = check_racers(entries, schedule.T)
-        guidance = check_number(guidance, "guidance", 0, 50)
-        seed = check_number(seed, "seed", 0, MAX_SEED, integer=True)
+        guidance = check_guidance(guidance)
+        seed = check_seed(seed)
         self.settings = settings if settings is not None else dict(entries=entries, guidance=guidance, seed=seed)
         self.lock = threading.Lock()
         self.racers = [_Racer(sample_steps(model, schedule, context[:1], sampler=make_sampler(name, schedule),
@@ -280,7 +281,7 @@ def parse_numbers(text: str | Sequence[float], name: str, lo: float, hi: float, 
 
 def sweep_seeds(seed: int, rows: int) -> list[int]:
     """The seeds of a sweep's rows: seed, seed + 1, ... (wrapping below MAX_SEED)."""
-    seed = check_number(seed, "seed", 0, MAX_SEED, integer=True)
+    seed = check_seed(seed)
     rows = check_number(rows, "rows", 1, MAX_SWEEP_ROWS, integer=True)
     return [(seed + i) % (MAX_SEED + 1) for i in range(rows)]
 
@@ -366,10 +367,10 @@ def morph(model: torch.nn.Module, schedule: NoiseSchedule, class_names: Sequence
     if key not in MORPH_SAMPLERS:
         raise ValueError(f"a morph needs a deterministic sampler ({', '.join(MORPH_SAMPLERS)}), got {sampler!r}: "
                          "DDPM adds fresh noise at every step, so neighbouring frames would jump")
-    seed_a = check_number(seed_a, "the first seed", 0, MAX_SEED, integer=True)
-    seed_b = check_number(seed_b, "the second seed", 0, MAX_SEED, integer=True)
-    steps = check_number(steps, "steps", 1, schedule.T, integer=True)
-    guidance = check_number(guidance, "guidance", 0, 50)
+    seed_a = check_seed(seed_a, "the first seed")
+    seed_b = check_seed(seed_b, "the second seed")
+    steps = check_steps(steps, schedule.T)
+    guidance = check_guidance(guidance)
     noise, context, fr = morph_inputs(class_names, class_a, class_b, seed_a, seed_b, n,
                                       (model.in_channels, model.height, model.height))
     last = None

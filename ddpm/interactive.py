@@ -24,11 +24,10 @@ from PIL import Image
 from .data import DataError, MAX_IMAGE_PIXELS, open_image, sprite_from_image
 from .images import snap_to_palette, sprite_sheet
 from .sampling import Step, class_weights, inference_model, predict_noise, sample_steps, to_uint8
+from .limits import MAX_SPRITES, check_batch, check_guidance, check_number, check_seed, check_steps
 from .schedule import NoiseSchedule
 
-MAX_SPRITES = 16        # per class row in Generate and per batch in Reverse: keeps a request under a second on CPU
 MAX_FRAMES = 120        # frames kept per trajectory: 16 sprites x 3 images x 768 B x 120 ~ 4.4 MB per session
-MAX_SEED = 2 ** 31 - 1
 MIX = "mix"             # the class choice that means "use the mix weights"
 ALL_CLASSES = "all classes"
 
@@ -51,26 +50,6 @@ def pick_device(requested: str | None = None) -> torch.device:
 
 
 # --- validating what users type ------------------------------------------------------------------
-def check_number(value: Any, name: str, lo: float, hi: float, integer: bool = False) -> float | int:
-    """A finite number in [lo, hi] (an int when `integer`), or ValueError naming the field.
-
-    API callers can send NaN, inf, strings or None where a slider would never allow them.
-    """
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, got {value!r}") from None
-    if not math.isfinite(x):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    if not lo <= x <= hi:
-        raise ValueError(f"{name} must lie between {lo:g} and {hi:g}, got {x:g}")
-    if integer:
-        if x != round(x):
-            raise ValueError(f"{name} must be a whole number, got {x:g}")
-        return int(round(x))
-    return x
-
-
 def check_class(class_names: Sequence[str], choice: Any, allowed_extra: Sequence[str] = ()) -> str:
     """A class name (or one of allowed_extra such as MIX), or ValueError listing the choices."""
     if isinstance(choice, str) and (choice in class_names or choice in allowed_extra):
@@ -372,9 +351,9 @@ class ReverseRun:
 def start_reverse(model: torch.nn.Module, schedule: NoiseSchedule, context: torch.Tensor, sampler: str,
                   steps: int, guidance: float, seed: int, precision: str = "fp32", **settings) -> ReverseRun:
     """A ReverseRun at pure noise x_T (frame 0, with the model's first predictions), not yet stepped."""
-    steps = check_number(steps, "steps", 1, schedule.T, integer=True)
-    guidance = check_number(guidance, "guidance", 0, 50)
-    seed = check_number(seed, "seed", 0, MAX_SEED, integer=True)
+    steps = check_steps(steps, schedule.T)
+    guidance = check_guidance(guidance)
+    seed = check_seed(seed)
     it = sample_steps(model, schedule, context, sampler=sampler, steps=steps, guidance=guidance, seed=seed,
                       precision=precision)
     run = ReverseRun(dict(settings, sampler=sampler, steps=steps, guidance=guidance, seed=seed), it, steps)
@@ -414,10 +393,10 @@ def generate_steps(model: torch.nn.Module, schedule: NoiseSchedule, class_names:
 
     Rows are (n, H, W, 3) uint8: one row, or one per class for ALL_CLASSES."""
     choice = check_class(class_names, choice, (ALL_CLASSES,))
-    n = check_number(n, "how many", 1, MAX_SPRITES, integer=True)
-    steps = check_number(steps, "steps", 1, schedule.T, integer=True)
-    guidance = check_number(guidance, "guidance", 0, 50)
-    seed = check_number(seed, "seed", 0, MAX_SEED, integer=True)
+    n = check_batch(n, "sprites", MAX_SPRITES)
+    steps = check_steps(steps, schedule.T)
+    guidance = check_guidance(guidance)
+    seed = check_seed(seed)
     names = list(class_names) if choice == ALL_CLASSES else [choice]
     context = torch.cat([context_for(class_names, name, n) for name in names])
 
@@ -465,9 +444,9 @@ class Remix:
 def remix(model: torch.nn.Module, schedule: NoiseSchedule, sprite: np.ndarray, context: torch.Tensor,
           strength: float, sampler: str, steps: int, guidance: float, seed: int, precision: str = "fp32") -> Remix:
     """SDEdit a sprite toward the context's class via sample_steps(x_start=..., t_start=...)."""
-    steps = check_number(steps, "steps", 1, schedule.T, integer=True)
-    guidance = check_number(guidance, "guidance", 0, 50)
-    seed = check_number(seed, "seed", 0, MAX_SEED, integer=True)
+    steps = check_steps(steps, schedule.T)
+    guidance = check_guidance(guidance)
+    seed = check_seed(seed)
     t_start = remix_start(strength, schedule.T)
     n_steps = remix_steps(steps, t_start, schedule.T)
     x_start = to_model_input(sprite)

@@ -18,7 +18,8 @@ import torch
 
 from .checkpoint import CheckpointError, load_model, load_palette, load_schedule
 from .interactive import pick_device
-from .sampling import (DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS, MAX_BATCH, PRECISIONS,
+from .limits import MAX_BATCH, MAX_GUIDANCE, check_batch, check_number, check_seed, check_steps
+from .sampling import (DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS, PRECISIONS,
                        SAMPLER_ALIASES, class_weights, resolve_precision, sample_steps, to_uint8)
 
 
@@ -43,12 +44,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if Path(args.out).suffix.lower() not in (".png", ".npz"):
         p.error(f"--out must end in .png or .npz, got {args.out!r}")
-    if not 1 <= args.n <= MAX_BATCH:
-        p.error(f"--n must be from 1 to {MAX_BATCH}")
-    if args.steps < 1:
-        p.error("--steps must be at least 1")
-    if not (math.isfinite(args.guidance) and 0 <= args.guidance <= 50):
-        p.error("--guidance must be a number from 0 to 50")
+    try:  # the library's limits and messages, with the flags' names
+        check_batch(args.n, "--n")
+        check_number(args.steps, "--steps", 1, math.inf, integer=True)
+        check_number(args.guidance, "--guidance", 0, MAX_GUIDANCE)
+        check_seed(args.seed, "--seed")
+    except ValueError as e:
+        p.error(str(e))
     if not 1 <= args.scale <= 64:
         p.error("--scale must be from 1 to 64")
     return args
@@ -67,10 +69,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--classes is empty")
         labels = [model.class_names.index(name) if name in model.class_names else name for name in names]
         context = torch.stack([class_weights(model.class_names, label) for label in labels]).repeat_interleave(args.n, 0)
-        if len(context) > MAX_BATCH:
-            raise ValueError(f"{len(context)} sprites in one batch; at most {MAX_BATCH}")
-        if args.steps > schedule.T:
-            raise ValueError(f"--steps must be at most T = {schedule.T}")
+        check_batch(len(context), "sprites in one batch (classes x --n)", MAX_BATCH)
+        check_steps(args.steps, schedule.T)
     except (CheckpointError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

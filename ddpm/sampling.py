@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .model import ContextUnet, fold_batchnorm
+from .limits import check_batch, check_guidance, check_seed, check_steps
 from .schedule import NoiseSchedule
 
 SAMPLER_ALIASES = {"ddpm": "ddpm", "ddpm-beta": "ddpm-beta", "ddim": "ddim", "dpm++": "dpm++", "dpmpp": "dpm++",
@@ -32,7 +33,6 @@ SAMPLER_ALIASES = {"ddpm": "ddpm", "ddpm-beta": "ddpm-beta", "ddim": "ddim", "dp
 # Guidance 1.5 for the shipped n_feat 128 model: at 2 its sprites vary less than the real ones (higher
 # FD); at 1.5 it beats the course-sized model at 2 on FD and speckle on two seeds (README, "The shipped model").
 DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_GUIDANCE = "ddpm", 50, 1.5
-MAX_BATCH = 1024
 # Precisions the network can run in while sampling. bf16 autocast runs the convolutions in bfloat16
 # (the sampler's arithmetic stays fp32); it is fast only on GPUs and on CPUs with AVX512_BF16 or AMX.
 PRECISIONS = ("fp32", "bf16")
@@ -44,10 +44,7 @@ def make_timesteps(t_start: int, steps: int) -> list[int]:
     Starting at t_start itself (rather than diffusers' default "leading" spacing, which starts
     below T) means the first step sees the noise level it was trained on.
     """
-    if steps < 1:
-        raise ValueError(f"steps must be at least 1, got {steps}")
-    if steps > t_start:
-        raise ValueError(f"steps must be at most {t_start} (one per time step), got {steps}")
+    steps = check_steps(steps, t_start)
     ts = torch.linspace(t_start, 0, steps + 1, dtype=torch.float64).round().long().tolist()
     return ts
 
@@ -333,13 +330,6 @@ class Step:
     x_prev: torch.Tensor
 
 
-def _check_guidance(guidance: float) -> float:
-    guidance = float(guidance)
-    if not math.isfinite(guidance) or guidance < 0 or guidance > 50:
-        raise ValueError(f"guidance must be a number from 0 to 50, got {guidance}")
-    return guidance
-
-
 def initial_noise(shape: Sequence[int], seed: int | None) -> tuple[torch.Tensor, torch.Generator]:
     """x_T ~ N(0, I) from a CPU generator seeded with `seed` (a random seed when None)."""
     g = torch.Generator("cpu")
@@ -372,9 +362,11 @@ def sample_steps(
     replaces the x_T drawn from `seed` (a morph starts from interpolated noise); the generator of the
     later steps' noise is the seed's either way, so noise=initial_noise(shape, seed)[0] changes nothing.
     """
-    if context.ndim != 2 or not 1 <= context.shape[0] <= MAX_BATCH:
-        raise ValueError(f"context must be (B, classes) with 1 <= B <= {MAX_BATCH}, got {tuple(context.shape)}")
-    guidance = _check_guidance(guidance)
+    if context.ndim != 2:
+        raise ValueError(f"context must be (B, classes), one row per sprite, got {tuple(context.shape)}")
+    check_batch(context.shape[0], "sprites (rows of the context)")
+    guidance = check_guidance(guidance)
+    seed = None if seed is None else check_seed(seed)
     check_precision(precision)
     sampler = make_sampler(sampler, schedule) if isinstance(sampler, str) else sampler
     sampler.reset()

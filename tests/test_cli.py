@@ -59,7 +59,7 @@ def test_sample_precision_bf16_differs_slightly_from_fp32(lib_tiny_model_dir, tm
 
 @pytest.mark.parametrize("args, message", [
     (["--classes", "hero,dragon"], "unknown class 'dragon'"),
-    (["--steps", "501"], "at most T = 500"),
+    (["--steps", "501"], "steps must lie between 1 and 500"),
     (["--model", "/no/such/model/dir"], "no such directory"),
 ])
 def test_sample_bad_input_one_clear_line(lib_tiny_model_dir, tmp_path, capsys, args, message):
