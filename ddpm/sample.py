@@ -2,6 +2,8 @@
 
   python -m ddpm.sample --model weights --classes hero,food --n 16 --sampler ddim --steps 50 \
       --guidance 2 --seed 0 --out sheet.png
+  python -m ddpm.sample --model weights --sampler dpm++sde --steps 10 --spacing logsnr \
+      --guidance-interval 50,350 --out sheet.png
 
 FILE.png is a sprite sheet, one row per class (--scale for a crisp nearest-neighbour upscale);
 FILE.npz holds `images` (uint8, N x H x W x 3) and `labels` (class indices, N).
@@ -19,8 +21,9 @@ import torch
 from .checkpoint import CheckpointError, load_model, load_palette, load_schedule
 from .interactive import pick_device
 from .limits import MAX_BATCH, MAX_GUIDANCE, check_batch, check_number, check_seed, check_steps
-from .sampling import (DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS, PRECISIONS,
-                       SAMPLER_ALIASES, class_weights, resolve_precision, sample_steps, to_uint8)
+from .sampling import (DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_SPACING, DEFAULT_STEPS, PRECISIONS,
+                       SAMPLER_ALIASES, SPACINGS, check_guidance_interval, class_weights, resolve_precision,
+                       sample_steps, to_uint8)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -31,7 +34,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--n", type=int, default=8, help="sprites per class")
     p.add_argument("--sampler", default=DEFAULT_SAMPLER, choices=sorted(SAMPLER_ALIASES))
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS)
+    p.add_argument("--spacing", default=DEFAULT_SPACING, choices=SPACINGS,
+                   help="how the steps are spread over t: even in t, or denser at low t")
     p.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
+    p.add_argument("--guidance-interval", default=None, metavar="T_LO,T_HI",
+                   help="guide only the steps whose t lies in T_LO..T_HI (default: every step)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scale", type=int, default=4, help="nearest-neighbour upscale factor for .png output")
     p.add_argument("--transparent", action="store_true", help="white background transparent in .png output")
@@ -53,6 +60,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(str(e))
     if not 1 <= args.scale <= 64:
         p.error("--scale must be from 1 to 64")
+    if args.guidance_interval is not None:
+        try:
+            args.guidance_interval = check_guidance_interval(args.guidance_interval.split(","), 10**9)
+        except ValueError:
+            p.error(f"--guidance-interval must be two integer times T_LO,T_HI with T_LO <= T_HI, "
+                    f"got {args.guidance_interval!r}")
     return args
 
 
@@ -71,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         context = torch.stack([class_weights(model.class_names, label) for label in labels]).repeat_interleave(args.n, 0)
         check_batch(len(context), "sprites in one batch (classes x --n)", MAX_BATCH)
         check_steps(args.steps, schedule.T)
+        if args.guidance_interval is not None and args.guidance_interval[1] > schedule.T:
+            raise ValueError(f"--guidance-interval must end at most at T = {schedule.T}")
     except (CheckpointError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -78,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
 
     last = None
     steps = sample_steps(model, schedule, context, args.sampler, args.steps, args.guidance, args.seed,
-                         precision=precision)
+                         precision=precision, spacing=args.spacing, guidance_interval=args.guidance_interval)
     for last in tqdm(steps, total=args.steps, desc=f"{args.sampler} x{len(context)}, {precision}", file=sys.stderr):
         pass
     images = to_uint8(last.x_prev)

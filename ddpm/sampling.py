@@ -24,7 +24,8 @@ from .limits import check_batch, check_guidance, check_seed, check_steps
 from .schedule import NoiseSchedule
 
 SAMPLER_ALIASES = {"ddpm": "ddpm", "ddpm-beta": "ddpm-beta", "ddim": "ddim", "dpm++": "dpm++", "dpmpp": "dpm++",
-                   "dpm-solver++": "dpm++"}
+                   "dpm-solver++": "dpm++", "dpm++sde": "dpm++sde", "dpmpp-sde": "dpm++sde",
+                   "sde-dpm-solver++": "dpm++sde", "sde-dpmsolver++": "dpm++sde"}
 # Chosen with benchmarks/run_all.py (docs/benchmarks.md) and ddpm.evaluate at 100 samples per class on two
 # seeds (README, "Speed and quality"): ancestral DDPM with 50 strided steps and the posterior variance, at a
 # tenth of DDPM-500's time, leaves as few isolated pixels (speckle) as DDPM-500 (16%); every deterministic
@@ -38,14 +39,68 @@ DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_GUIDANCE = "ddpm", 50, 1.5
 PRECISIONS = ("fp32", "bf16")
 
 
-def make_timesteps(t_start: int, steps: int) -> list[int]:
-    """steps + 1 integer times from t_start down to 0, evenly spaced ("trailing" spacing).
+# How the steps are spread over t. "trailing" is even in t. The others put more steps at low t, where
+# the pixels' colours are decided: "quadratic" in t (Song et al. 2021's "quad" DDIM spacing), "karras"
+# even in sigma^(1/7) with sigma = sqrt((1 - abar) / abar) (Karras et al. 2022, eq. 5, rho = 7) and
+# "logsnr" even in log sigma, i.e. in log-SNR (Lu et al. 2022). The last two follow diffusers'
+# use_karras_sigmas / use_lu_lambdas: `steps` grid points from t_start down to t = 1, then 0.
+SPACINGS = ("trailing", "quadratic", "karras", "logsnr")
+DEFAULT_SPACING = "trailing"
+KARRAS_RHO = 7.0
 
-    Starting at t_start itself (rather than diffusers' default "leading" spacing, which starts
-    below T) means the first step sees the noise level it was trained on.
+
+def make_timesteps(t_start: int, steps: int, spacing: str = DEFAULT_SPACING,
+                   schedule: NoiseSchedule | None = None) -> list[int]:
+    """steps + 1 strictly decreasing integer times from t_start down to 0, spread as `spacing` says.
+
+    "trailing" spacing is even in t and starts at t_start itself (rather than diffusers' default
+    "leading" spacing, which starts below T), so the first step sees the noise level it was trained
+    on. "karras" and "logsnr" need the schedule (they are even in a function of abar); where two
+    grid points round to the same integer t, the lower ones move down (or up) one step at a time.
     """
+    if spacing not in SPACINGS:
+        raise ValueError(f"spacing must be one of {', '.join(SPACINGS)}, got {spacing!r}")
     steps = check_steps(steps, t_start)
-    ts = torch.linspace(t_start, 0, steps + 1, dtype=torch.float64).round().long().tolist()
+    if spacing == "trailing":
+        return torch.linspace(t_start, 0, steps + 1, dtype=torch.float64).round().long().tolist()
+    if spacing == "quadratic":
+        grid = t_start * np.linspace(1, 0, steps + 1) ** 2
+    else:
+        if schedule is None:
+            raise ValueError(f"spacing {spacing!r} needs the noise schedule")
+        if not 1 <= t_start <= schedule.T:
+            raise ValueError(f"the start time must lie in 1..{schedule.T}, got {t_start}")
+        grid = np.append(_sigma_spaced_times(schedule, t_start, steps, spacing), 0.0)
+    return _strictly_decreasing(np.round(grid).astype(np.int64).tolist(), t_start)
+
+
+def _sigma_spaced_times(schedule: NoiseSchedule, t_start: int, n: int, spacing: str) -> np.ndarray:
+    """n times from t_start to 1, even in sigma^(1/rho) ("karras") or log sigma ("logsnr").
+
+    Each sigma is mapped back to t by linear interpolation of log sigma between neighbouring integer
+    times, as diffusers' _sigma_to_t does (there on its index t - 1).
+    """
+    abar = schedule.alpha_bars[1:].numpy()
+    log_sigmas = 0.5 * np.log((1 - abar) / abar)  # increasing in t = 1..T
+    lo, hi = log_sigmas[0], log_sigmas[t_start - 1]
+    ramp = np.linspace(0, 1, n)
+    if spacing == "karras":
+        inv_max, inv_min = np.exp(hi / KARRAS_RHO), np.exp(lo / KARRAS_RHO)
+        target = KARRAS_RHO * np.log(inv_max + ramp * (inv_min - inv_max))
+    else:
+        target = hi + ramp * (lo - hi)
+    index = np.interp(target, log_sigmas, np.arange(len(log_sigmas), dtype=np.float64))
+    return np.round(index) + 1
+
+
+def _strictly_decreasing(ts: list[int], t_start: int) -> list[int]:
+    """ts (t_start first, 0 last, non-increasing) with ties broken: every time differs from the next."""
+    ts = list(ts)
+    ts[0], ts[-1] = t_start, 0
+    for i in range(len(ts) - 2, 0, -1):  # from the bottom: each at least one above the one below
+        ts[i] = max(ts[i], ts[i + 1] + 1)
+    for i in range(1, len(ts) - 1):  # from the top: each at least one below the one above
+        ts[i] = min(ts[i], ts[i - 1] - 1)
     return ts
 
 
@@ -183,14 +238,35 @@ class DPMSolverPP2M(Sampler):
         else:
             r = (lambda_t - self._last_lambda) / h
             d = x0 + 0.5 / r * (x0 - self._last_x0)
-        x_prev = (sigma_prev / sigma_t) * x_t - alpha_prev * torch.expm1(-h) * d
+        x_prev = self._update(x_t, d, h, sigma_t, alpha_prev, sigma_prev, generator)
         self._last_x0, self._last_lambda = x0, lambda_t
         return x_prev, x0
+
+    def _update(self, x_t, d, h, sigma_t, alpha_prev, sigma_prev, generator):
+        return (sigma_prev / sigma_t) * x_t - alpha_prev * torch.expm1(-h) * d
+
+
+class DPMSolverPP2MSDE(DPMSolverPP2M):
+    """SDE-DPM-Solver++(2M) (Lu et al. 2022, section 5 and appendix; diffusers' "sde-dpmsolver++",
+    midpoint): the same data-prediction multistep D_i, integrated along the reverse SDE instead of
+    the ODE, so every step but the last adds fresh noise, like ancestral DDPM:
+    x_{t_i} = (sigma_{t_i} / sigma_{t_{i-1}}) e^{-h_i} x_{t_{i-1}} + alpha_{t_i} (1 - e^{-2 h_i}) D_i
+              + sigma_{t_i} sqrt(1 - e^{-2 h_i}) z.
+    Its first-order step (the first, which has no earlier x0) is exactly ancestral DDPM's step with the
+    posterior variance.
+    """
+
+    name = "dpm++sde"
+
+    def _update(self, x_t, d, h, sigma_t, alpha_prev, sigma_prev, generator):
+        kept = -torch.expm1(-2 * h)  # 1 - e^{-2h}, accurate for small h
+        return ((sigma_prev / sigma_t) * torch.exp(-h) * x_t + alpha_prev * kept * d
+                + sigma_prev * kept.sqrt() * _noise_like(x_t, generator))
 
 
 SAMPLER_FACTORIES = {"ddpm": functools.partial(DDPMSampler, variance="posterior"),
                      "ddpm-beta": functools.partial(DDPMSampler, variance="beta"),
-                     "ddim": DDIMSampler, "dpm++": DPMSolverPP2M}
+                     "ddim": DDIMSampler, "dpm++": DPMSolverPP2M, "dpm++sde": DPMSolverPP2MSDE}
 
 
 def make_sampler(name: str, schedule: NoiseSchedule, **kwargs) -> Sampler:
@@ -330,6 +406,33 @@ class Step:
     x_prev: torch.Tensor
 
 
+def check_guidance_interval(interval: Sequence[float] | None, T: int) -> tuple[int, int] | None:
+    """(t_lo, t_hi) as integers with 0 <= t_lo <= t_hi <= T, or None (guidance at every step)."""
+    if interval is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in interval)
+    except (TypeError, ValueError):
+        raise ValueError(f"the guidance interval must be two times (t_lo, t_hi), got {interval!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo == int(lo) and hi == int(hi) and 0 <= lo <= hi <= T):
+        raise ValueError(f"the guidance interval must be two integer times with 0 <= t_lo <= t_hi <= {T}, "
+                         f"got {interval!r}")
+    return int(lo), int(hi)
+
+
+def guidance_at(t: int, guidance: float, interval: tuple[int, int] | None) -> float:
+    """The guidance scale for the step at time t: `guidance` inside the interval (t_lo <= t <= t_hi), else 0.
+
+    Kynkaanniemi et al. 2024 ("Applying guidance in a limited interval improves sample and
+    distribution quality") found guidance harmful at high noise, where it narrows the variety of
+    the samples, and of little use at low noise; outside the interval a step costs one conditional
+    pass instead of two.
+    """
+    if interval is None or interval[0] <= t <= interval[1]:
+        return guidance
+    return 0.0
+
+
 def initial_noise(shape: Sequence[int], seed: int | None) -> tuple[torch.Tensor, torch.Generator]:
     """x_T ~ N(0, I) from a CPU generator seeded with `seed` (a random seed when None)."""
     g = torch.Generator("cpu")
@@ -353,6 +456,8 @@ def sample_steps(
     t_start: int | None = None,
     precision: str = "fp32",
     noise: torch.Tensor | None = None,
+    spacing: str = DEFAULT_SPACING,
+    guidance_interval: Sequence[int] | None = None,
 ) -> Iterator[Step]:
     """Run the reverse process one step at a time, yielding a Step for each.
 
@@ -361,6 +466,9 @@ def sample_steps(
     the network under bf16 autocast; every Step's tensors are fp32 either way. `noise` (B, C, H, W)
     replaces the x_T drawn from `seed` (a morph starts from interpolated noise); the generator of the
     later steps' noise is the seed's either way, so noise=initial_noise(shape, seed)[0] changes nothing.
+    spacing: how the steps are spread over t (see make_timesteps). guidance_interval (t_lo, t_hi):
+    guide only the steps whose t lies in it, the others run the conditional pass alone (None: guide
+    every step).
     """
     if context.ndim != 2:
         raise ValueError(f"context must be (B, classes), one row per sprite, got {tuple(context.shape)}")
@@ -373,7 +481,8 @@ def sample_steps(
     t_start = schedule.T if t_start is None else int(t_start)
     if not 1 <= t_start <= schedule.T:
         raise ValueError(f"the start time must lie in 1..{schedule.T}, got {t_start}")
-    ts = make_timesteps(t_start, int(steps))
+    ts = make_timesteps(t_start, steps, spacing, schedule)
+    interval = check_guidance_interval(guidance_interval, schedule.T)
     device = next(model.parameters()).device
     b, h = context.shape[0], model.height
     drawn, generator = initial_noise((b, model.in_channels, h, h), seed)
@@ -394,7 +503,7 @@ def sample_steps(
     net = inference_model(model)
     for i, (t, t_prev) in enumerate(zip(ts[:-1], ts[1:])):
         with precision_autocast(precision, device.type):
-            eps = predict_noise(net, x, t, schedule.T, context, guidance)
+            eps = predict_noise(net, x, t, schedule.T, context, guidance_at(t, guidance, interval))
         x_prev, x0 = sampler.step(eps, t, t_prev, x, generator)
         yield Step(i, len(ts) - 1, t, t_prev, x, x0, eps, x_prev)
         x = x_prev

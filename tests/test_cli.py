@@ -25,7 +25,7 @@ def test_sample_png_has_one_row_per_class(lib_tiny_model_dir, tmp_path, capsys):
     assert "wrote 6 sprites" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("sampler", ["ddpm", "ddpm-beta", "ddim", "dpm++"])
+@pytest.mark.parametrize("sampler", ["ddpm", "ddpm-beta", "ddim", "dpm++", "dpm++sde"])
 def test_sample_npz_holds_images_and_labels(lib_tiny_model_dir, tmp_path, sampler):
     out = tmp_path / "s.npz"
     steps = "10"
@@ -57,7 +57,20 @@ def test_sample_precision_bf16_differs_slightly_from_fp32(lib_tiny_model_dir, tm
     assert np.abs(images["fp32"][0] - images["bf16"][0]).mean() < 8
 
 
+def test_sample_spacing_and_guidance_interval_reach_the_sampler(lib_tiny_model_dir, tmp_path):
+    images = []
+    for extra in ([], ["--spacing", "trailing", "--guidance-interval", "0,500"], ["--spacing", "karras"],
+                  ["--guidance-interval", "100,300"]):
+        path = tmp_path / f"{len(images)}.npz"
+        assert cli.main(["--model", str(lib_tiny_model_dir), "--n", "2", "--steps", "4", "--out", str(path)] + extra) == 0
+        images.append(np.load(path)["images"])
+    assert np.array_equal(images[0], images[1])  # the defaults, spelled out
+    assert not np.array_equal(images[0], images[2])
+    assert not np.array_equal(images[0], images[3])
+
+
 @pytest.mark.parametrize("args, message", [
+    (["--guidance-interval", "100,501"], "at most at T = 500"),
     (["--classes", "hero,dragon"], "unknown class 'dragon'"),
     (["--steps", "501"], "steps must lie between 1 and 500"),
     (["--model", "/no/such/model/dir"], "no such directory"),
@@ -71,7 +84,9 @@ def test_sample_bad_input_one_clear_line(lib_tiny_model_dir, tmp_path, capsys, a
 
 
 @pytest.mark.parametrize("args", [["--out", "x.jpg"], ["--n", "0"], ["--guidance", "nan"], ["--steps", "0"],
-                                  ["--n", "many"], ["--precision", "fp16"]])
+                                  ["--n", "many"], ["--precision", "fp16"], ["--spacing", "cosine"],
+                                  ["--guidance-interval", "300,100"], ["--guidance-interval", "100"],
+                                  ["--guidance-interval", "a,b"]])
 def test_sample_bad_arguments_exit_2(tmp_path, args):
     with pytest.raises(SystemExit) as e:
         cli.main(["--out", str(tmp_path / "x.png")] + args if args[0] != "--out" else args)

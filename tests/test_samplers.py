@@ -1,5 +1,5 @@
-"""Samplers: one step of each against diffusers, a full DPM-Solver++(2M) run, guidance, class
-mixes, determinism, batch sizes and SDEdit starts.
+"""Samplers: one step of each against diffusers, full DPM-Solver++(2M) runs (ODE and SDE), timestep
+spacings, guidance and its interval, class mixes, determinism, batch sizes and SDEdit starts.
 
 Our t = diffusers t + 1, and our t = 0 (alpha_bar 1) is diffusers' "one" after its last step.
 """
@@ -10,8 +10,9 @@ import math
 import pytest
 import torch
 
-from ddpm.sampling import (DDIMSampler, DDPMSampler, DPMSolverPP2M, class_index, class_weights, make_sampler,
-                           make_timesteps, predict_noise, sample, sample_steps)
+from ddpm.sampling import (SPACINGS, DDIMSampler, DDPMSampler, DPMSolverPP2M, DPMSolverPP2MSDE, class_index,
+                           class_weights, guidance_at, make_sampler, make_timesteps, predict_noise, sample,
+                           sample_steps)
 from ddpm.schedule import NoiseSchedule
 
 from conftest import LIB_CLASSES, make_tiny_unet
@@ -125,6 +126,42 @@ def test_dpm_solver_second_order_differs_from_first_order(schedule):
     assert not torch.allclose(first, second)
 
 
+@pytest.mark.parametrize("steps", [5, 8, 10, 25])
+def test_sde_dpm_solver_pp_2m_full_run_matches_diffusers(schedule, steps):
+    # the same noise stream: diffusers draws one randn per step from the generator, as we do
+    sched = diffusers.DPMSolverMultistepScheduler(
+        num_train_timesteps=T, trained_betas=trained_betas(schedule), algorithm_type="sde-dpmsolver++",
+        solver_order=2, solver_type="midpoint", final_sigmas_type="zero", lower_order_final=True,
+        timestep_spacing="trailing")
+    sched.set_timesteps(steps)
+    ours_times = make_timesteps(T, steps)
+    assert [int(t) + 1 for t in sched.timesteps] == ours_times[:-1]
+    x_theirs, _ = inputs(10, (2, 3, 8, 8))
+    x_ours = x_theirs.clone()
+    g_theirs, g_ours = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
+    sampler = make_sampler("dpm++sde", schedule)
+    for td, t, t_prev in zip(sched.timesteps, ours_times[:-1], ours_times[1:]):
+        x_theirs = sched.step(fake_eps(x_theirs, t), int(td), x_theirs, generator=g_theirs).prev_sample
+        x_ours, x0 = sampler.step(fake_eps(x_ours, t), t, t_prev, x_ours, g_ours)
+        torch.testing.assert_close(x_ours, x_theirs, rtol=2e-4, atol=2e-4, msg=f"t {t} -> {t_prev}")
+    torch.testing.assert_close(x_ours, x0)  # no noise on the last step: it lands on the predicted x0
+
+
+def test_sde_dpm_solver_first_step_is_ddpm_and_later_steps_are_not(schedule):
+    # a first-order SDE-DPM-Solver++ step is the DDPM posterior step; the second-order ones differ
+    x, _ = inputs(11)
+    sde, ddpm = DPMSolverPP2MSDE(schedule), DDPMSampler(schedule, "posterior")
+    a, _ = sde.step(fake_eps(x, 500), 500, 400, x, torch.Generator().manual_seed(2))
+    b, _ = ddpm.step(fake_eps(x, 500), 500, 400, x, torch.Generator().manual_seed(2))
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    c, _ = sde.step(fake_eps(a, 400), 400, 300, a, torch.Generator().manual_seed(3))
+    d, _ = ddpm.step(fake_eps(a, 400), 400, 300, a, torch.Generator().manual_seed(3))
+    assert not torch.allclose(c, d, atol=1e-3)
+    # and the noise is used: another noise draw, another x
+    e, _ = DPMSolverPP2MSDE(schedule).step(fake_eps(x, 500), 500, 400, x, torch.Generator().manual_seed(5))
+    assert not torch.allclose(a, e)
+
+
 # --- timesteps ---------------------------------------------------------------------------------------
 def test_make_timesteps():
     assert make_timesteps(500, 10) == list(range(500, -1, -50))
@@ -139,6 +176,58 @@ def test_make_timesteps():
         make_timesteps(500, 0)
     with pytest.raises(ValueError):
         make_timesteps(10, 11)
+
+
+@pytest.mark.parametrize("spacing,option", [("karras", "use_karras_sigmas"), ("logsnr", "use_lu_lambdas")])
+@pytest.mark.parametrize("steps", [5, 8, 10, 15, 25])
+def test_sigma_spacings_match_diffusers(schedule, spacing, option, steps):
+    sched = diffusers.DPMSolverMultistepScheduler(num_train_timesteps=T, trained_betas=trained_betas(schedule),
+                                                  algorithm_type="dpmsolver++", **{option: True})
+    sched.set_timesteps(steps)
+    theirs = [int(t) + 1 for t in sched.timesteps] + [0]
+    ours = make_timesteps(T, steps, spacing, schedule)
+    if len(set(theirs)) == len(theirs):
+        assert ours == theirs
+    else:  # diffusers keeps rounding ties; ours breaks them but stays as close as it can
+        assert len(ours) == len(theirs) and max(abs(a - b) for a, b in zip(ours, theirs)) <= steps
+
+
+@pytest.mark.parametrize("spacing", SPACINGS)
+def test_every_spacing_gives_strictly_decreasing_times(schedule, spacing):
+    for t_start in (1, 2, 3, 17, 100, 499, 500):
+        for steps in sorted({s for s in (1, 2, 3, 5, 8, t_start // 3, t_start - 1, t_start) if 1 <= s <= t_start}):
+            ts = make_timesteps(t_start, steps, spacing, schedule)
+            assert len(ts) == steps + 1 and ts[0] == t_start and ts[-1] == 0, (t_start, steps, ts)
+            assert all(a > b for a, b in zip(ts, ts[1:])), (t_start, steps, ts)
+
+
+@pytest.mark.parametrize("steps", [5, 8, 10, 15, 25])
+def test_low_t_spacings_put_more_steps_at_low_t(steps):
+    # the course's linear schedule (the cosine one's sigma at T is so large that "karras" spends its
+    # first steps near T, as it does in diffusers)
+    schedule = NoiseSchedule(T)
+    below = lambda ts: sum(t < T // 4 for t in ts[:-1])  # noqa: E731  steps taken from t < T/4
+    trailing = below(make_timesteps(T, steps))
+    for spacing in ("quadratic", "karras", "logsnr"):
+        assert below(make_timesteps(T, steps, spacing, schedule)) > trailing, spacing
+
+
+def test_quadratic_spacing_and_bad_spacings():
+    assert make_timesteps(500, 5, "quadratic") == [500, 320, 180, 80, 20, 0]
+    assert make_timesteps(500, 10, "trailing") == make_timesteps(500, 10)
+    with pytest.raises(ValueError, match="spacing must be one of"):
+        make_timesteps(500, 10, "cosine")
+    with pytest.raises(ValueError, match="needs the noise schedule"):
+        make_timesteps(500, 10, "karras")
+
+
+@pytest.mark.parametrize("spacing", SPACINGS)
+def test_sample_steps_follows_the_spacing(lib_tiny_unet, spacing):
+    schedule = NoiseSchedule(T)
+    steps = list(sample_steps(lib_tiny_unet, schedule, torch.eye(5)[:2], sampler="ddpm", steps=5, guidance=1.0,
+                              seed=0, spacing=spacing))
+    ts = make_timesteps(T, 5, spacing, schedule)
+    assert [s.t for s in steps] == ts[:-1] and [s.t_prev for s in steps] == ts[1:]
 
 
 # --- guidance ----------------------------------------------------------------------------------------
@@ -191,6 +280,37 @@ def test_sampling_with_guidance_zero_equals_a_manual_loop(lib_tiny_unet):
     torch.testing.assert_close(out, x, rtol=1e-5, atol=1e-5)
 
 
+def test_guidance_interval_guides_only_inside_it(lib_tiny_unet):
+    model = CountingModel(lib_tiny_unet)
+    schedule = NoiseSchedule(T)
+    c = torch.eye(5)[[0, 3, 1]]
+    ts = make_timesteps(T, 10)[:-1]  # 500, 450, ..., 50
+    run = list(sample_steps(model, schedule, c, sampler="ddpm", steps=10, guidance=2.0, seed=1,
+                            guidance_interval=(100, 300)))
+    # one conditional pass (batch 3) outside, the conditional and unconditional together (6) inside
+    assert model.batches == [6 if 100 <= t <= 300 else 3 for t in ts]
+    assert [guidance_at(t, 2.0, (100, 300)) for t in (99, 100, 300, 301)] == [0.0, 2.0, 2.0, 0.0]
+    # the steps outside are the plain conditional model's
+    with torch.no_grad():
+        plain = lib_tiny_unet(run[0].x_t, torch.full((3,), 500 / T), c)
+    torch.testing.assert_close(run[0].eps, plain)
+
+
+def test_guidance_interval_covering_every_step_is_bit_identical(lib_tiny_unet):
+    schedule = NoiseSchedule(T)
+    c = torch.eye(5)[[2, 4]]
+    kw = dict(sampler="ddpm", steps=6, guidance=1.5, seed=3)
+    everywhere = sample(lib_tiny_unet, schedule, c, **kw)
+    assert torch.equal(everywhere, sample(lib_tiny_unet, schedule, c, guidance_interval=(0, T), **kw))
+    assert not torch.equal(everywhere, sample(lib_tiny_unet, schedule, c, guidance_interval=(0, 200), **kw))
+
+
+@pytest.mark.parametrize("bad", [(300, 100), (-1, 100), (0, T + 1), (10.5, 20), (float("nan"), 10), (5,), "ab", 7])
+def test_bad_guidance_interval_refused(lib_tiny_unet, bad):
+    with pytest.raises(ValueError, match="guidance interval"):
+        sample(lib_tiny_unet, NoiseSchedule(T), torch.eye(5)[:1], steps=2, guidance_interval=bad)
+
+
 @pytest.mark.parametrize("bad", [-0.1, float("nan"), float("inf"), 51])
 def test_bad_guidance_refused(lib_tiny_unet, bad):
     with pytest.raises(ValueError, match="guidance"):
@@ -240,7 +360,7 @@ def test_class_index_refuses_unknown():
 
 
 # --- whole runs ------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm++"])
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm++", "dpm++sde"])
 def test_same_seed_is_bit_identical_and_other_seeds_differ(lib_tiny_unet, sampler):
     schedule = NoiseSchedule(T)
     c = torch.stack([class_weights(LIB_CLASSES, "hero"), class_weights(LIB_CLASSES, {"hero": 1, "food": 1})])
@@ -271,7 +391,7 @@ def test_random_seed_when_none(lib_tiny_unet):
 
 
 @pytest.mark.parametrize("batch", [1, 3])
-@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm++"])
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm++", "dpm++sde"])
 def test_any_batch_size(lib_tiny_unet, batch, sampler):
     schedule = NoiseSchedule(T)
     c = torch.eye(5)[torch.arange(batch) % 5]
@@ -307,6 +427,8 @@ def test_bad_context_and_start_refused(lib_tiny_unet):
 def test_sampler_options_validated():
     schedule = NoiseSchedule(T)
     assert isinstance(make_sampler("DPM-Solver++", schedule), DPMSolverPP2M)
+    assert isinstance(make_sampler("sde-dpmsolver++", schedule), DPMSolverPP2MSDE)
+    assert make_sampler("dpm++sde", schedule).name == "dpm++sde"
     assert make_sampler("ddim", schedule, eta=0.3).eta == 0.3
     for eta in (-0.1, 1.5, float("nan")):
         with pytest.raises(ValueError, match="eta"):
