@@ -29,9 +29,11 @@ from PIL import Image
 from ddpm import compare as cp
 from ddpm import interactive as ix
 from ddpm import limits as lim
+from ddpm.chart import schedule_chart
 from ddpm.checkpoint import CheckpointError, load_model, load_palette, load_schedule, resolve
+from ddpm.conditioning import ALL_CLASSES, MIX, check_class, context_for
 from ddpm.data import DataError
-from ddpm.images import sprite_sheet, upscale
+from ddpm.images import png_bytes, sprite_sheet, upscale
 from ddpm.sampling import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS, PRECISIONS, resolve_precision
 
 HERE = Path(__file__).resolve().parent
@@ -133,7 +135,7 @@ def saved(picture: np.ndarray | Image.Image, name: str, scale: int = 1) -> str:
     pictures served at the same moment never share a half-written file. Upscaled crisply here.
     """
     im = picture if isinstance(picture, Image.Image) else upscale(np.ascontiguousarray(picture), scale)
-    return ix.write_named(ix.png_bytes(im), name)
+    return ix.write_named(png_bytes(im), name)
 
 
 def user_errors(fn: Callable) -> Callable:
@@ -214,7 +216,7 @@ class SpriteLab:
         self.palette = palette  # the training data's colours (palette.json), or None
         self.classes = list(model.class_names)
         self.T, self.height = schedule.T, model.height
-        self.chart = ix.schedule_chart(schedule)
+        self.chart = schedule_chart(schedule)
         self._sprites: dict[tuple[str, int], np.ndarray] = {}
         self._opening: dict | None = None
         self._opening_lock = threading.Lock()
@@ -223,7 +225,7 @@ class SpriteLab:
     def model_sprite(self, cls: str, seed: Any) -> np.ndarray:
         """The model's sprite for a class and seed (deterministic, so each is computed once)."""
         seed = lim.check_seed(seed)
-        cls = ix.check_class(self.classes, cls)
+        cls = check_class(self.classes, cls)
         if (cls, seed) not in self._sprites:
             rows = ix.generate(self.model, self.schedule, self.classes, cls, 1, DEFAULT_SAMPLER, DEFAULT_STEPS,
                                DEFAULT_GUIDANCE, seed, self.precision)
@@ -250,7 +252,7 @@ class SpriteLab:
                     forward=self.forward_sprite(c0, self.FORWARD_SEED, self.T // 4, 0, False),
                     reverse=self.reverse_reset(None, c0, REVERSE_DEFAULT_N, 0, DEFAULT_SAMPLER, DEFAULT_STEPS,
                                                DEFAULT_GUIDANCE, *mix)[1:],
-                    generate=list(self.generate(ix.ALL_CLASSES, GENERATE_DEFAULT_N, DEFAULT_SAMPLER, DEFAULT_STEPS,
+                    generate=list(self.generate(ALL_CLASSES, GENERATE_DEFAULT_N, DEFAULT_SAMPLER, DEFAULT_STEPS,
                                                 DEFAULT_GUIDANCE, 0, False))[-1],
                     remix_source=remix_source,
                     remix=self.remix(self.model_sprite(c0, self.REMIX_SEED), self.remix_class(), REMIX_DEFAULT_STRENGTH, DEFAULT_SAMPLER,
@@ -291,8 +293,8 @@ class SpriteLab:
     def _view(self, sprite: np.ndarray, t, noise_seed, show_model, cls):
         t = lim.check_number(t, "t", 0, self.T, integer=True)
         noise_seed = lim.check_seed(noise_seed, "noise seed")
-        cls = ix.check_class(self.classes, cls)
-        context = ix.context_for(self.classes, cls, 1) if show_model else None
+        cls = check_class(self.classes, cls)
+        context = context_for(self.classes, cls, 1) if show_model else None
         v = ix.forward_view(self.schedule, sprite, t, noise_seed, self.model if show_model else None, context)
         info = (f"t = {t} of {self.T} · signal kept ᾱₜ = {fmt(v.abar)} · "
                 f"noise level √(1−ᾱₜ) = {fmt(v.noise_level)} · SNR = {fmt(v.snr)}")
@@ -303,7 +305,7 @@ class SpriteLab:
 
     # --- 2. reverse process -------------------------------------------------------------------
     def _reverse_settings(self, cls, mix, n, seed, sampler, steps, guidance) -> dict:
-        return dict(cls=ix.check_class(self.classes, cls, (ix.MIX,)),
+        return dict(cls=check_class(self.classes, cls, (MIX,)),
                     mix=[lim.check_number(w, f"the weight of {c}", 0, 1) for c, w in zip(self.classes, mix)],
                     n=lim.check_batch(n, "sprites", lim.MAX_SPRITES),
                     seed=lim.check_seed(seed),
@@ -312,7 +314,7 @@ class SpriteLab:
                     guidance=lim.check_guidance(guidance))
 
     def _new_run(self, s: dict) -> ix.ReverseRun:
-        context = ix.context_for(self.classes, s["cls"], s["n"], s["mix"])
+        context = context_for(self.classes, s["cls"], s["n"], s["mix"])
         return ix.start_reverse(self.model, self.schedule, context, s["sampler"], s["steps"], s["guidance"],
                                 s["seed"], self.precision, cls=s["cls"], mix=s["mix"], n=s["n"])
 
@@ -330,7 +332,7 @@ class SpriteLab:
         """(run, x_t grid, predicted x₀ grid, predicted noise grid, step shown, status line)."""
         f = run.frame_at(step)
         s = run.settings
-        what = "mix" if s["cls"] == ix.MIX else s["cls"]
+        what = "mix" if s["cls"] == MIX else s["cls"]
         last = f is run.frames[-1]
         state = "done ✨" if run.done and last else ("pure noise" if f.step == 0 else "denoising…")
         status = (f"Step {f.step} / {run.total} · t = {f.t} · {state} · "
@@ -386,7 +388,7 @@ class SpriteLab:
         """The run so far as an animated GIF."""
         if not isinstance(run, ix.ReverseRun) or len(run.frames) < 2:
             raise ValueError("no steps taken yet: press Step or Run first")
-        what = "mix" if run.settings["cls"] == ix.MIX else run.settings["cls"]
+        what = "mix" if run.settings["cls"] == MIX else run.settings["cls"]
         return ix.write_named(ix.trajectory_gif(run.frames), f"reverse-{what}-trajectory.gif")
 
     # --- 3. generate ----------------------------------------------------------------------------
@@ -394,9 +396,9 @@ class SpriteLab:
     def generate(self, cls, n, sampler, steps, guidance, seed, transparent, snap=True):
         """Sprites of one class or one row per class; streams the model's current guess as it samples,
         then the sprites, the sprite sheet (1 px per pixel) and a caption."""
-        cls = ix.check_class(self.classes, cls, (ix.ALL_CLASSES,))
+        cls = check_class(self.classes, cls, (ALL_CLASSES,))
         steps = lim.check_steps(steps, self.T)
-        what = "all" if cls == ix.ALL_CLASSES else cls
+        what = "all" if cls == ALL_CLASSES else cls
         every = max(1, steps // 10)  # about ten progress pictures per run
         for done, total, rows in ix.generate_steps(self.model, self.schedule, self.classes, cls, n,
                                                    sampler_key(sampler), steps, guidance, seed, self.precision):
@@ -407,10 +409,10 @@ class SpriteLab:
                 continue
             rows = [ix.maybe_snap(r, self.palette, bool(snap)) for r in rows]
             sheet = sprite_sheet(rows, scale=1, pad=0, transparent=bool(transparent))
-            names = self.classes if cls == ix.ALL_CLASSES else [cls]
+            names = self.classes if cls == ALL_CLASSES else [cls]
             caption = " · ".join(f"row {i + 1}: {name}" for i, name in enumerate(names))
             yield (saved(sprite_sheet(rows, scale=GRID, pad=1), f"sprites-{what}-seed{int(seed)}.png"),
-                   ix.write_named(ix.png_bytes(sheet), f"sprite-sheet-{what}.png"), caption)
+                   ix.write_named(png_bytes(sheet), f"sprite-sheet-{what}.png"), caption)
 
     # --- 4. remix -------------------------------------------------------------------------------
     @user_errors
@@ -432,9 +434,9 @@ class SpriteLab:
     def remix(self, sprite, cls, strength, sampler, steps, guidance, seed, snap=True):
         """SDEdit a sprite (any image; the page sends the source on screen) toward another class:
         the result, the trajectory strip and a line saying what was done."""
-        cls = ix.check_class(self.classes, cls)
+        cls = check_class(self.classes, cls)
         source = self.sprite_in(sprite, self.REMIX_SEED)
-        r = ix.remix(self.model, self.schedule, source, ix.context_for(self.classes, cls, 1), strength,
+        r = ix.remix(self.model, self.schedule, source, context_for(self.classes, cls, 1), strength,
                      sampler_key(sampler), steps, guidance, seed, self.precision)
         result = ix.maybe_snap(r.result, self.palette, bool(snap))
         # the trajectory: at most 8 evenly spaced frames from the noised start to the result
@@ -571,7 +573,7 @@ class CompareLab:
         return self.lab.classes
 
     def _common(self, class_name: Any, seed: Any, guidance: Any) -> tuple[str, int, float]:
-        return (ix.check_class(self.classes, class_name), lim.check_seed(seed),
+        return (check_class(self.classes, class_name), lim.check_seed(seed),
                 lim.check_guidance(guidance))
 
     # --- the race -------------------------------------------------------------------------------
@@ -584,7 +586,7 @@ class CompareLab:
         if isinstance(race, cp.SamplerRace) and race.settings == settings:
             return race
         lab = self.lab
-        return cp.SamplerRace(lab.model, lab.schedule, ix.context_for(self.classes, cls, 1), entries, guidance, seed,
+        return cp.SamplerRace(lab.model, lab.schedule, context_for(self.classes, cls, 1), entries, guidance, seed,
                               lab.precision, settings=settings)
 
     def _race_outputs(self, race: cp.SamplerRace, note: str = ""):
@@ -597,7 +599,7 @@ class CompareLab:
         status += "\n\n| sampler | step | t | time | per step |\n|---|---|---|---|---|\n" + rows
         files, stem = None, f"race-{s['cls']}-seed{s['seed']}"
         if f.done:
-            files = [ix.write_named(ix.png_bytes(cp.race_picture(f)), f"{stem}.png"),
+            files = [ix.write_named(png_bytes(cp.race_picture(f)), f"{stem}.png"),
                      ix.write_named(cp.race_gif(race.frames), f"{stem}.gif")]
         if note:
             status += f"\n\n{note}"
@@ -650,7 +652,7 @@ class CompareLab:
         name = f"guidance-sweep-{cls}-seed{seed}.png"
         yield saved(cp.sweep_picture(cols, values, seeds, height=lab.height), name), \
             f"Sampling guidance {values[0]:g}… · {what}", None
-        sweep = cp.guidance_sweep(lab.model, lab.schedule, ix.context_for(self.classes, cls, 1), values, seeds,
+        sweep = cp.guidance_sweep(lab.model, lab.schedule, context_for(self.classes, cls, 1), values, seeds,
                                   sampler, steps, lab.precision)
         for j, sprites in sweep:
             cols[j] = sprites
@@ -664,7 +666,7 @@ class CompareLab:
     # --- morphs -----------------------------------------------------------------------------------
     @user_errors
     def morph(self, class_a, class_b, seed_a, seed_b, frames, sampler, steps, guidance):
-        class_a, class_b = (ix.check_class(self.classes, c) for c in (class_a, class_b))
+        class_a, class_b = (check_class(self.classes, c) for c in (class_a, class_b))
         guidance = lim.check_guidance(guidance)
         lab = self.lab
         m = cp.morph(lab.model, lab.schedule, self.classes, class_a, class_b, seed_a, seed_b, frames, sampler, steps,
@@ -881,8 +883,8 @@ def build_demo(lab: SpriteLab) -> gr.Blocks:
                 r_run = gr.State(None, time_to_live=3600)
                 with gr.Row():
                     with gr.Column(scale=1, min_width=260, elem_classes=["settings-col"]):
-                        r_cls = gr.Dropdown(lab.classes + [ix.MIX], value=lab.classes[0], label="Class",
-                                            info=f"'{ix.MIX}' blends classes with the weights below", elem_id="r-class")
+                        r_cls = gr.Dropdown(lab.classes + [MIX], value=lab.classes[0], label="Class",
+                                            info=f"'{MIX}' blends classes with the weights below", elem_id="r-class")
                         with gr.Accordion("Class mix weights", open=False):
                             r_mix = [gr.Slider(0, 1, value=1.0 if i == 0 else 0.0, step=0.05, label=c,
                                                elem_id=f"r-mix-{i}") for i, c in enumerate(lab.classes)]
@@ -939,7 +941,7 @@ def build_demo(lab: SpriteLab) -> gr.Blocks:
             with gr.Tab("Generate", id="generate"):
                 with gr.Row():
                     with gr.Column(scale=1, min_width=260, elem_classes=["settings-col"]):
-                        g_cls = gr.Dropdown([ix.ALL_CLASSES] + lab.classes, value=ix.ALL_CLASSES, label="Class",
+                        g_cls = gr.Dropdown([ALL_CLASSES] + lab.classes, value=ALL_CLASSES, label="Class",
                                             info="'all classes' draws one row per class", elem_id="g-class")
                         g_n = whole(gr.Slider(1, lim.MAX_SPRITES, value=GENERATE_DEFAULT_N, step=1, precision=0,
                                               label="How many (per row)", elem_id="g-n"), "how many")

@@ -240,7 +240,7 @@ def requests_for(client_index: int, n: int, T: int) -> list[tuple]:
     rng = random.Random(client_index)
     mix = [1.0] + [0.0] * (len(CLASSES) - 1)
     generate = ("generate (defaults, identical)", "/generate",
-                (app.ix.ALL_CLASSES, app.GENERATE_DEFAULT_N, DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_GUIDANCE, 0, False),
+                (app.ALL_CLASSES, app.GENERATE_DEFAULT_N, DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_GUIDANCE, 0, False),
                 lambda out: (check_picture(out[0]), check_picture(out[1])))
     mixed = [
         ("reverse step", "/reverse_step",

@@ -18,9 +18,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from .interactive import MAX_FRAMES, context_for, gif_bytes, thin
+from .conditioning import context_for
+from .images import gif_bytes, to_uint8
+from .interactive import MAX_FRAMES, thin
 from .limits import MAX_SEED, check_guidance, check_number, check_seed, check_steps
-from .sampling import SAMPLER_ALIASES, Step, initial_noise, make_sampler, sample_steps, to_uint8
+from .sampling import SAMPLER_ALIASES, Step, initial_noise, make_sampler, sample_steps
 from .schedule import NoiseSchedule
 
 MIN_RACERS, MAX_RACERS = 2, 4            # columns of a race: fewer is no race, more no longer fits a phone

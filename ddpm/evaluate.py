@@ -41,8 +41,8 @@ from torch import nn
 
 from .checkpoint import CheckpointError, load_model, load_palette, load_schedule
 from .data import DataError, SpriteData, load_data
-from .images import snap_to_palette
-from .sampling import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS, PRECISIONS, SAMPLER_ALIASES, sample, to_uint8
+from .images import snap_to_palette, to_uint8
+from .sampling import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS, PRECISIONS, SAMPLER_ALIASES, sample
 
 CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ddpm-sprite-lab"
 CLASSIFIER_VERSION = 1

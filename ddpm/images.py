@@ -1,8 +1,29 @@
-"""Turning sprite arrays into pictures: crisp upscales and sprite sheets."""
+"""Images: the one conversion between the model's [-1, 1] tensors and uint8 sprites, crisp upscales,
+sprite sheets, and PNG / animated GIF bytes."""
 from __future__ import annotations
 
+import io
+from typing import Sequence
+
 import numpy as np
+import torch
 from PIL import Image
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """(B, C, H, W) in [-1, 1] to (B, H, W, C) uint8."""
+    x = ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).numpy()
+
+
+def from_uint8(sprites: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) or (B, H, W, 3) uint8 to a (1 or B, 3, H, W) float tensor in [-1, 1], the model's range."""
+    sprites = np.asarray(sprites, dtype=np.uint8)
+    if sprites.ndim == 3:
+        sprites = sprites[None]
+    if sprites.ndim != 4 or sprites.shape[-1] != 3:
+        raise ValueError(f"expected (H, W, 3) or (B, H, W, 3) sprites, got shape {sprites.shape}")
+    return torch.from_numpy(sprites.copy()).permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
 def upscale(sprite: np.ndarray, scale: int) -> Image.Image:
@@ -46,3 +67,24 @@ def snap_to_palette(sprites: np.ndarray, palette: np.ndarray) -> np.ndarray:
     flat = sprites.reshape(-1, 3).astype(np.int32)
     d2 = ((flat[:, None, :] - palette[None, :, :]) ** 2).sum(-1)
     return palette[d2.argmin(1)].astype(np.uint8).reshape(sprites.shape)
+
+
+def gif_bytes(images: Sequence[Image.Image], ms: int = 90, hold_ms: int = 1500) -> bytes:
+    """An animated GIF that loops over the images, `ms` per frame, holding the last one for `hold_ms`."""
+    if not images:
+        raise ValueError("no frames to animate")
+    durations = [ms] * (len(images) - 1) + [hold_ms]
+    # Our own palette per frame, without dithering: pixel art keeps flat colours, and it is about 4x
+    # faster than leaving the RGB-to-palette conversion to the GIF writer.
+    images = [im if im.mode == "P" else im.convert("RGB").quantize(256, method=Image.Quantize.FASTOCTREE,
+                                                                   dither=Image.Dither.NONE) for im in images]
+    buf = io.BytesIO()
+    images[0].save(buf, "GIF", save_all=True, append_images=images[1:], duration=durations, loop=0,
+                   optimize=False, disposal=1)
+    return buf.getvalue()
+
+
+def png_bytes(im: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, "PNG")
+    return buf.getvalue()

@@ -6,7 +6,6 @@ message meant for that user; the app shows it as a gr.Error.
 """
 from __future__ import annotations
 
-import io
 import math
 import os
 import re
@@ -22,14 +21,13 @@ import torch
 from PIL import Image
 
 from .data import DataError, MAX_IMAGE_PIXELS, open_image, sprite_from_image
-from .images import snap_to_palette, sprite_sheet
-from .sampling import Step, class_weights, inference_model, predict_noise, sample_steps, to_uint8
+from .conditioning import ALL_CLASSES, check_class, context_for
+from .images import from_uint8, gif_bytes, snap_to_palette, sprite_sheet, to_uint8
 from .limits import MAX_SPRITES, check_batch, check_guidance, check_number, check_seed, check_steps
+from .sampling import Step, inference_model, predict_noise, sample_steps
 from .schedule import NoiseSchedule
 
 MAX_FRAMES = 120        # frames kept per trajectory: 16 sprites x 3 images x 768 B x 120 ~ 4.4 MB per session
-MIX = "mix"             # the class choice that means "use the mix weights"
-ALL_CLASSES = "all classes"
 
 
 # --- devices -------------------------------------------------------------------------------------
@@ -47,31 +45,6 @@ def pick_device(requested: str | None = None) -> torch.device:
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
-
-
-# --- validating what users type ------------------------------------------------------------------
-def check_class(class_names: Sequence[str], choice: Any, allowed_extra: Sequence[str] = ()) -> str:
-    """A class name (or one of allowed_extra such as MIX), or ValueError listing the choices."""
-    if isinstance(choice, str) and (choice in class_names or choice in allowed_extra):
-        return choice
-    choices = ", ".join(list(class_names) + list(allowed_extra))
-    raise ValueError(f"unknown class {choice!r}; choose one of: {choices}")
-
-
-def context_for(class_names: Sequence[str], choice: str, n: int,
-                mix: Sequence[float] | None = None) -> torch.Tensor:
-    """(n, classes) context rows: one class, or the normalised mix of classes when choice == MIX."""
-    choice = check_class(class_names, choice, (MIX,))
-    if choice == MIX:
-        if mix is None or len(mix) != len(class_names):
-            raise ValueError(f"a mix needs one weight per class ({len(class_names)})")
-        weights = {name: check_number(w, f"the weight of {name}", 0, 1) for name, w in zip(class_names, mix)}
-        if sum(weights.values()) <= 0:
-            raise ValueError("a mix needs at least one class with a weight above 0")
-        row = class_weights(class_names, weights)
-    else:
-        row = class_weights(class_names, choice)
-    return row.repeat(n, 1)
 
 
 # --- images in ---------------------------------------------------------------------------------
@@ -133,14 +106,6 @@ def sprite_from_picture(value: Any, height: int) -> np.ndarray:
     return sprite_from_image(im, height)
 
 
-def to_model_input(sprite: np.ndarray) -> torch.Tensor:
-    """(H, W, 3) uint8 to a (1, 3, H, W) float tensor in [-1, 1], the range the model was trained on."""
-    sprite = np.asarray(sprite, dtype=np.uint8)
-    if sprite.ndim != 3 or sprite.shape[-1] != 3:
-        raise ValueError(f"expected an (H, W, 3) sprite, got shape {sprite.shape}")
-    return torch.from_numpy(sprite.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
-
-
 def noise_to_uint8(eps: torch.Tensor) -> np.ndarray:
     """Noise (about N(0, 1)) as pictures: +-2.5 standard deviations fill the 0..255 range."""
     return to_uint8(eps / 2.5)
@@ -183,7 +148,7 @@ class ForwardView:
 def forward_view(schedule: NoiseSchedule, sprite: np.ndarray, t: int, noise_seed: int,
                  model: torch.nn.Module | None = None, context: torch.Tensor | None = None) -> ForwardView:
     """x_t for the sprite at time t; with a model, also its noise and x0 predictions (guidance 0)."""
-    x0 = to_model_input(sprite)
+    x0 = from_uint8(sprite)
     noise = forward_noise(x0.shape, noise_seed)
     x_t = schedule.add_noise(x0, noise, t)
     abar = float(schedule.alpha_bars[t])
@@ -198,85 +163,6 @@ def forward_view(schedule: NoiseSchedule, sprite: np.ndarray, t: int, noise_seed
         view.eps_pred = noise_to_uint8(eps)[0]
         view.x0_pred = to_uint8(schedule.predict_x0(x_in, eps, t))[0]
     return view
-
-
-@dataclass
-class ScheduleChart:
-    """abar_t and SNR over t, drawn once; a marker for the current t is painted on a copy.
-
-    Redrawing a matplotlib figure costs ~50 ms; painting a line into a cached array costs well
-    under 1 ms. The chart is kept as a 64-colour palette image because PNG-encoding it is most of
-    a slider update: ~2 ms as palette indices against ~6 ms as RGB.
-    """
-
-    indices: np.ndarray        # (h, w) uint8 palette indices
-    palette: list[int]         # flat [r, g, b, ...] for PIL; the last MARKERS entries are the marker colours
-    x_px: np.ndarray           # pixel column of every t = 0..T
-    abar_px: np.ndarray        # pixel row of the abar curve at every t
-    snr_px: np.ndarray         # pixel row of the SNR curve at every t (t = 0 clipped to the top)
-    top: int
-    bottom: int
-
-    MARKERS = ((220, 40, 40), (31, 119, 180), (255, 127, 14))  # the t line, the abar dot, the SNR dot
-
-    def marked(self, t: int) -> Image.Image:
-        idx = self.indices.copy()
-        line, abar_dot, snr_dot = range(len(self.palette) // 3 - 3, len(self.palette) // 3)
-        x = int(self.x_px[t])
-        idx[self.top:self.bottom, max(0, x - 1):x + 1] = line
-        for y, colour in ((self.abar_px[t], abar_dot), (self.snr_px[t], snr_dot)):
-            y = int(y)
-            idx[max(self.top, y - 3):y + 4, max(0, x - 3):x + 4] = colour
-        im = Image.fromarray(idx, "P")
-        im.putpalette(self.palette)
-        return im
-
-
-def schedule_chart(schedule: NoiseSchedule, width: int = 480, height: int = 270) -> ScheduleChart:
-    """The chart with text large enough to read when a phone shows it ~360 px wide."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    T = schedule.T
-    ts = np.arange(T + 1)
-    abar = schedule.alpha_bars.numpy()
-    snr = schedule.snr().numpy()
-    snr[0] = snr[1]  # infinite at t = 0; drawn at the t = 1 value
-    dpi = 100
-    fig, ax = plt.subplots(figsize=(width / dpi, height / dpi), dpi=dpi)
-    ax.plot(ts, abar, color="#1f77b4", label=r"$\bar\alpha_t$ (signal kept)")
-    ax.set_xlim(0, T)
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_xlabel("t", fontsize=13)
-    ax.set_ylabel(r"$\bar\alpha_t$", color="#1f77b4", fontsize=14)
-    ax.tick_params(labelsize=12)
-    ax2 = ax.twinx()
-    ax2.semilogy(ts, snr, color="#ff7f0e", label="SNR")
-    ax2.set_ylabel("SNR (log)", color="#ff7f0e", fontsize=13)
-    ax2.tick_params(labelsize=12)
-    lo, hi = snr[1:].min(), snr[1:].max()
-    ax2.set_ylim(lo / 2, hi * 2)
-    ax.grid(alpha=0.3)
-    lines = ax.get_lines() + ax2.get_lines()
-    ax.legend(lines, [ln.get_label() for ln in lines], loc="upper right", fontsize=12)
-    fig.tight_layout(pad=0.4)
-    fig.canvas.draw()
-    image = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
-    h = image.shape[0]
-    # matplotlib's pixel origin is bottom-left; arrays count rows from the top
-    pa = ax.transData.transform(np.stack([ts, abar], 1))
-    ps = ax2.transData.transform(np.stack([ts, snr], 1))
-    (_, y0), (_, y1) = ax.transAxes.transform([(0, 0), (0, 1)])
-    plt.close(fig)
-    colours = 64 - len(ScheduleChart.MARKERS)
-    base = Image.fromarray(image).quantize(colours, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
-    palette = base.getpalette()[:3 * colours]
-    palette += [0, 0, 0] * (colours - len(palette) // 3)  # pad when the chart has fewer colours
-    palette += [v for c in ScheduleChart.MARKERS for v in c]
-    return ScheduleChart(np.asarray(base, dtype=np.uint8), palette, pa[:, 0].round(), h - pa[:, 1].round(),
-                         h - ps[:, 1].round(), int(h - y1), int(h - y0))
 
 
 # --- the reverse process ---------------------------------------------------------------------------
@@ -369,21 +255,6 @@ def trajectory_gif(frames: Sequence[Frame], scale: int = 4, ms: int = 90, hold_m
     return gif_bytes([grid(f.x_t, scale=scale) for f in frames], ms, hold_ms)
 
 
-def gif_bytes(images: Sequence[Image.Image], ms: int = 90, hold_ms: int = 1500) -> bytes:
-    """An animated GIF that loops over the images, `ms` per frame, holding the last one for `hold_ms`."""
-    if not images:
-        raise ValueError("no frames to animate")
-    durations = [ms] * (len(images) - 1) + [hold_ms]
-    # Our own palette per frame, without dithering: pixel art keeps flat colours, and it is about 4x
-    # faster than leaving the RGB-to-palette conversion to the GIF writer.
-    images = [im if im.mode == "P" else im.convert("RGB").quantize(256, method=Image.Quantize.FASTOCTREE,
-                                                                   dither=Image.Dither.NONE) for im in images]
-    buf = io.BytesIO()
-    images[0].save(buf, "GIF", save_all=True, append_images=images[1:], duration=durations, loop=0,
-                   optimize=False, disposal=1)
-    return buf.getvalue()
-
-
 # --- generating and remixing ---------------------------------------------------------------------
 def generate_steps(model: torch.nn.Module, schedule: NoiseSchedule, class_names: Sequence[str], choice: str,
                    n: int, sampler: str, steps: int, guidance: float, seed: int,
@@ -449,7 +320,7 @@ def remix(model: torch.nn.Module, schedule: NoiseSchedule, sprite: np.ndarray, c
     seed = check_seed(seed)
     t_start = remix_start(strength, schedule.T)
     n_steps = remix_steps(steps, t_start, schedule.T)
-    x_start = to_model_input(sprite)
+    x_start = from_uint8(sprite)
     frames, last = [], None
     for last in sample_steps(model, schedule, context[:1], sampler=sampler, steps=n_steps, guidance=guidance,
                              seed=seed, x_start=x_start, t_start=t_start, precision=precision):
@@ -517,7 +388,3 @@ def prune(folder: Path, max_age_s: float) -> None:
             pass
 
 
-def png_bytes(im: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    im.save(buf, "PNG")
-    return buf.getvalue()

@@ -276,41 +276,6 @@ def make_sampler(name: str, schedule: NoiseSchedule, **kwargs) -> Sampler:
     return SAMPLER_FACTORIES[key](schedule, **kwargs)
 
 
-# --- conditioning ---------------------------------------------------------------------------------
-def class_weights(class_names: Sequence[str], choice: str | int | dict[str, float]) -> torch.Tensor:
-    """A context vector from a class name or index, or a mix {name: weight} (normalised to sum 1)."""
-    n = len(class_names)
-    if isinstance(choice, dict):
-        # float64: finite weights beyond float32's range (1e39) would otherwise turn into inf and NaN
-        w = torch.zeros(n, dtype=torch.float64)
-        for name, weight in choice.items():
-            w[class_index(class_names, name)] += _check_weight(weight, name)
-        if w.sum() <= 0:
-            raise ValueError("a class mix needs at least one positive weight")
-        w = w / w.max()  # then even weights near float64's limit cannot overflow the sum
-        return (w / w.sum()).float()
-    w = torch.zeros(n)
-    w[class_index(class_names, choice)] = 1.0
-    return w
-
-
-def _check_weight(weight: float, name: str) -> float:
-    weight = float(weight)
-    if not math.isfinite(weight) or weight < 0:
-        raise ValueError(f"the weight of {name!r} must be a finite non-negative number, got {weight}")
-    return weight
-
-
-def class_index(class_names: Sequence[str], choice: str | int) -> int:
-    if isinstance(choice, (int,)) and not isinstance(choice, bool):
-        if 0 <= choice < len(class_names):
-            return choice
-        raise ValueError(f"class index {choice} out of range 0..{len(class_names) - 1}")
-    if choice in class_names:
-        return list(class_names).index(choice)
-    raise ValueError(f"unknown class {choice!r}; the classes are {', '.join(class_names)}")
-
-
 def predict_noise(model: torch.nn.Module, x_t: torch.Tensor, t: int, T: int, context: torch.Tensor,
                   guidance: float = 0.0) -> torch.Tensor:
     """The network's noise prediction at integer time t, with classifier-free guidance scale `guidance`."""
@@ -515,9 +480,3 @@ def sample(model: torch.nn.Module, schedule: NoiseSchedule, context: torch.Tenso
     for last in sample_steps(model, schedule, context, **kwargs):
         pass
     return last.x_prev.float().cpu()
-
-
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """(B, C, H, W) in [-1, 1] to (B, H, W, C) uint8."""
-    x = ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 1).numpy()

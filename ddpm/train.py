@@ -33,7 +33,8 @@ from .checkpoint import CheckpointError, load_model, save_model
 from .data import DataError, SpriteData, load_data
 from .history import TOTALS, stage_since, training_stages
 from .model import DEFAULT_N_FEAT, NORMS, TIME_EMBEDDINGS, ContextUnet, widen
-from .sampling import bf16_is_fast, sample, to_uint8
+from .images import to_uint8
+from .sampling import bf16_is_fast, sample
 from .schedule import SCHEDULES, NoiseSchedule
 
 CHECKPOINT = "checkpoint.safetensors"

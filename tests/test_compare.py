@@ -10,8 +10,9 @@ from PIL import Image
 
 from conftest import LIB_CLASSES
 from ddpm import compare as cp
-from ddpm.interactive import context_for
-from ddpm.sampling import initial_noise, sample_steps, to_uint8
+from ddpm.conditioning import context_for
+from ddpm.images import to_uint8
+from ddpm.sampling import initial_noise, sample_steps
 from ddpm.schedule import NoiseSchedule
 
 SHAPE = (3, 16, 16)

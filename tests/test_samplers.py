@@ -10,9 +10,9 @@ import math
 import pytest
 import torch
 
-from ddpm.sampling import (SPACINGS, DDIMSampler, DDPMSampler, DPMSolverPP2M, DPMSolverPP2MSDE, class_index,
-                           class_weights, guidance_at, make_sampler, make_timesteps, predict_noise, sample,
-                           sample_steps)
+from ddpm.conditioning import class_index, class_weights
+from ddpm.sampling import (SPACINGS, DDIMSampler, DDPMSampler, DPMSolverPP2M, DPMSolverPP2MSDE, guidance_at,
+                           make_sampler, make_timesteps, predict_noise, sample, sample_steps)
 from ddpm.schedule import NoiseSchedule
 
 from conftest import LIB_CLASSES, make_tiny_unet
