@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
+from ddpm.images import from_uint8
 from ddpm.model import ContextUnet
 from ddpm.schedule import NoiseSchedule
 from ddpm.train import ema_decay, training_batch, update_ema
@@ -71,7 +72,7 @@ def our_loop(sprites, labels, batch_size, seconds, schedule, config: dict | None
     model = ContextUnet(**(config or {})).to(memory_format=torch.channels_last)
     ema = ContextUnet(**(config or {})).to(memory_format=torch.channels_last).eval()
     opt = torch.optim.Adam(model.parameters(), 1e-3)
-    data = (torch.from_numpy(sprites).permute(0, 3, 1, 2).float() / 127.5 - 1).contiguous(memory_format=torch.channels_last)
+    data = from_uint8(sprites).contiguous(memory_format=torch.channels_last)
     labels = torch.from_numpy(labels)
     g = torch.Generator().manual_seed(0)
     images, step, start = 0, 0, time.perf_counter()

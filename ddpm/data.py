@@ -56,8 +56,9 @@ class SpriteData:
         """Images as float (N, 3, H, W) in [-1, 1] and labels as a long tensor."""
         import torch
 
-        x = torch.from_numpy(self.images).permute(0, 3, 1, 2).float() / 127.5 - 1
-        return x, torch.from_numpy(self.labels)
+        from .images import from_uint8
+
+        return from_uint8(self.images), torch.from_numpy(self.labels)
 
 
 # --- images --------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ from torch import nn
 
 from .checkpoint import CheckpointError, load_model, load_palette, load_schedule
 from .data import DataError, SpriteData, load_data
-from .images import snap_to_palette, to_uint8
+from .images import from_uint8, snap_to_palette, to_uint8
 from .sampling import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS, PRECISIONS, SAMPLER_ALIASES, sample
 
 CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ddpm-sprite-lab"
@@ -430,7 +430,7 @@ def sample_class(model, schedule, c: int, n: int, setting: Setting, seed: int, b
     fake = to_uint8(torch.cat(chunks))
     if palette is not None:
         fake = snap_to_palette(fake, palette)
-    return torch.from_numpy(fake).permute(0, 3, 1, 2).float() / 127.5 - 1
+    return from_uint8(fake)
 
 
 @dataclass
