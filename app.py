@@ -572,14 +572,14 @@ class CompareLab:
     def classes(self) -> list[str]:
         return self.lab.classes
 
-    def _common(self, class_name: Any, seed: Any, guidance: Any) -> tuple[str, int, float]:
-        return (check_class(self.classes, class_name), lim.check_seed(seed),
+    def _common(self, cls: Any, seed: Any, guidance: Any) -> tuple[str, int, float]:
+        return (check_class(self.classes, cls), lim.check_seed(seed),
                 lim.check_guidance(guidance))
 
     # --- the race -------------------------------------------------------------------------------
-    def _race_for(self, race, class_name, seed, guidance, slots) -> cp.SamplerRace:
+    def _race_for(self, race, cls, seed, guidance, slots) -> cp.SamplerRace:
         """This visitor's race, or a new one at tick 0 when there is none or a setting changed."""
-        cls, seed, guidance = self._common(class_name, seed, guidance)
+        cls, seed, guidance = self._common(cls, seed, guidance)
         pairs = [(s, n) for s, n in zip(slots[0::2], slots[1::2]) if s != RACE_OFF]
         entries = cp.check_racers([(sampler_key(s), n) for s, n in pairs], self.lab.T)
         settings = dict(cls=cls, seed=seed, guidance=guidance, entries=entries)
@@ -608,12 +608,12 @@ class CompareLab:
     # Reset and Step are the page's (private endpoints): their slots stay positional. compare_samplers is
     # public, so every parameter is named: Gradio takes the API's parameter names from the signature.
     @user_errors
-    def compare_reset(self, race, class_name, seed, guidance, *slots):
-        return self._race_outputs(self._race_for(None, class_name, seed, guidance, slots))
+    def compare_reset(self, race, cls, seed, guidance, *slots):
+        return self._race_outputs(self._race_for(None, cls, seed, guidance, slots))
 
     @user_errors
-    def compare_step(self, race, class_name, seed, guidance, *slots):
-        race = self._race_for(race, class_name, seed, guidance, slots)
+    def compare_step(self, race, cls, seed, guidance, *slots):
+        race = self._race_for(race, cls, seed, guidance, slots)
         with race.lock:
             if race.done:
                 return self._race_outputs(race, "Finished: press Reset (or change a setting) to start over.")
@@ -621,13 +621,13 @@ class CompareLab:
         return self._race_outputs(race)
 
     @user_errors
-    def compare_samplers(self, race, class_name, seed, guidance, sampler_1, steps_1, sampler_2, steps_2,
+    def compare_samplers(self, race, cls, seed, guidance, sampler_1, steps_1, sampler_2, steps_2,
                          sampler_3, steps_3, sampler_4, steps_4):
         """Race the samplers to t = 0, streaming the columns; a finished race is run again from noise."""
         slots = (sampler_1, steps_1, sampler_2, steps_2, sampler_3, steps_3, sampler_4, steps_4)
-        race = self._race_for(race, class_name, seed, guidance, slots)
+        race = self._race_for(race, cls, seed, guidance, slots)
         if race.done:
-            race = self._race_for(None, class_name, seed, guidance, slots)
+            race = self._race_for(None, cls, seed, guidance, slots)
         yield self._race_outputs(race)
         shown = time.perf_counter()
         while not race.done:
@@ -639,9 +639,9 @@ class CompareLab:
 
     # --- the guidance sweep -----------------------------------------------------------------------
     @user_errors
-    def guidance_sweep(self, class_name, seed, rows, guidance_values, sampler, steps):
+    def guidance_sweep(self, cls, seed, rows, guidance_values, sampler, steps):
         """One column per guidance value, streamed as each finishes; rows are seeds seed, seed + 1, ..."""
-        cls, seed, _ = self._common(class_name, seed, 0)
+        cls, seed, _ = self._common(cls, seed, 0)
         seeds = cp.sweep_seeds(seed, rows)
         values = cp.parse_numbers(guidance_values, "guidance values", 0, lim.MAX_GUIDANCE, cp.MAX_SWEEP_VALUES)
         sampler = sampler_key(sampler)

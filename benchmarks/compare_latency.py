@@ -52,11 +52,11 @@ def main() -> int:
     try:
         client = Client(f"http://127.0.0.1:{port}/", verbose=False, analytics_enabled=False)
         c = lab.classes
-        race = dict(class_name=c[0], seed=0, guidance=DEFAULT_GUIDANCE,
+        race = dict(cls=c[0], seed=0, guidance=DEFAULT_GUIDANCE,
                     **{f"{k}_{i}": v for i, e in enumerate(cp.DEFAULT_RACE, 1) for k, v in zip(("sampler", "steps"), e)})
         calls = {
             "compare_samplers": race,
-            "guidance_sweep": dict(class_name=c[0], seed=0, rows=1, guidance_values=app.SWEEP_DEFAULT_VALUES,
+            "guidance_sweep": dict(cls=c[0], seed=0, rows=1, guidance_values=app.SWEEP_DEFAULT_VALUES,
                                    sampler=DEFAULT_SAMPLER, steps=DEFAULT_STEPS),
             "morph": dict(class_a=c[0], class_b=c[min(1, len(c) - 1)], seed_a=0, seed_b=0,
                           frames=app.MORPH_DEFAULT_FRAMES, sampler="ddim", steps=app.MORPH_DEFAULT_STEPS,

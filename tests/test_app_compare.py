@@ -13,9 +13,9 @@ from test_app_server import client, png  # noqa: F401  (a fixture and a helper)
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client.exceptions import AppError  # noqa: E402
 
-RACE = dict(class_name="hero", seed=3, guidance=1.5, sampler_1="ddpm", steps_1=6, sampler_2="ddim", steps_2=3,
+RACE = dict(cls="hero", seed=3, guidance=1.5, sampler_1="ddpm", steps_1=6, sampler_2="ddim", steps_2=3,
             sampler_3="dpm++", steps_3=2, sampler_4="none", steps_4=10)
-SWEEP = dict(class_name="food", seed=2, rows=2, guidance_values="0, 2, 5", sampler="ddpm", steps=4)
+SWEEP = dict(cls="food", seed=2, rows=2, guidance_values="0, 2, 5", sampler="ddpm", steps=4)
 MORPH = dict(class_a="hero", class_b="spell", seed_a=0, seed_b=1, frames=8, sampler="ddim", steps=4, guidance=2.0)
 
 
