@@ -38,8 +38,8 @@ from ddpm.sampling import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS, PREC
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_MODEL = str(HERE / "weights")
-SAMPLERS = [("DDPM (ancestral)", "ddpm"), ("DDPM, the seed's variance β", "ddpm-beta"), ("DDIM", "ddim"),
-            ("DPM-Solver++ (2M)", "dpm++")]
+SAMPLERS = [("DDPM (ancestral)", "ddpm"), ("DDPM, the course's variance β", "ddpm-beta"), ("DDIM", "ddim"),
+            ("DPM-Solver++ (2M)", "dpm++"), ("DPM-Solver++ (2M) SDE", "dpm++sde")]
 SAMPLER_NAMES = dict((v, k) for k, v in SAMPLERS)
 BIG, GRID = 16, 8  # nearest-neighbour scale of a single sprite (16 px -> 256 px) and of grids
 GENERATE_DEFAULT_N, REVERSE_DEFAULT_N = 6, 16
@@ -506,7 +506,7 @@ def whole(component: gr.Slider | gr.Number, name: str) -> gr.Slider | gr.Number:
 
 def sampler_controls(prefix: str, T: int, steps: int = DEFAULT_STEPS):
     sampler = gr.Radio(SAMPLERS, value=DEFAULT_SAMPLER, label="Sampler", elem_id=f"{prefix}-sampler",
-                       info="DDPM: the best measured quality at 50 steps; with the seed's variance β it leaves more "
+                       info="DDPM: the best measured quality at 50 steps; with the course's variance β it leaves more "
                             "speckle at few steps. DDIM and DPM-Solver++: deterministic, usable from 8 steps.")
     steps = whole(gr.Slider(1, T, value=steps, step=1, precision=0, label="Steps", elem_id=f"{prefix}-steps"), "steps")
     guidance = gr.Slider(0, lim.MAX_GUIDANCE, value=DEFAULT_GUIDANCE, step=0.5, label="Guidance (classifier-free)",
@@ -555,7 +555,8 @@ def source_picker(lab: SpriteLab, prefix: str, default_class: str, default_seed:
 # --- 6. compare: a sampler race, a guidance sweep, morphs ------------------------------------------
 RACE_OFF = "none"
 RACE_CHOICES = SAMPLERS + [("— (no column)", RACE_OFF)]
-RACE_LABELS = {"ddpm": "DDPM", "ddpm-beta": "DDPM β", "ddim": "DDIM", "dpm++": "DPM-Solver++"}  # short: phones
+RACE_LABELS = {"ddpm": "DDPM", "ddpm-beta": "DDPM β", "ddim": "DDIM", "dpm++": "DPM-Solver++",  # short: phones
+               "dpm++sde": "DPM++ SDE"}
 RACE_FPS = 20  # a long race streams at most this many pictures a second; every tick is still in the GIF
 SWEEP_DEFAULT_VALUES = ", ".join(f"{g:g}" for g in cp.DEFAULT_GUIDANCES)
 MORPH_SAMPLERS = [(name, key) for name, key in SAMPLERS if key in cp.MORPH_SAMPLERS]
