@@ -33,23 +33,6 @@ MIX = "mix"             # the class choice that means "use the mix weights"
 ALL_CLASSES = "all classes"
 
 
-# --- devices -------------------------------------------------------------------------------------
-def pick_device(requested: str | None = None) -> torch.device:
-    """The requested device, else cuda, then mps, then cpu."""
-    if requested:
-        device = torch.device(requested)  # raises RuntimeError for nonsense names
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device {requested!r} requested but CUDA is not available")
-        if device.type == "mps" and not torch.backends.mps.is_available():
-            raise ValueError(f"device {requested!r} requested but MPS is not available")
-        return device
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
 # --- validating what users type ------------------------------------------------------------------
 def check_number(value: Any, name: str, lo: float, hi: float, integer: bool = False) -> float | int:
     """A finite number in [lo, hi] (an int when `integer`), or ValueError naming the field.

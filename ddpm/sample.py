@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 from .checkpoint import CheckpointError, load_model, load_palette, load_schedule
-from .interactive import pick_device
-from .sampling import (DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS, MAX_BATCH, PRECISIONS,
-                       SAMPLER_ALIASES, class_weights, resolve_precision, sample_steps, to_uint8)
+from .device import PRECISIONS, pick_device, resolve_precision
+from .sampling import (DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS, MAX_BATCH, SAMPLER_ALIASES, class_weights,
+                       sample_steps, to_uint8)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
