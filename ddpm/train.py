@@ -44,7 +44,7 @@ class TrainingError(RuntimeError):
     pass
 
 
-# --- small named pieces ------------------------------------------------------------------------
+# --- the learning-rate schedule -------------------------------------------------------------------
 def learning_rate(step: int, base_lr: float, warmup: int, total: int, final_fraction: float = 0.1,
                   start: tuple[int, float] | None = None) -> float:
     """Linear warm-up to base_lr, then linear decay to final_fraction * base_lr at `total` steps.
@@ -61,6 +61,25 @@ def learning_rate(step: int, base_lr: float, warmup: int, total: int, final_frac
     return base_lr * (1 - (1 - final_fraction) * progress)
 
 
+def resumed_lr_start(step: int, before: dict, now: argparse.Namespace,
+                     start_before: tuple[int, float] | None) -> tuple[int, float] | None:
+    """Where a resumed run's learning-rate decay starts, so that the rate does not jump.
+
+    `before` holds the --steps, --lr and --warmup the checkpoint was trained with. With the same three
+    the schedule goes on as it was. With others, from `step` on the rate decays linearly from the one
+    it had reached to the new end (inside the warm-up only a new --steps is possible: the warm-up does
+    not depend on it).
+    """
+    same = (before["steps"], before["lr"], before["warmup"]) == (now.steps, now.lr, now.warmup)
+    if same or (step < before["warmup"] and (before["lr"], before["warmup"]) == (now.lr, now.warmup)):
+        return start_before
+    if step < before["warmup"]:
+        raise TrainingError(f"--lr and --warmup cannot change while resuming inside the warm-up (step {step} of "
+                            f"{before['warmup']}); resume with --lr {before['lr']} --warmup {before['warmup']}")
+    return step, learning_rate(step, before["lr"], before["warmup"], before["steps"], start=start_before)
+
+
+# --- the EMA weights ------------------------------------------------------------------------------
 def ema_decay(step: int, max_decay: float) -> float:
     """EMA decay warmed up from 0 so early EMA weights are not stuck at the initialisation.
 
@@ -82,24 +101,7 @@ def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
             v.copy_(model_state[k])
 
 
-def resumed_lr_start(step: int, before: dict, now: argparse.Namespace,
-                     start_before: tuple[int, float] | None) -> tuple[int, float] | None:
-    """Where a resumed run's learning-rate decay starts, so that the rate does not jump.
-
-    `before` holds the --steps, --lr and --warmup the checkpoint was trained with. With the same three
-    the schedule goes on as it was. With others, from `step` on the rate decays linearly from the one
-    it had reached to the new end (inside the warm-up only a new --steps is possible: the warm-up does
-    not depend on it).
-    """
-    same = (before["steps"], before["lr"], before["warmup"]) == (now.steps, now.lr, now.warmup)
-    if same or (step < before["warmup"] and (before["lr"], before["warmup"]) == (now.lr, now.warmup)):
-        return start_before
-    if step < before["warmup"]:
-        raise TrainingError(f"--lr and --warmup cannot change while resuming inside the warm-up (step {step} of "
-                            f"{before['warmup']}); resume with --lr {before['lr']} --warmup {before['warmup']}")
-    return step, learning_rate(step, before["lr"], before["warmup"], before["steps"], start=start_before)
-
-
+# --- checkpoints ----------------------------------------------------------------------------------
 def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list]:
     sd = opt.state_dict()
     tensors = {f"opt.{i}.{k}": v.contiguous() for i, st in sd["state"].items() for k, v in st.items()
@@ -145,6 +147,11 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     return tensors, meta
 
 
+def _sub(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+# --- the log --------------------------------------------------------------------------------------
 def trim_log(path: Path, step: int) -> None:
     """Keep the header and the complete rows up to `step` of log.csv.
 
@@ -166,11 +173,47 @@ def trim_log(path: Path, step: int) -> None:
         os.replace(tmp, path)
 
 
-def _sub(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+class TrainingLog:
+    """log.csv (written by the first process only) and the progress bar.
+
+    A resumed run first trims the log back to the checkpoint's step (trim_log); images/s is measured
+    over at least two seconds and logged as the last such figure.
+    """
+
+    def __init__(self, path: Path, step: int, total: int, batch_size: int, is_main: bool):
+        from tqdm import tqdm
+
+        self.file = None
+        if is_main:
+            trim_log(path, step)
+            self.file = open(path, "a", newline="")
+            self.writer = csv.writer(self.file)
+            if self.file.tell() == 0:
+                self.writer.writerow(["step", "loss", "lr", "images_per_s", "elapsed_s"])
+        self.bar = tqdm(total=total, initial=step, disable=not is_main, dynamic_ncols=True, mininterval=2)
+        self.batch_size = batch_size
+        self.tick, self.ticked, self.rate = time.time(), step, 0.0
+
+    def row(self, step: int, loss: float, lr: float, now: float, elapsed: float) -> None:
+        if now - self.tick >= 2:
+            self.rate = (step - self.ticked) * self.batch_size / (now - self.tick)
+            self.tick, self.ticked = now, step
+            self.bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{self.rate:.0f}", refresh=False)
+        self.bar.update(1)
+        if self.file is not None:
+            self.writer.writerow([step, f"{loss:.6f}", f"{lr:.3e}", f"{self.rate:.1f}", f"{elapsed:.1f}"])
+
+    def flush(self) -> None:
+        if self.file is not None:
+            self.file.flush()
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.file is not None:
+            self.file.close()
 
 
-# --- the trainer -----------------------------------------------------------------------------------
+# --- the command line -----------------------------------------------------------------------------
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m ddpm.train", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -228,13 +271,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-# --- building or restoring the model -----------------------------------------------------------
+# --- building or restoring the model --------------------------------------------------------------
 def build_model(args: argparse.Namespace, data: SpriteData, checkpoint: tuple[dict, dict] | None = None
                 ) -> tuple[ContextUnet, NoiseSchedule, dict]:
     """The model a run trains, its noise schedule, and the history behind it, in one of three ways:
 
     - --resume (`checkpoint` given): the checkpoint's network and schedule; its weights, EMA,
-      optimizer and RNG state come back with Trainer.resume;
+      optimizer, step, history and RNG state come back with Trainer.resume;
     - --init-from: exported weights (a local folder or a Hub repo id) with their schedule and
       training history, widened when --n-feat asks for a whole multiple of their width;
     - otherwise a new network of --n-feat, --norm and --time-embedding, with the --schedule asked for.
@@ -266,6 +309,7 @@ def build_model(args: argparse.Namespace, data: SpriteData, checkpoint: tuple[di
     return model, schedule, history
 
 
+# --- the trainer ----------------------------------------------------------------------------------
 class Trainer:
     """One training run: set up in __init__, then train() runs the loop and writes the outputs."""
 
@@ -489,46 +533,6 @@ class Trainer:
                 break
         log.close()
         return status or self.finish()
-
-
-class TrainingLog:
-    """log.csv (written by the first process only) and the progress bar.
-
-    A resumed run first trims the log back to the checkpoint's step (trim_log); images/s is measured
-    over at least two seconds and logged as the last such figure.
-    """
-
-    def __init__(self, path: Path, step: int, total: int, batch_size: int, is_main: bool):
-        from tqdm import tqdm
-
-        self.file = None
-        if is_main:
-            trim_log(path, step)
-            self.file = open(path, "a", newline="")
-            self.writer = csv.writer(self.file)
-            if self.file.tell() == 0:
-                self.writer.writerow(["step", "loss", "lr", "images_per_s", "elapsed_s"])
-        self.bar = tqdm(total=total, initial=step, disable=not is_main, dynamic_ncols=True, mininterval=2)
-        self.batch_size = batch_size
-        self.tick, self.ticked, self.rate = time.time(), step, 0.0
-
-    def row(self, step: int, loss: float, lr: float, now: float, elapsed: float) -> None:
-        if now - self.tick >= 2:
-            self.rate = (step - self.ticked) * self.batch_size / (now - self.tick)
-            self.tick, self.ticked = now, step
-            self.bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{self.rate:.0f}", refresh=False)
-        self.bar.update(1)
-        if self.file is not None:
-            self.writer.writerow([step, f"{loss:.6f}", f"{lr:.3e}", f"{self.rate:.1f}", f"{elapsed:.1f}"])
-
-    def flush(self) -> None:
-        if self.file is not None:
-            self.file.flush()
-
-    def close(self) -> None:
-        self.bar.close()
-        if self.file is not None:
-            self.file.close()
 
 
 def main(argv: list[str] | None = None) -> int:
