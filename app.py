@@ -33,8 +33,9 @@ from ddpm.chart import schedule_chart
 from ddpm.checkpoint import CheckpointError, load_model, load_palette, load_schedule, resolve
 from ddpm.conditioning import ALL_CLASSES, MIX, check_class, context_for
 from ddpm.data import DataError
+from ddpm.device import PRECISIONS, pick_device, resolve_precision
 from ddpm.images import png_bytes, sprite_sheet, upscale
-from ddpm.sampling import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS, PRECISIONS, resolve_precision
+from ddpm.sampling import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_MODEL = str(HERE / "weights")
@@ -212,7 +213,7 @@ class SpriteLab:
     def __init__(self, model: torch.nn.Module, schedule, device: torch.device, source: str,
                  palette: np.ndarray | None = None, precision: str = "fp32"):
         self.model, self.schedule, self.device, self.source = model, schedule, device, source
-        self.precision = precision  # what the network runs in while sampling (ddpm.sampling.PRECISIONS)
+        self.precision = precision  # what the network runs in while sampling (ddpm.device.PRECISIONS)
         self.palette = palette  # the training data's colours (palette.json), or None
         self.classes = list(model.class_names)
         self.T, self.height = schedule.T, model.height
@@ -1016,9 +1017,9 @@ def build_demo(lab: SpriteLab) -> gr.Blocks:
 def create_lab(source: str, device: str | None = None, precision: str = "fp32") -> SpriteLab:
     """Load the model and schedule (CheckpointError / ValueError with a one-line message on failure).
 
-    precision: fp32, bf16, or auto (bf16 where the device runs it fast, ddpm.sampling.resolve_precision).
+    precision: fp32, bf16, or auto (bf16 where the device runs it fast, ddpm.device.resolve_precision).
     """
-    dev = ix.pick_device(device)
+    dev = pick_device(device)
     precision = resolve_precision(precision, dev)
     model = load_model(source, device=dev)
     return SpriteLab(model, load_schedule(source), dev, str(source), load_palette(source), precision)

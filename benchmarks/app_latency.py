@@ -29,7 +29,8 @@ from PIL import Image  # noqa: E402
 from gradio.processing_utils import encode_pil_to_bytes  # noqa: E402
 
 import app  # noqa: E402
-from ddpm.sampling import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS, PRECISIONS  # noqa: E402
+from ddpm.device import PRECISIONS  # noqa: E402
+from ddpm.sampling import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS  # noqa: E402
 
 
 def encode(outputs) -> None:

@@ -29,7 +29,8 @@ from gradio_client import Client  # noqa: E402
 
 import app  # noqa: E402
 from ddpm import compare as cp  # noqa: E402
-from ddpm.sampling import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS, PRECISIONS  # noqa: E402
+from ddpm.device import PRECISIONS  # noqa: E402
+from ddpm.sampling import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS  # noqa: E402
 
 
 def main() -> int:

@@ -24,8 +24,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
 from ddpm.data import DAWNLIKE_DIR
+from ddpm.device import PRECISIONS, bf16_is_fast, precision_autocast
 from ddpm.model import ContextUnet
-from ddpm.sampling import PRECISIONS, bf16_is_fast, inference_model, precision_autocast
+from ddpm.sampling import inference_model
 from ddpm.schedule import NoiseSchedule
 from train_throughput import our_loop, random_sprites
 

@@ -45,9 +45,9 @@ import torch  # noqa: E402
 from ddpm.checkpoint import load_model, load_palette, load_schedule  # noqa: E402
 from ddpm.data import load_data  # noqa: E402
 from ddpm.evaluate import cached_classifier, evaluate  # noqa: E402
-from ddpm.sampling import (DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS, PRECISIONS,  # noqa: E402
-                           inference_model, make_sampler, precision_autocast, predict_noise,
-                           resolve_precision, sample)
+from ddpm.device import PRECISIONS, precision_autocast, resolve_precision  # noqa: E402
+from ddpm.sampling import (DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS, inference_model,  # noqa: E402
+                           make_sampler, predict_noise, sample)
 
 # The list, plus the library's default DPM-Solver++ 20, DPM-Solver++ 8 (16 sprites in 0.5 s
 # needs fewer than 10 guided steps on 2 AVX2 cores) and strided ancestral DDPM 50/25/10: on an early

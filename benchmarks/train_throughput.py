@@ -23,9 +23,10 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
 from ddpm.images import from_uint8
+from ddpm.losses import training_batch
 from ddpm.model import ContextUnet
 from ddpm.schedule import NoiseSchedule
-from ddpm.train import ema_decay, training_batch, update_ema
+from ddpm.train import ema_decay, update_ema
 
 
 class CourseDataset(torch.utils.data.Dataset):

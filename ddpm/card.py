@@ -12,6 +12,7 @@ import re
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from .device import from_accelerate, precision_label
 from .history import training_stages
 
 LICENSE = "cc-by-4.0"
@@ -53,7 +54,6 @@ DragonDePlatino, DawnBringer palette by DawnBringer.
 """
 NO_EVALUATION = "Run `python -m ddpm.evaluate --model <folder> --write-card` for the table."
 
-PRECISION_NAMES = {"no": "fp32", "bf16": "bf16 autocast", "fp16": "fp16 autocast"}
 RECIPE_KEYS = ["n_feat", "batch_size", "lr", "warmup", "ema", "p_uncond", "min_snr", "low_t_share", "low_t_max", "schedule",
                "T", "seed"]
 # Options listed only when a stage used them: the course's uniform loss is the unstated default.
@@ -71,7 +71,7 @@ def stage_lines(info: dict) -> str:
     for i, stage in enumerate(training_stages(info), 1):
         recipe = stage.get("recipe", {})
         threads = f", CPU threads: {recipe['threads']}" if recipe.get("threads") else ""
-        precision = f", {PRECISION_NAMES.get(stage['precision'], stage['precision'])}" if "precision" in stage else ""
+        precision = f", {precision_label(stage['precision'])}" if "precision" in stage else ""
         lines.append(f"  {i}. {stage['steps']:,} steps ({stage['images']:,} images, {stage['seconds'] / 3600:.2f} h"
                      f"{threads}{precision}): " + recipe_text(recipe))
     return "\n".join(lines)
@@ -82,9 +82,9 @@ def overall_precision(info: dict) -> str:
     a training.json written before they did holds only info["precision"], the last run's."""
     recorded = [stage.get("precision") for stage in training_stages(info)]
     if not any(recorded):
-        return PRECISION_NAMES.get(info.get("precision"), "fp32")
-    if len(set(recorded)) == 1:
-        return PRECISION_NAMES.get(recorded[0], recorded[0])
+        return precision_label(info.get("precision"))
+    if len({from_accelerate(p) for p in recorded if p}) == 1 and all(recorded):
+        return precision_label(recorded[0])
     return "precision by stage below"
 
 

@@ -41,8 +41,10 @@ from torch import nn
 
 from .checkpoint import CheckpointError, load_model, load_palette, load_schedule
 from .data import DataError, SpriteData, load_data
+from .device import PRECISIONS
 from .images import from_uint8, snap_to_palette, to_uint8
-from .sampling import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS, PRECISIONS, SAMPLER_ALIASES, sample
+from .losses import noise_error
+from .sampling import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLER_ALIASES, sample
 
 CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ddpm-sprite-lab"
 CLASSIFIER_VERSION = 1
@@ -561,7 +563,7 @@ def evaluate(model, schedule, data: SpriteData, sampler: str = DEFAULT_SAMPLER, 
     """Sample n_per_class sprites of each class with one seed and measure them in feature space A only.
 
     With a palette, samples are snapped to it (ddpm.images.snap_to_palette) as the app and CLI do.
-    precision: what the network runs in while sampling (ddpm.sampling.PRECISIONS); sample_options
+    precision: what the network runs in while sampling (ddpm.device.PRECISIONS); sample_options
     go on to ddpm.sampling.sample. `measure` gives both feature spaces, several seeds and precision
     and recall.
     """
@@ -585,8 +587,8 @@ def t_ranges(T: int) -> list[tuple[int, int]]:
 @torch.no_grad()
 def noise_error_by_t(model, schedule, data: SpriteData, seed: int = 0, batch: int = 256
                      ) -> tuple[list[tuple[int, int]], np.ndarray]:
-    """Mean squared error of the predicted noise, per range of t (rows) and per class (columns; the
-    last column is over all sprites).
+    """Mean squared error of the predicted noise (ddpm.losses.noise_error, the training loss unweighted),
+    per range of t (rows) and per class (columns; the last column is over all sprites).
 
     Every sprite is noised once in each range, conditioned on its own class; t and the noise come
     from `seed` alone, so two models evaluated with the same seed see exactly the same inputs.
@@ -603,9 +605,8 @@ def noise_error_by_t(model, schedule, data: SpriteData, seed: int = 0, batch: in
         per_sprite = torch.empty(n)
         for j in range(0, n, batch):
             part = slice(j, j + batch)
-            x_t = schedule.add_noise(x[part], noise[part], t[part])
-            predicted = model(x_t, t[part].float() / schedule.T, F.one_hot(y[part], k).float())
-            per_sprite[part] = ((predicted - noise[part]) ** 2).mean((1, 2, 3))
+            context = F.one_hot(y[part], k).float()
+            per_sprite[part] = noise_error(model, schedule, x[part], noise[part], t[part], context)
         for c in range(k):
             errors[i, c] = per_sprite[y == c].mean() if (y == c).any() else float("nan")
         errors[i, k] = per_sprite.mean()

@@ -30,21 +30,6 @@ from .schedule import NoiseSchedule
 MAX_FRAMES = 120        # frames kept per trajectory: 16 sprites x 3 images x 768 B x 120 ~ 4.4 MB per session
 
 
-# --- devices -------------------------------------------------------------------------------------
-def pick_device(requested: str | None = None) -> torch.device:
-    """The requested device, else cuda, then mps, then cpu."""
-    if requested:
-        device = torch.device(requested)  # raises RuntimeError for nonsense names
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device {requested!r} requested but CUDA is not available")
-        if device.type == "mps" and not torch.backends.mps.is_available():
-            raise ValueError(f"device {requested!r} requested but MPS is not available")
-        return device
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
 
 
 # --- images in ---------------------------------------------------------------------------------

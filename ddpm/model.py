@@ -1,13 +1,13 @@
-"""ContextUnet: the course's class-conditional U-Net, with the seed's defects fixed.
+"""ContextUnet: the course's class-conditional U-Net, with the course code's defects fixed.
 
-Changes from the seed notebook, and why:
+Changes from the course's notebook, and why:
 - the 1x1 shortcut conv of a residual block whose channel count changes is built in
-  __init__ (the seed built a fresh random one inside every forward call, so it never trained);
-- EmbedFC stores its input_dim (the seed used it in forward without ever setting it);
+  __init__ (the course built a fresh random one inside every forward call, so it never trained);
+- EmbedFC stores its input_dim (the course used it in forward without ever setting it);
 - the depth follows the image height: one down level per halving down to a 4x4 bottleneck,
   so 16 px gives the course's two levels and 256 px six, and every shape lines up;
-- norm ("batch" as in the seed, or "group") and the time embedding ("scalar" t/T through
-  EmbedFC as in the seed, or "sinusoidal") are config options; the seed's choice is the default.
+- norm ("batch" as in the course, or "group") and the time embedding ("scalar" t/T through
+  EmbedFC as in the course, or "sinusoidal") are config options; the course's choice is the default.
 
 The network knows nothing about the noise schedule: it takes x_t, the normalised time t/T in
 [0, 1] and a context vector (one-hot class, a mix of classes, or zeros for unconditional).
@@ -53,7 +53,7 @@ class ResidualConvBlock(nn.Module):
         self.is_res = is_res
         self.conv1 = nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, 1, 1), _norm(norm, out_channels), nn.GELU())
         self.conv2 = nn.Sequential(nn.Conv2d(out_channels, out_channels, 3, 1, 1), _norm(norm, out_channels), nn.GELU())
-        # Built once here so it trains (the seed created a random one inside forward()).
+        # Built once here so it trains (the course created a random one inside forward()).
         self.shortcut = nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
         if not is_res:
             # Unused without is_res, but kept so state_dict keys stay as trained; frozen, because
@@ -99,7 +99,7 @@ class EmbedFC(nn.Module):
 
     def __init__(self, input_dim: int, emb_dim: int):
         super().__init__()
-        self.input_dim = input_dim  # the seed read this attribute without ever setting it
+        self.input_dim = input_dim  # the course read this attribute without ever setting it
         self.model = nn.Sequential(nn.Linear(input_dim, emb_dim), nn.GELU(), nn.Linear(emb_dim, emb_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

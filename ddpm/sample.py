@@ -20,11 +20,11 @@ import torch
 
 from .checkpoint import CheckpointError, load_model, load_palette, load_schedule
 from .conditioning import class_weights
+from .device import PRECISIONS, pick_device, resolve_precision
 from .images import to_uint8
-from .interactive import pick_device
 from .limits import MAX_BATCH, MAX_GUIDANCE, check_batch, check_number, check_seed, check_steps
-from .sampling import (DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_SPACING, DEFAULT_STEPS, PRECISIONS,
-                       SAMPLER_ALIASES, SPACINGS, check_guidance_interval, resolve_precision, sample_steps)
+from .sampling import (DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_SPACING, DEFAULT_STEPS, SAMPLER_ALIASES,
+                       SPACINGS, check_guidance_interval, sample_steps)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

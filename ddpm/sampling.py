@@ -19,8 +19,9 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from .model import ContextUnet, fold_batchnorm
+from .device import check_precision, precision_autocast
 from .limits import check_batch, check_guidance, check_seed, check_steps
+from .model import ContextUnet, fold_batchnorm
 from .schedule import NoiseSchedule
 
 SAMPLER_ALIASES = {"ddpm": "ddpm", "ddpm-beta": "ddpm-beta", "ddim": "ddim", "dpm++": "dpm++", "dpmpp": "dpm++",
@@ -34,9 +35,6 @@ SAMPLER_ALIASES = {"ddpm": "ddpm", "ddpm-beta": "ddpm-beta", "ddim": "ddim", "dp
 # Guidance 1.5 for the shipped n_feat 128 model: at 2 its sprites vary less than the real ones (higher
 # FD); at 1.5 it beats the course-sized model at 2 on FD and speckle on two seeds (README, "The shipped model").
 DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_GUIDANCE = "ddpm", 50, 1.5
-# Precisions the network can run in while sampling. bf16 autocast runs the convolutions in bfloat16
-# (the sampler's arithmetic stays fp32); it is fast only on GPUs and on CPUs with AVX512_BF16 or AMX.
-PRECISIONS = ("fp32", "bf16")
 
 
 # How the steps are spread over t. "trailing" is even in t. The others put more steps at low t, where
@@ -291,40 +289,6 @@ def predict_noise(model: torch.nn.Module, x_t: torch.Tensor, t: int, T: int, con
     eps = model(torch.cat([x_t, x_t]), t_in, torch.cat([context, torch.zeros_like(context)])).float()
     eps_cond, eps_uncond = eps[:b], eps[b:]
     return eps_cond + guidance * (eps_cond - eps_uncond)
-
-
-def bf16_is_fast(device: torch.device | str = "cpu") -> bool:
-    """Whether bf16 autocast beats fp32 on `device`: GPUs that support bf16, CPUs with AVX512_BF16/AMX.
-
-    Elsewhere the CPU emulates bfloat16 and runs about 10x slower than fp32.
-    """
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type != "cpu":
-        return False
-    try:
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def check_precision(precision: str) -> str:
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    return precision
-
-
-def precision_autocast(precision: str, device_type: str = "cpu") -> torch.autocast:
-    """The context the network runs in for `precision`: bf16 autocast, or (fp32) a disabled one."""
-    return torch.autocast(device_type, torch.bfloat16, enabled=check_precision(precision) == "bf16")
-
-
-def resolve_precision(requested: str, device: torch.device | str) -> str:
-    """"auto" is bf16 where bf16_is_fast(device), else fp32; anything else must be in PRECISIONS."""
-    if requested == "auto":
-        return "bf16" if bf16_is_fast(device) else "fp32"
-    return check_precision(requested)
 
 
 _INFERENCE_COPIES: "weakref.WeakKeyDictionary[torch.nn.Module, tuple]" = weakref.WeakKeyDictionary()

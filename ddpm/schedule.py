@@ -28,7 +28,7 @@ class ScheduleConfigError(ValueError):
 
 
 def linear_betas(T: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
-    """The seed's schedule: T + 1 betas from beta_start to beta_end (beta[0] is never used)."""
+    """The course's schedule: T + 1 betas from beta_start to beta_end (beta[0] is never used)."""
     return torch.linspace(0, 1, T + 1, dtype=torch.float64) * (beta_end - beta_start) + beta_start
 
 
@@ -57,8 +57,8 @@ class NoiseSchedule:
         self.beta_start, self.beta_end = beta_start, beta_end
         self.betas = linear_betas(T, beta_start, beta_end) if kind == "linear" else cosine_betas(T)
         self.alphas = 1 - self.betas
-        # cumulative product in log space (as the seed does) for accuracy; abar[0] = 1 by definition.
-        # The product starts at t = 1: the seed also multiplied in 1 - beta[0], so abar_t / abar_{t-1}
+        # cumulative product in log space (as the course does) for accuracy; abar[0] = 1 by definition.
+        # The product starts at t = 1: the course also multiplied in 1 - beta[0], so abar_t / abar_{t-1}
         # was not 1 - beta_t at t = 1 (x_1 had the noise of beta_0 + beta_1, not beta_1).
         log_alphas = torch.log(self.alphas)
         log_alphas[0] = 0.0
@@ -168,7 +168,7 @@ class NoiseSchedule:
 
     # --- the forward process -------------------------------------------------------------
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
-        """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps (the seed scaled eps by 1 - abar_t)."""
+        """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps (the course scaled eps by 1 - abar_t)."""
         abar = self._gather(self.alpha_bars, t, x0)
         return abar.sqrt() * x0 + (1 - abar).sqrt() * noise
 

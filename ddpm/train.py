@@ -27,14 +27,15 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from .checkpoint import CheckpointError, load_model, save_model
 from .data import DataError, SpriteData, load_data
+from .device import TRAINING_PRECISIONS, to_accelerate, training_precision
 from .history import TOTALS, stage_since, training_stages
-from .model import DEFAULT_N_FEAT, NORMS, TIME_EMBEDDINGS, ContextUnet, widen
+from .losses import LOW_T_MAX, diffusion_loss, noise_error, training_batch
 from .images import to_uint8
-from .sampling import bf16_is_fast, sample
+from .model import DEFAULT_N_FEAT, NORMS, TIME_EMBEDDINGS, ContextUnet, widen
+from .sampling import sample
 from .schedule import SCHEDULES, NoiseSchedule
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -44,7 +45,7 @@ class TrainingError(RuntimeError):
     pass
 
 
-# --- small named pieces ------------------------------------------------------------------------
+# --- the learning-rate schedule -------------------------------------------------------------------
 def learning_rate(step: int, base_lr: float, warmup: int, total: int, final_fraction: float = 0.1,
                   start: tuple[int, float] | None = None) -> float:
     """Linear warm-up to base_lr, then linear decay to final_fraction * base_lr at `total` steps.
@@ -61,6 +62,25 @@ def learning_rate(step: int, base_lr: float, warmup: int, total: int, final_frac
     return base_lr * (1 - (1 - final_fraction) * progress)
 
 
+def resumed_lr_start(step: int, before: dict, now: argparse.Namespace,
+                     start_before: tuple[int, float] | None) -> tuple[int, float] | None:
+    """Where a resumed run's learning-rate decay starts, so that the rate does not jump.
+
+    `before` holds the --steps, --lr and --warmup the checkpoint was trained with. With the same three
+    the schedule goes on as it was. With others, from `step` on the rate decays linearly from the one
+    it had reached to the new end (inside the warm-up only a new --steps is possible: the warm-up does
+    not depend on it).
+    """
+    same = (before["steps"], before["lr"], before["warmup"]) == (now.steps, now.lr, now.warmup)
+    if same or (step < before["warmup"] and (before["lr"], before["warmup"]) == (now.lr, now.warmup)):
+        return start_before
+    if step < before["warmup"]:
+        raise TrainingError(f"--lr and --warmup cannot change while resuming inside the warm-up (step {step} of "
+                            f"{before['warmup']}); resume with --lr {before['lr']} --warmup {before['warmup']}")
+    return step, learning_rate(step, before["lr"], before["warmup"], before["steps"], start=start_before)
+
+
+# --- the EMA weights ------------------------------------------------------------------------------
 def ema_decay(step: int, max_decay: float) -> float:
     """EMA decay warmed up from 0 so early EMA weights are not stuck at the initialisation.
 
@@ -82,64 +102,7 @@ def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
             v.copy_(model_state[k])
 
 
-LOW_T_MAX = 150  # the highest time --low-t-share draws, unless --low-t-max says otherwise
-
-
-def min_snr_weights(snr: torch.Tensor, gamma: float) -> torch.Tensor:
-    """Min-SNR-gamma loss weights for noise prediction (Hang et al. 2023): min(SNR, gamma) / SNR.
-
-    The plain noise MSE weights the low-noise steps as heavily as the rest; the idea of capping
-    their weight is to leave more of the network's capacity to the steps that decide shapes (on
-    the shipped model it did not help: README, "Where the speckle comes from"). gamma = 0 keeps
-    the uniform weights of the seed.
-    """
-    if gamma <= 0:
-        return torch.ones_like(snr)
-    return snr.clamp(max=gamma) / snr
-
-
-def training_batch(images: torch.Tensor, labels: torch.Tensor, n_classes: int, batch_size: int, T: int,
-                   p_uncond: float, generator: torch.Generator, low_t_share: float = 0.0,
-                   low_t_max: int = LOW_T_MAX):
-    """Random sprites, flips, times t, noise, and one-hot contexts with dropout, all from one generator.
-
-    t ~ U{1..T} as in the seed; with low_t_share > 0, that share of the batch draws t ~ U{1..low_t_max}
-    instead (see --low-t-share).
-    """
-    n = images.shape[0]
-    g = generator
-    idx = torch.randint(n, (batch_size,), generator=g)
-    flip = torch.rand(batch_size, generator=g) < 0.5
-    t = torch.randint(1, T + 1, (batch_size,), generator=g)
-    if low_t_share > 0:  # drawn only then, so that the seed's recipe gives the same batches as before
-        low = torch.rand(batch_size, generator=g) < low_t_share
-        t = torch.where(low, torch.randint(1, min(low_t_max, T) + 1, (batch_size,), generator=g), t)
-    noise = torch.randn((batch_size, *images.shape[1:]), generator=g)
-    keep = (torch.rand(batch_size, generator=g) >= p_uncond).float()
-    x0 = images[idx.to(images.device)]
-    x0 = torch.where(flip.to(images.device).view(-1, 1, 1, 1), x0.flip(-1), x0)
-    context = F.one_hot(labels[idx.to(labels.device)], n_classes).float() * keep.to(images.device)[:, None]
-    return x0, t, noise.to(images.device), context
-
-
-def resumed_lr_start(step: int, before: dict, now: argparse.Namespace,
-                     start_before: tuple[int, float] | None) -> tuple[int, float] | None:
-    """Where a resumed run's learning-rate decay starts, so that the rate does not jump.
-
-    `before` holds the --steps, --lr and --warmup the checkpoint was trained with. With the same three
-    the schedule goes on as it was. With others, from `step` on the rate decays linearly from the one
-    it had reached to the new end (inside the warm-up only a new --steps is possible: the warm-up does
-    not depend on it).
-    """
-    same = (before["steps"], before["lr"], before["warmup"]) == (now.steps, now.lr, now.warmup)
-    if same or (step < before["warmup"] and (before["lr"], before["warmup"]) == (now.lr, now.warmup)):
-        return start_before
-    if step < before["warmup"]:
-        raise TrainingError(f"--lr and --warmup cannot change while resuming inside the warm-up (step {step} of "
-                            f"{before['warmup']}); resume with --lr {before['lr']} --warmup {before['warmup']}")
-    return step, learning_rate(step, before["lr"], before["warmup"], before["steps"], start=start_before)
-
-
+# --- checkpoints ----------------------------------------------------------------------------------
 def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list]:
     sd = opt.state_dict()
     tensors = {f"opt.{i}.{k}": v.contiguous() for i, st in sd["state"].items() for k, v in st.items()
@@ -185,6 +148,11 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     return tensors, meta
 
 
+def _sub(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+# --- the log --------------------------------------------------------------------------------------
 def trim_log(path: Path, step: int) -> None:
     """Keep the header and the complete rows up to `step` of log.csv.
 
@@ -206,11 +174,47 @@ def trim_log(path: Path, step: int) -> None:
         os.replace(tmp, path)
 
 
-def _sub(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+class TrainingLog:
+    """log.csv (written by the first process only) and the progress bar.
+
+    A resumed run first trims the log back to the checkpoint's step (trim_log); images/s is measured
+    over at least two seconds and logged as the last such figure.
+    """
+
+    def __init__(self, path: Path, step: int, total: int, batch_size: int, is_main: bool):
+        from tqdm import tqdm
+
+        self.file = None
+        if is_main:
+            trim_log(path, step)
+            self.file = open(path, "a", newline="")
+            self.writer = csv.writer(self.file)
+            if self.file.tell() == 0:
+                self.writer.writerow(["step", "loss", "lr", "images_per_s", "elapsed_s"])
+        self.bar = tqdm(total=total, initial=step, disable=not is_main, dynamic_ncols=True, mininterval=2)
+        self.batch_size = batch_size
+        self.tick, self.ticked, self.rate = time.time(), step, 0.0
+
+    def row(self, step: int, loss: float, lr: float, now: float, elapsed: float) -> None:
+        if now - self.tick >= 2:
+            self.rate = (step - self.ticked) * self.batch_size / (now - self.tick)
+            self.tick, self.ticked = now, step
+            self.bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{self.rate:.0f}", refresh=False)
+        self.bar.update(1)
+        if self.file is not None:
+            self.writer.writerow([step, f"{loss:.6f}", f"{lr:.3e}", f"{self.rate:.1f}", f"{elapsed:.1f}"])
+
+    def flush(self) -> None:
+        if self.file is not None:
+            self.file.flush()
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.file is not None:
+            self.file.close()
 
 
-# --- the trainer -----------------------------------------------------------------------------------
+# --- the command line -----------------------------------------------------------------------------
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m ddpm.train", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -222,10 +226,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--ema", type=float, default=0.999, help="EMA decay")
     p.add_argument("--min-snr", type=float, default=0, metavar="GAMMA",
-                   help="weight each step's noise MSE by min(SNR, GAMMA) / SNR (0: uniform, as the seed)")
+                   help="weight each step's noise MSE by min(SNR, GAMMA) / SNR (0: uniform, as the course)")
     p.add_argument("--low-t-share", type=float, default=0, metavar="P",
                    help="draw this share of each batch's times from 1..--low-t-max instead of 1..T (0: uniform, as "
-                        "the seed): the low-noise steps decide each pixel's colour")
+                        "the course): the low-noise steps decide each pixel's colour")
     p.add_argument("--low-t-max", type=int, default=LOW_T_MAX, help="the highest time --low-t-share draws")
     p.add_argument("--p-uncond", type=float, default=0.1, help="context dropout for classifier-free guidance")
     p.add_argument("--height", type=int, default=16)
@@ -236,7 +240,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--time-embedding", choices=TIME_EMBEDDINGS, default="scalar")
     p.add_argument("--schedule", choices=SCHEDULES, default="linear")
     p.add_argument("--T", type=int, default=500)
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+    p.add_argument("--precision", choices=["auto", *TRAINING_PRECISIONS], default="auto",
                    help="auto: under `accelerate launch`, the launcher's --mixed_precision (its default is no: "
                         "fp32); otherwise bf16 autocast where the CPU or GPU supports it, else fp32")
     p.add_argument("--seed", type=int, default=0)
@@ -268,20 +272,48 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def pick_precision(requested: str, device: torch.device, launcher: str | None = None) -> str:
-    """Accelerate's mixed_precision for --precision. `launcher` is what `accelerate launch` passes on
-    (ACCELERATE_MIXED_PRECISION, always set by it, "no" unless --mixed_precision says otherwise):
-    "auto" defers to it; an explicit --precision wins over it."""
-    if requested != "auto":
-        return "no" if requested == "fp32" else requested
-    if launcher:
-        return launcher
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if bf16_is_fast(device) else "no"
+# --- building or restoring the model --------------------------------------------------------------
+def build_model(args: argparse.Namespace, data: SpriteData, checkpoint: tuple[dict, dict] | None = None
+                ) -> tuple[ContextUnet, NoiseSchedule, dict]:
+    """The model a run trains, its noise schedule, and the history behind it, in one of three ways:
+
+    - --resume (`checkpoint` given): the checkpoint's network and schedule; its weights, EMA,
+      optimizer, step, history and RNG state come back with Trainer.resume;
+    - --init-from: exported weights (a local folder or a Hub repo id) with their schedule and
+      training history, widened when --n-feat asks for a whole multiple of their width;
+    - otherwise a new network of --n-feat, --norm and --time-embedding, with the --schedule asked for.
+
+    Call after torch.manual_seed(args.seed): a new network's initial weights come from it.
+    """
+    history: dict = {"steps": 0, "images": 0, "seconds": 0.0, "prior_stages": []}
+    if checkpoint is not None:
+        meta = checkpoint[1]
+        model, schedule = ContextUnet(**meta["config"]), NoiseSchedule(**meta["schedule"])
+    elif args.init_from:
+        # a bad scheduler_config.json or training.json is one clear CheckpointError
+        model = load_model(args.init_from)
+        schedule = model.noise_schedule
+        before = model.training_info
+        if before is not None:
+            history = dict({k: before[k] for k in TOTALS}, prior_stages=training_stages(before))
+        if args.n_feat and args.n_feat != model.n_feat:
+            try:
+                model = widen(model, args.n_feat, torch.Generator().manual_seed(args.seed))
+            except ValueError as e:
+                raise TrainingError(f"--n-feat with --init-from: {e}") from None
+    else:
+        model = ContextUnet(3, args.n_feat or DEFAULT_N_FEAT, len(data.class_names), args.height,
+                            data.class_names, args.norm, args.time_embedding)
+        schedule = NoiseSchedule(args.T, args.schedule)
+    if model.class_names != data.class_names:
+        raise TrainingError(f"the model's classes {model.class_names} differ from the data's {data.class_names}")
+    return model, schedule, history
 
 
+# --- the trainer ----------------------------------------------------------------------------------
 class Trainer:
+    """One training run: set up in __init__, then train() runs the loop and writes the outputs."""
+
     def __init__(self, args: argparse.Namespace):
         from accelerate import Accelerator
 
@@ -289,79 +321,90 @@ class Trainer:
         if args.threads:
             torch.set_num_threads(args.threads)
         device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-        self.precision = pick_precision(args.precision, device, os.environ.get("ACCELERATE_MIXED_PRECISION"))
-        self.accelerator = Accelerator(mixed_precision=self.precision, cpu=device.type == "cpu")
+        launcher = os.environ.get("ACCELERATE_MIXED_PRECISION")
+        self.precision = training_precision(args.precision, device, launcher)  # fp32, bf16 or fp16
+        self.accelerator = Accelerator(mixed_precision=to_accelerate(self.precision), cpu=device.type == "cpu")
         self.device = self.accelerator.device
+        self.channels_last = device.type == "cpu"  # faster convolutions on the CPU
         self.out = Path(args.out)
         self.is_main = self.accelerator.is_main_process
-
         self.data: SpriteData = load_data(args.data, args.height)
-        self.schedule = NoiseSchedule(args.T, args.schedule)
-        # totals over every stage of training, and the stages before this run (see training_stages)
-        self.history: dict = {"steps": 0, "images": 0, "seconds": 0.0, "prior_stages": []}
 
-        ckpt_path = self.out / CHECKPOINT
-        resume = None
-        torch.manual_seed(args.seed)  # the initial weights too: the same --seed gives the same run
+        checkpoint = None
         if args.resume:
-            if not ckpt_path.exists():
-                raise TrainingError(f"{ckpt_path}: no checkpoint to resume from")
-            resume = load_checkpoint(ckpt_path)
-            config = resume[1]["config"]
-            self.schedule = NoiseSchedule(**resume[1]["schedule"])
-            self.model = ContextUnet(**config)
-        elif args.init_from:
-            # a local folder or a Hub repo id; the schedule and history come with the model, and a bad
-            # scheduler_config.json or training.json is one clear CheckpointError
-            self.model = load_model(args.init_from)
-            self.schedule = self.model.noise_schedule
-            before = self.model.training_info
-            if before is not None:
-                self.history = dict({k: before[k] for k in TOTALS}, prior_stages=training_stages(before))
-            if args.n_feat and args.n_feat != self.model.n_feat:
-                try:
-                    self.model = widen(self.model, args.n_feat, torch.Generator().manual_seed(args.seed))
-                except ValueError as e:
-                    raise TrainingError(f"--n-feat with --init-from: {e}") from None
-        else:
-            self.model = ContextUnet(3, args.n_feat or DEFAULT_N_FEAT, len(self.data.class_names), args.height,
-                                     self.data.class_names, args.norm, args.time_embedding)
-        if self.model.class_names != self.data.class_names:
-            raise TrainingError(f"the model's classes {self.model.class_names} differ from the data's "
-                                f"{self.data.class_names}")
+            if not (self.out / CHECKPOINT).exists():
+                raise TrainingError(f"{self.out / CHECKPOINT}: no checkpoint to resume from")
+            checkpoint = load_checkpoint(self.out / CHECKPOINT)
+        torch.manual_seed(args.seed)  # the initial weights too: the same --seed gives the same run
+        self.model, self.schedule, self.history = build_model(args, self.data, checkpoint)
         self.model.train()
-        if device.type == "cpu":
+        if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=args.lr)
         self.generator = torch.Generator().manual_seed(args.seed + self.accelerator.process_index)
         self.step = 0
         self.lr_start: tuple[int, float] | None = None  # see learning_rate
-        if resume is not None:
-            tensors, meta = resume
-            self.model.load_state_dict(_sub(tensors, "model."))
-            self.ema.load_state_dict(_sub(tensors, "ema."))
-            opt_tensors = {k: v for k, v in tensors.items() if k.startswith("opt.")}
-            self.opt.load_state_dict(_unflatten_optimizer(opt_tensors, meta["param_groups"]))
-            self.step = meta["step"]
-            self.history = meta["history"]
-            self.lr_start = resumed_lr_start(self.step, meta["args"], args,
-                                             tuple(meta["lr_start"]) if meta.get("lr_start") else None)
-            if self.accelerator.process_index == 0:
-                self.generator.set_state(tensors["rng.data"])
-            else:  # other processes: a fresh stream per (process, step)
-                self.generator.manual_seed(args.seed + 1000003 * self.step + self.accelerator.process_index)
-            torch.set_rng_state(tensors["rng.torch"])
+        if checkpoint is not None:
+            self.resume(*checkpoint)
         self.model, self.opt = self.accelerator.prepare(self.model, self.opt)
         self.ema.to(self.device)
         images, labels = self.data.to_tensors()
         self.images = images.to(self.device)
-        if device.type == "cpu":
+        if self.channels_last:
             self.images = self.images.contiguous(memory_format=torch.channels_last)
         self.labels = labels.to(self.device)
         self.started = time.time()
         self.seconds_before = self.history["seconds"]
-        self.stop_requested = False
+        self.stop_requested = False  # set by a signal (see main)
+
+    def resume(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+        """Everything a checkpoint holds back in place: weights, EMA, optimizer, step, history, the
+        learning-rate schedule and the RNG streams, so that the run goes on exactly as if never stopped."""
+        self.model.load_state_dict(_sub(tensors, "model."))
+        self.ema.load_state_dict(_sub(tensors, "ema."))
+        opt_tensors = {k: v for k, v in tensors.items() if k.startswith("opt.")}
+        self.opt.load_state_dict(_unflatten_optimizer(opt_tensors, meta["param_groups"]))
+        self.step = meta["step"]
+        self.history = meta["history"]
+        self.lr_start = resumed_lr_start(self.step, meta["args"], self.args,
+                                         tuple(meta["lr_start"]) if meta.get("lr_start") else None)
+        if self.accelerator.process_index == 0:
+            self.generator.set_state(tensors["rng.data"])
+        else:  # other processes: a fresh stream per (process, step)
+            self.generator.manual_seed(self.args.seed + 1000003 * self.step + self.accelerator.process_index)
+        torch.set_rng_state(tensors["rng.torch"])
+
+    # -- one training step --
+    def set_learning_rate(self) -> float:
+        lr = learning_rate(self.step, self.args.lr, self.args.warmup, self.args.steps, start=self.lr_start)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def train_step(self) -> float:
+        """One optimizer step on a fresh batch; returns the loss averaged over all processes, or the
+        NaN or inf it became (then nothing was updated)."""
+        args, acc = self.args, self.accelerator
+        batch = args.batch_size // acc.num_processes
+        x0, t, noise, context = training_batch(self.images, self.labels, len(self.data.class_names), batch,
+                                               self.schedule.T, args.p_uncond, self.generator, args.low_t_share,
+                                               args.low_t_max)
+        per_sprite = noise_error(self.model, self.schedule, x0, noise, t, context, self.channels_last, acc.autocast)
+        loss = diffusion_loss(per_sprite, t, self.schedule, args.min_snr)
+        # the mean over processes: what is logged is the whole batch's loss, and a NaN on any
+        # process stops them all at the same step
+        loss_value = acc.reduce(loss.detach(), "mean").item()
+        if not math.isfinite(loss_value):
+            return loss_value
+        self.opt.zero_grad(set_to_none=True)
+        acc.backward(loss)
+        self.opt.step()
+        update_ema(self.ema, acc.unwrap_model(self.model), ema_decay(self.history["steps"], args.ema))
+        self.step += 1
+        self.history["steps"] += 1
+        self.history["images"] += args.batch_size
+        return loss_value
 
     # -- outputs --
     def meta(self) -> dict:
@@ -404,12 +447,37 @@ class Trainer:
         (self.out / "samples").mkdir(parents=True, exist_ok=True)
         sprite_sheet(list(sprites), scale=4, pad=1).save(self.out / "samples" / f"step_{self.step:07d}.png")
 
+    # -- checks every process takes together --
     def weights_finite(self) -> bool:
-        """True when the weights are finite on every process (a decision all processes take together)."""
+        """True when the weights are finite on every process."""
         states = (self.accelerator.unwrap_model(self.model).state_dict(), self.ema.state_dict())
         finite = all(bool(torch.isfinite(v).all()) for sd in states for v in sd.values() if v.is_floating_point())
         votes = self.accelerator.reduce(torch.tensor(float(finite), device=self.device), "sum")
         return int(votes.item()) == self.accelerator.num_processes
+
+    def checkpoint(self) -> int:
+        """Save the checkpoint if the weights are finite: 0, else 3 (and nothing saved)."""
+        if not self.weights_finite():
+            return self.report_nan_weights()
+        self.save()
+        return 0
+
+    def should_stop(self, now: float, deadline: float) -> bool:
+        """Whether to stop after this step. A signal or the time limit may reach one process first:
+        Accelerate's trigger makes it a decision all take at the same step."""
+        if self.stop_requested or now > deadline:
+            self.accelerator.set_trigger()
+        if not self.accelerator.check_trigger():
+            return False
+        if self.is_main and now > deadline:
+            print(f"time limit of {self.args.time_limit} min reached at step {self.step}")
+        return True
+
+    def report_nan_loss(self, loss_value: float) -> int:
+        if self.is_main:
+            print(f"loss became {loss_value} at step {self.step}; stopping. The last good checkpoint is "
+                  f"{self.out / CHECKPOINT} (resume with --resume, perhaps with a lower --lr)", file=sys.stderr)
+        return 3
 
     def report_nan_weights(self) -> int:
         print(f"the weights became NaN or inf at step {self.step}; stopping without saving them. The last good "
@@ -417,107 +485,55 @@ class Trainer:
               file=sys.stderr)
         return 3
 
+    def finish(self) -> int:
+        """The end of a run that did not fail: checkpoint, the exported model(s), a last sample grid."""
+        if not self.weights_finite():
+            return self.report_nan_weights()
+        self.save()
+        self.export(self.out / "model")
+        if self.args.export:
+            self.export(Path(self.args.export))
+        if self.is_main:
+            self.sample_grid()
+            print(f"saved {self.out / CHECKPOINT} and the EMA model in {self.out / 'model'}"
+                  + (f" and {self.args.export}" if self.args.export else ""))
+        return 0
+
     # -- the loop --
     def train(self) -> int:
-        args, acc = self.args, self.accelerator
-        T = self.schedule.T
-        total = args.steps
-        if self.step >= total:
-            print(f"already at step {self.step} of {total}; nothing to train (raise --steps to continue)")
-        log_path = self.out / "log.csv"
+        """Train from self.step to --steps (or a stop), then finish; 0 on success, 3 on NaN or inf."""
+        args = self.args
+        if self.step >= args.steps:
+            print(f"already at step {self.step} of {args.steps}; nothing to train (raise --steps to continue)")
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             counts = ", ".join(f"{k} {v}" for k, v in self.data.counts().items())
             print(f"{len(self.data.images)} sprites ({counts}); device {self.device}, precision {self.precision}, "
-                  f"{torch.get_num_threads()} threads; steps {self.step}->{total}")
-        if self.is_main:
-            trim_log(log_path, self.step)
-        log_file = open(log_path, "a", newline="") if self.is_main else None
-        writer = csv.writer(log_file) if log_file else None
-        if log_file is not None and log_file.tell() == 0:
-            writer.writerow(["step", "loss", "lr", "images_per_s", "elapsed_s"])
-        from tqdm import tqdm
-
-        bar = tqdm(total=total, initial=self.step, disable=not self.is_main, dynamic_ncols=True, mininterval=2)
+                  f"{torch.get_num_threads()} threads; steps {self.step}->{args.steps}")
         deadline = self.started + args.time_limit * 60 if args.time_limit else math.inf
-        n_classes = len(self.data.class_names)
-        snr = self.schedule.snr()
-        batch = args.batch_size // acc.num_processes
-        channels_last = self.device.type == "cpu"
-        tick, ticked = time.time(), self.step
-        rate = 0.0
+        log = TrainingLog(self.out / "log.csv", self.step, args.steps, args.batch_size, self.is_main)
         status = 0
         self.model.train()
-        while self.step < total:
-            lr = learning_rate(self.step, args.lr, args.warmup, total, start=self.lr_start)
-            for group in self.opt.param_groups:
-                group["lr"] = lr
-            x0, t, noise, context = training_batch(self.images, self.labels, n_classes, batch, T, args.p_uncond,
-                                                   self.generator, args.low_t_share, args.low_t_max)
-            x_t = self.schedule.add_noise(x0, noise, t)
-            if channels_last:
-                x_t = x_t.contiguous(memory_format=torch.channels_last)
-            with acc.autocast():
-                pred = self.model(x_t, (t.float() / T).to(self.device), context)
-            per_sprite = (pred.float() - noise).pow(2).mean((1, 2, 3))
-            loss = (per_sprite * min_snr_weights(snr[t], args.min_snr).to(per_sprite)).mean()
-            # the mean over processes: what is logged is the whole batch's loss, and a NaN on any
-            # process stops them all at the same step
-            loss_value = acc.reduce(loss.detach(), "mean").item()
+        while self.step < args.steps:
+            lr = self.set_learning_rate()
+            loss_value = self.train_step()
             if not math.isfinite(loss_value):
-                msg = (f"loss became {loss_value} at step {self.step}; stopping. The last good checkpoint is "
-                       f"{self.out / CHECKPOINT} (resume with --resume, perhaps with a lower --lr)")
-                if self.is_main:
-                    print(msg, file=sys.stderr)
-                status = 3
+                status = self.report_nan_loss(loss_value)
                 break
-            self.opt.zero_grad(set_to_none=True)
-            acc.backward(loss)
-            self.opt.step()
-            update_ema(self.ema, acc.unwrap_model(self.model), ema_decay(self.history["steps"], args.ema))
-            self.step += 1
-            self.history["steps"] += 1
-            self.history["images"] += args.batch_size
             now = time.time()
-            if now - tick >= 2:
-                rate = (self.step - ticked) * args.batch_size / (now - tick)
-                tick, ticked = now, self.step
-                bar.set_postfix(loss=f"{loss_value:.4f}", img_s=f"{rate:.0f}", refresh=False)
-            bar.update(1)
-            if writer:
-                writer.writerow([self.step, f"{loss_value:.6f}", f"{lr:.3e}", f"{rate:.1f}",
-                                 f"{self.current_history()['seconds']:.1f}"])
+            log.row(self.step, loss_value, lr, now, self.current_history()["seconds"])
             if self.step % args.checkpoint_every == 0:
-                log_file and log_file.flush()
-                if not self.weights_finite():
-                    status = self.report_nan_weights()
+                log.flush()
+                status = self.checkpoint()
+                if status:
                     break
-                self.save()
             if self.step % args.sample_every == 0:
                 self.sample_grid()
                 self.model.train()
-            # a signal or the time limit may reach one process first: all stop at the same step
-            if self.stop_requested or now > deadline:
-                acc.set_trigger()
-            if acc.check_trigger():
-                if self.is_main and now > deadline:
-                    print(f"time limit of {args.time_limit} min reached at step {self.step}")
+            if self.should_stop(now, deadline):
                 break
-        bar.close()
-        if log_file:
-            log_file.close()
-        if status == 0 and not self.weights_finite():
-            status = self.report_nan_weights()
-        if status == 0:
-            self.save()
-            self.export(self.out / "model")
-            if args.export:
-                self.export(Path(args.export))
-            if self.is_main:
-                self.sample_grid()
-                print(f"saved {self.out / CHECKPOINT} and the EMA model in {self.out / 'model'}"
-                      + (f" and {args.export}" if args.export else ""))
-        return status
+        log.close()
+        return status or self.finish()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 import ddpm.train as train
+from ddpm.device import to_accelerate, training_precision
 
 from app_helpers import free_port
 from conftest import stop_after, write_npy_dataset
@@ -88,7 +89,7 @@ def test_two_cpu_processes_train_resume_and_agree(tmp_path):
     # --precision auto takes the launcher's --mixed_precision, even where it would pick bf16 itself
     launch(tmp_path, tmp_path / "first", common + ["--steps", "4"], "no")
     (params, info) = ranks(tmp_path / "first")
-    assert [i["processes"] for i in info] == [2, 2] and [i["precision"] for i in info] == ["no", "no"]
+    assert [i["processes"] for i in info] == [2, 2] and [i["precision"] for i in info] == ["fp32", "fp32"]
     for key in params[0]:
         assert torch.equal(params[0][key], params[1][key]), key
     rows = read_log(out)
@@ -113,10 +114,11 @@ def test_two_cpu_processes_train_resume_and_agree(tmp_path):
 # --- the pieces, in one process ---------------------------------------------------------------------------
 def test_precision_auto_defers_to_the_launcher():
     cpu = torch.device("cpu")
-    assert train.pick_precision("auto", cpu, "fp16") == "fp16"
-    assert train.pick_precision("auto", cpu, "no") == "no"
-    assert train.pick_precision("bf16", cpu, "no") == "bf16"  # an explicit --precision wins
-    assert train.pick_precision("fp32", cpu, "bf16") == "no"
+    assert training_precision("auto", cpu, "fp16") == "fp16"
+    assert training_precision("auto", cpu, "no") == "fp32"  # Accelerate's name for fp32
+    assert training_precision("bf16", cpu, "no") == "bf16"  # an explicit --precision wins
+    assert training_precision("fp32", cpu, "bf16") == "fp32"
+    assert [to_accelerate(p) for p in ("fp32", "bf16", "fp16")] == ["no", "bf16", "fp16"]
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ from PIL import Image
 import app
 from app_helpers import CLASSES, app_single_thread, images, lab, model_dir  # noqa: F401  (fixtures)
 from ddpm import interactive as ix
+from ddpm.device import pick_device
 
 T = 500
 REV_DEFAULTS = dict(cls="hero", n=2, seed=0, sampler="dpm++", steps=4, guidance=2.0)
@@ -251,10 +252,10 @@ def test_bf16_lab_samples_in_bf16(model_dir, lab):
 
 
 def test_auto_precision_is_bf16_only_where_it_is_fast(model_dir, monkeypatch):
-    import ddpm.sampling
+    import ddpm.device
 
     for fast, expected in ((True, "bf16"), (False, "fp32")):
-        monkeypatch.setattr(ddpm.sampling, "bf16_is_fast", lambda device, fast=fast: fast)
+        monkeypatch.setattr(ddpm.device, "bf16_is_fast", lambda device, fast=fast: fast)
         assert app.create_lab(str(model_dir), "cpu", "auto").precision == expected
     with pytest.raises(ValueError, match="precision must be one of fp32, bf16"):
         app.create_lab(str(model_dir), "cpu", "fp16")
@@ -433,10 +434,10 @@ def test_write_output_is_unique_and_complete(tmp_path):
 
 
 def test_pick_device():
-    assert ix.pick_device("cpu").type == "cpu"
-    assert ix.pick_device(None).type in ("cuda", "mps", "cpu")
+    assert pick_device("cpu").type == "cpu"
+    assert pick_device(None).type in ("cuda", "mps", "cpu")
     with pytest.raises(RuntimeError):
-        ix.pick_device("warp-drive")
+        pick_device("warp-drive")
 
 
 def test_forward_view_matches_the_schedule():

@@ -18,6 +18,7 @@ import torch
 
 import ddpm.train as train
 from ddpm.checkpoint import load_model, load_schedule
+from ddpm.losses import min_snr_weights, training_batch
 from ddpm.model import ContextUnet
 from ddpm.schedule import NoiseSchedule
 
@@ -82,8 +83,8 @@ def test_learning_rate_and_ema_schedules():
 
 def test_min_snr_weights_cap_the_low_noise_steps():
     snr = NoiseSchedule(500).snr()[1:]
-    assert torch.equal(train.min_snr_weights(snr, 0), torch.ones_like(snr))  # off: the course's uniform MSE
-    w = train.min_snr_weights(snr, 5.0)
+    assert torch.equal(min_snr_weights(snr, 0), torch.ones_like(snr))  # off: the course's uniform MSE
+    w = min_snr_weights(snr, 5.0)
     assert torch.equal(w[snr <= 5], torch.ones_like(w[snr <= 5]))
     assert torch.allclose(w[snr > 5], 5 / snr[snr > 5])
     assert w[0] < 0.01 and w[-1] == 1  # t = 1 barely counts; the noisiest steps count fully
@@ -93,7 +94,7 @@ def test_min_snr_weights_cap_the_low_noise_steps():
 def batch_times(share: float, low_max: int, seed: int = 0) -> torch.Tensor:
     images, labels = torch.zeros(10, 3, 16, 16), torch.zeros(10, dtype=torch.long)
     g = torch.Generator().manual_seed(seed)
-    return train.training_batch(images, labels, 5, 4000, 500, 0.1, g, share, low_max)[1]
+    return training_batch(images, labels, 5, 4000, 500, 0.1, g, share, low_max)[1]
 
 
 def test_low_t_share_draws_that_share_of_the_times_from_the_low_range():
@@ -102,7 +103,7 @@ def test_low_t_share_draws_that_share_of_the_times_from_the_low_range():
     assert abs(float((uniform <= 150).float().mean()) - 0.3) < 0.04
     # the course's recipe draws exactly the batches it drew before the option existed
     g = torch.Generator().manual_seed(0)
-    plain = train.training_batch(torch.zeros(10, 3, 16, 16), torch.zeros(10, dtype=torch.long), 5, 4000, 500, 0.1, g)
+    plain = training_batch(torch.zeros(10, 3, 16, 16), torch.zeros(10, dtype=torch.long), 5, 4000, 500, 0.1, g)
     assert torch.equal(plain[1], uniform)
     half = batch_times(0.5, 150)
     assert half.min() >= 1 and half.max() == 500
@@ -317,7 +318,7 @@ def test_init_from_with_a_larger_n_feat_widens_the_model(lib_train_data, tmp_pat
         assert torch.allclose(wide(x, t, c), small(x, t, c), atol=1e-4)
     info = json.loads((second / "model" / "training.json").read_text())
     assert [s["recipe"]["n_feat"] for s in info["stages"]] == [16, 32] and info["steps"] == 3
-    assert info["stages"][-1]["precision"] in ("no", "bf16") and "precision" not in info  # each stage its own
+    assert info["stages"][-1]["precision"] in ("fp32", "bf16") and "precision" not in info  # each stage its own
     card = (second / "model" / "README.md").read_text()
     assert "n_feat 16, batch_size 16" in card and "n_feat 32, batch_size 16" in card  # the stages' widths
 
@@ -422,3 +423,24 @@ def test_the_card_gives_each_stage_its_precision():
     assert "0.02 h, fp32)" in stage_lines(mixed) and "0.02 h, bf16 autocast)" in stage_lines(mixed)
     same = dict(mixed, stages=[dict(stage, precision="bf16")] * 2)
     assert overall_precision(same) == "bf16 autocast"
+    # Accelerate's "no", which older training.json files hold, is the fp32 that newer ones write
+    old_and_new = dict(mixed, stages=[dict(stage, precision="no"), dict(stage, precision="fp32")])
+    assert overall_precision(old_and_new) == "fp32" and stage_lines(old_and_new).count(", fp32)") == 2
+
+
+def test_diffusion_loss_is_the_noise_error_weighted_by_min_snr(lib_tiny_unet):
+    from ddpm.losses import diffusion_loss, noise_error
+
+    schedule = NoiseSchedule(500)
+    g = torch.Generator().manual_seed(0)
+    x0, t = torch.rand(6, 3, 16, 16, generator=g) * 2 - 1, torch.tensor([1, 2, 50, 200, 400, 500])
+    noise, context = torch.randn(x0.shape, generator=g), torch.eye(5)[[0, 1, 2, 3, 4, 0]]
+    with torch.no_grad():
+        per_sprite = noise_error(lib_tiny_unet.eval(), schedule, x0, noise, t, context)
+        x_t = schedule.add_noise(x0, noise, t)
+        by_hand = (lib_tiny_unet(x_t, t.float() / 500, context) - noise).pow(2).mean((1, 2, 3))
+    assert per_sprite.shape == (6,) and torch.allclose(per_sprite, by_hand)
+    assert torch.equal(diffusion_loss(per_sprite, t, schedule), per_sprite.mean())
+    weighted = diffusion_loss(per_sprite, t, schedule, min_snr=5.0)
+    assert weighted < per_sprite.mean()  # the low-noise steps (high SNR) count less
+    assert torch.allclose(weighted, (per_sprite * min_snr_weights(schedule.snr()[t], 5.0).float()).mean())

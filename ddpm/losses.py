@@ -1,0 +1,83 @@
+"""The diffusion loss: how well the network predicts the noise in x_t (Ho et al. 2020, eq. 14).
+
+For a clean sprite x0, a time t and noise eps, x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, and the
+network, given x_t, t / T and the class context, predicts eps; the loss is the mean squared error of
+that prediction. The trainer minimises it over random batches (training_batch); ddpm.evaluate reports the
+same error per range of t. Two recipe options change what training averages, both off by default,
+as in the course: min-SNR weights (min_snr_weights) and a share of low times (training_batch's low_t_share).
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, ContextManager
+
+import torch
+import torch.nn.functional as F
+
+from .schedule import NoiseSchedule
+
+LOW_T_MAX = 150  # the highest time a low_t_share draws, unless low_t_max says otherwise
+
+
+def noise_error(model: torch.nn.Module, schedule: NoiseSchedule, x0: torch.Tensor, noise: torch.Tensor,
+                t: torch.Tensor, context: torch.Tensor, channels_last: bool = False,
+                autocast: Callable[[], ContextManager] = contextlib.nullcontext) -> torch.Tensor:
+    """The squared error of the predicted noise, one mean per sprite (B,), in fp32.
+
+    x0 (B, C, H, W) in [-1, 1], noise like x0, t (B,) integer times in 1..T, context (B, n_classes).
+    `autocast` is the context the network runs in (mixed precision); channels_last feeds it x_t in
+    that memory format (faster convolutions on the CPU).
+    """
+    x_t = schedule.add_noise(x0, noise, t)
+    if channels_last:
+        x_t = x_t.contiguous(memory_format=torch.channels_last)
+    with autocast():
+        predicted = model(x_t, (t.float() / schedule.T).to(x_t.device), context)
+    return (predicted.float() - noise).pow(2).mean((1, 2, 3))
+
+
+def min_snr_weights(snr: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-gamma loss weights for noise prediction (Hang et al. 2023): min(SNR, gamma) / SNR.
+
+    The plain noise MSE weights the low-noise steps as heavily as the rest; the idea of capping
+    their weight is to leave more of the network's capacity to the steps that decide shapes (on
+    the shipped model it did not help: README, "Where the speckle comes from"). gamma = 0 keeps
+    the uniform weights of the course.
+    """
+    if gamma <= 0:
+        return torch.ones_like(snr)
+    return snr.clamp(max=gamma) / snr
+
+
+def diffusion_loss(per_sprite: torch.Tensor, t: torch.Tensor, schedule: NoiseSchedule,
+                   min_snr: float = 0.0) -> torch.Tensor:
+    """The batch's loss: noise_error per sprite, weighted by min_snr_weights at its t (uniform when
+    min_snr is 0), averaged."""
+    return (per_sprite * min_snr_weights(schedule.snr()[t], min_snr).to(per_sprite)).mean()
+
+
+def training_batch(images: torch.Tensor, labels: torch.Tensor, n_classes: int, batch_size: int, T: int,
+               p_uncond: float, generator: torch.Generator, low_t_share: float = 0.0,
+               low_t_max: int = LOW_T_MAX) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x0, t, noise, context): random sprites with random horizontal flips, times t, noise, and
+    one-hot contexts zeroed with probability p_uncond (for classifier-free guidance), all drawn from
+    one generator. t and the noise stay on the CPU generator's side: t on the CPU, the rest on the
+    images' device.
+
+    t ~ U{1..T} as in the course; with low_t_share > 0, that share of the batch draws t ~ U{1..low_t_max}
+    instead (--low-t-share of ddpm.train).
+    """
+    n = images.shape[0]
+    g = generator
+    idx = torch.randint(n, (batch_size,), generator=g)
+    flip = torch.rand(batch_size, generator=g) < 0.5
+    t = torch.randint(1, T + 1, (batch_size,), generator=g)
+    if low_t_share > 0:  # drawn only then, so that the course's recipe gives the same batches as before
+        low = torch.rand(batch_size, generator=g) < low_t_share
+        t = torch.where(low, torch.randint(1, min(low_t_max, T) + 1, (batch_size,), generator=g), t)
+    noise = torch.randn((batch_size, *images.shape[1:]), generator=g)
+    keep = (torch.rand(batch_size, generator=g) >= p_uncond).float()
+    x0 = images[idx.to(images.device)]
+    x0 = torch.where(flip.to(images.device).view(-1, 1, 1, 1), x0.flip(-1), x0)
+    context = F.one_hot(labels[idx.to(labels.device)], n_classes).float() * keep.to(images.device)[:, None]
+    return x0, t, noise.to(images.device), context
