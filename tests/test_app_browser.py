@@ -23,9 +23,10 @@ pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 
 SHOTS = Path(os.environ.get("SCREENSHOT_DIR", Path(__file__).resolve().parent.parent / "screenshots"))
-TABS = ["Forward", "Reverse", "Generate", "Remix", "Model"]
+TABS = ["Forward", "Reverse", "Generate", "Remix", "Model", "Compare"]
 PICTURES = {"Forward": ["f-x0", "f-xt", "f-chart"], "Reverse": ["r-xt", "r-x0", "r-eps"], "Generate": ["g-grid"],
-            "Remix": ["m-src", "m-result", "m-traj"], "Model": []}
+            "Remix": ["m-src", "m-result", "m-traj"], "Model": [],
+            "Compare": ["c-race"]}
 
 
 @pytest.fixture(scope="module")

@@ -7,35 +7,17 @@ import numpy as np
 import pytest
 
 from app_helpers import app_single_thread, lab, model_dir, server  # noqa: F401  (fixtures)
-from test_app_browser import CHROMIUM, pixels, shot, src, wait_new_src, wait_text
+from test_app_browser import (CHROMIUM, browser, open_page, pixels, shot, src, wait_new_src,  # noqa: F401
+                              wait_text)
 
 pytestmark = pytest.mark.skipif(not __import__("pathlib").Path(CHROMIUM).exists(),
                                 reason=f"{CHROMIUM} is absent: install it with `apt-get install -y chromium`")
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 
 
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu",
-                                                              "--disable-background-networking", "--no-first-run"])
-        yield b
-        b.close()
-
-
 def open_compare(browser, server, width: int, height: int):
-    pg = browser.new_page(viewport={"width": width, "height": height})
-    pg.set_default_timeout(30_000)
-    pg.errors = []
-    pg.on("pageerror", lambda e: pg.errors.append(str(e)))
-    pg.goto(server, wait_until="domcontentloaded")
-    pg.wait_for_selector("#f-xt img")
-    tab = pg.get_by_role("tab", name=re.compile("Compare"))
-    if tab.count() and tab.first.is_visible():
-        tab.first.click()
-    else:  # a narrow screen folds the tabs that do not fit into a menu
-        pg.locator("button[aria-label='More tabs']").first.click()
-        pg.locator(".overflow-dropdown button", has_text="Compare").click()
+    pg = open_page(browser, server, width, height)
+    pg.get_by_role("tab", name=re.compile(r"^\W*Compare$")).first.click()  # one tap, on a phone too
     pg.wait_for_selector("#c-race img")
     return pg
 
