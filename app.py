@@ -335,7 +335,9 @@ class SpriteLab:
         s = run.settings
         what = "mix" if s["cls"] == MIX else s["cls"]
         last = f is run.frames[-1]
-        state = "done ✨" if run.done and last else ("pure noise" if f.step == 0 else "denoising…")
+        # "part-way", not "denoising": the same line stays on screen after Stop
+        state = ("done ✨" if run.done and last else
+                 "pure noise" if f.step == 0 else "part-way (Step or Run to go on)")
         status = (f"Step {f.step} / {run.total} · t = {f.t} · {state} · "
                   f"{SAMPLER_NAMES[s['sampler']]}, guidance {s['guidance']:g}, class {what}")
         if run.done and last and len(run.frames) > 1:

@@ -208,7 +208,7 @@ def test_reverse_tab_step_run_stop_reset(page):
     assert status_after(page, 1.5) == stopped and "done" not in stopped
     # Reset cancels a run too
     page.locator("#r-run").click()
-    wait_text(page, "r-status", r"denoising")
+    wait_text(page, "r-status", r"part-way")
     page.locator("#r-reset").click()
     wait_text(page, "r-status", r"Step 0 / 500\b")
     assert re.search(r"Step 0 / 500\b", status_after(page, 1.5))
