@@ -30,7 +30,8 @@ from ddpm import compare as cp
 from ddpm import interactive as ix
 from ddpm import limits as lim
 from ddpm.chart import schedule_chart
-from ddpm.checkpoint import CheckpointError, load_model, load_palette, load_schedule, resolve
+from ddpm.folder import CheckpointError, resolve
+from ddpm.checkpoint import load_model, load_palette, load_schedule
 from ddpm.conditioning import ALL_CLASSES, MIX, check_class, context_for
 from ddpm.data import DataError
 from ddpm.device import PRECISIONS, pick_device, resolve_precision

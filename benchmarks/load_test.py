@@ -417,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Gradio temp files: {base['gradio_temp']['files']} before -> {final['gradio_temp']['files']} after the run"
           + f" -> {cleaned['gradio_temp']['files']} after the delete_cache sweep"
           + f" (delete_cache {tuple(base['delete_cache_used'])}); app downloads {final['app_outputs']['files']}"
-          + " (pruned after an hour by ix.write_output)")
+          + " (pruned after an hour by ix.write_named)")
     print(f"per-session state: max {final['state_bytes_max'] / 1024:.0f} KB, frames max {final['frames_max']} "
           f"(cap {final['max_frames_cap']}); sessions held {final['sessions']} (capacity {final['session_capacity']})")
     ok = not failures and len(all_records) == expected and abs(rss_growth) <= args.rss_tolerance and temp_bounded

@@ -13,13 +13,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .folder import (CONFIG, HUB_FILES, PALETTE, PICKLE_NAMES, SCHEDULER_CONFIG, WEIGHTS, CheckpointError,
-                     read_palette, read_schedule, read_training_info, resolve)
+from .folder import read_palette, read_schedule, read_training_info, resolve
 from .model import ContextUnet
 from .schedule import NoiseSchedule
 
-__all__ = ["CONFIG", "WEIGHTS", "SCHEDULER_CONFIG", "PALETTE", "PICKLE_NAMES", "HUB_FILES", "CheckpointError",
-           "resolve", "load_model", "load_schedule", "load_palette", "load_training_info", "save_model"]
+__all__ = ["load_model", "load_schedule", "load_palette", "load_training_info", "save_model"]
 
 
 def load_model(source: str | os.PathLike, device: str | torch.device = "cpu", local_files_only: bool = False,

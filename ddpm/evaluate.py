@@ -39,7 +39,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import CheckpointError, load_model, load_palette, load_schedule
+from .folder import CheckpointError
+
+from .checkpoint import load_model, load_palette, load_schedule
 from .data import DataError, SpriteData, load_data
 from .device import PRECISIONS
 from .images import from_uint8, snap_to_palette, to_uint8

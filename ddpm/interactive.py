@@ -319,22 +319,6 @@ OUTPUT_DIR = Path(tempfile.gettempdir()) / "ddpm-sprite-lab"
 OUTPUT_MAX_AGE_S = 3600
 
 
-def write_output(data: bytes, suffix: str, stem: str = "sprites", folder: Path = OUTPUT_DIR) -> str:
-    """Write bytes to a new, uniquely named file atomically; return its path.
-
-    A unique name means two identical requests never write the same file, and the rename means
-    no reader sees a half-written one. Files older than an hour are pruned on each call.
-    """
-    folder.mkdir(parents=True, exist_ok=True)
-    prune(folder, OUTPUT_MAX_AGE_S)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{stem}-", suffix=suffix)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    final = folder / f"{stem}-{Path(tmp).name[len(stem) + 2:]}"
-    os.replace(tmp, final)
-    return str(final)
-
-
 SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 

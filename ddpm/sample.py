@@ -18,7 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import CheckpointError, load_model, load_palette, load_schedule
+from .folder import CheckpointError
+
+from .checkpoint import load_model, load_palette, load_schedule
 from .conditioning import class_weights
 from .device import PRECISIONS, pick_device, resolve_precision
 from .images import to_uint8

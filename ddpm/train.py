@@ -28,7 +28,9 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import CheckpointError, load_model, save_model
+from .folder import CheckpointError
+
+from .checkpoint import load_model, save_model
 from .data import DataError, SpriteData, load_data
 from .device import TRAINING_PRECISIONS, to_accelerate, training_precision
 from .history import TOTALS, stage_since, training_stages

@@ -427,10 +427,11 @@ def test_remix_start_and_steps():
     assert ix.remix_steps(20, 300, 500) == 12 and ix.remix_steps(20, 1, 500) == 1 and ix.remix_steps(500, 10, 500) == 10
 
 
-def test_write_output_is_unique_and_complete(tmp_path):
-    paths = {ix.write_output(b"same bytes", ".png", folder=tmp_path) for _ in range(5)}
-    assert len(paths) == 5 and all(Path(p).read_bytes() == b"same bytes" for p in paths)
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging files left
+def test_write_named_is_unique_and_complete(tmp_path):
+    paths = {ix.write_named(b"same bytes", "sheet.png", folder=tmp_path) for _ in range(5)}
+    assert len(paths) == 5 and all(Path(p).read_bytes() == b"same bytes" and Path(p).name == "sheet.png"
+                                   for p in paths)
+    assert not list(tmp_path.glob("*/.*"))  # no staging files left
 
 
 def test_pick_device():

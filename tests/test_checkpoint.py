@@ -14,7 +14,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from ddpm.checkpoint import CheckpointError, load_model, load_schedule, save_model
+from ddpm.folder import CheckpointError
+
+from ddpm.checkpoint import load_model, load_schedule, save_model
 from ddpm.model import ContextUnet
 from ddpm.schedule import NoiseSchedule
 
@@ -98,7 +100,8 @@ HUB_SCRIPT = textwrap.dedent("""
     import sys, time, torch
     torch.set_num_threads(1)
     from safetensors.torch import save_file
-    from ddpm.checkpoint import CheckpointError, load_model
+    from ddpm.folder import CheckpointError
+    from ddpm.checkpoint import load_model
     from ddpm.model import ContextUnet
     g = torch.Generator().manual_seed(0)
     x, t, c = torch.randn(3, 3, 16, 16, generator=g), torch.rand(3, generator=g), torch.eye(5)[[0, 2, 4]]

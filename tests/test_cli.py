@@ -248,7 +248,9 @@ def test_snap_to_palette_maps_to_nearest_colour():
 def test_palette_round_trip_and_sample_cli_uses_it(lib_tiny_model_dir, tmp_path):
     import shutil
 
-    from ddpm.checkpoint import CheckpointError, load_palette
+    from ddpm.folder import CheckpointError
+
+    from ddpm.checkpoint import load_palette
 
     model_dir = tmp_path / "m"
     shutil.copytree(lib_tiny_model_dir, model_dir)

@@ -13,7 +13,9 @@ import pytest
 import torch
 from huggingface_hub import ModelCard
 
-from ddpm.checkpoint import CheckpointError, load_model, load_schedule, save_model
+from ddpm.folder import CheckpointError
+
+from ddpm.checkpoint import load_model, load_schedule, save_model
 from ddpm.model import ContextUnet
 from ddpm.sampling import DDIMSampler, DDPMSampler, make_timesteps
 from ddpm.schedule import NoiseSchedule, to_diffusers_timestep
