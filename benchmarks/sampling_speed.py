@@ -2,9 +2,11 @@
 (a script, never a test).
 
     python benchmarks/sampling_speed.py                          # shipped weights/, bf16 and fp32, 2 threads
-    python benchmarks/sampling_speed.py --precisions bf16 --rounds 5 --settings ddpm:50,ddpm:8:quadratic:57-320
+    python benchmarks/sampling_speed.py --precisions bf16 --rounds 5 --settings ddpm:50,ddpm:8::quadratic:57-320
 
-A setting is sampler:steps[:spacing[:t_lo-t_hi]], the last part a guidance interval. Settings and
+A setting is written as for `python -m ddpm.evaluate --settings` (sampler:steps[:guidance[:spacing
+[:t_lo-t_hi]]], the last part a guidance interval), so the settings timed here can be measured for
+quality with the same text. Settings and
 precisions alternate round by round (ABC ABC ...) so a neighbour's load hits them alike; each
 figure is the best of the rounds, and the ratios against DDPM-500 and DDPM-50 come from this run
 only. Targets: 16 sprites in at most 0.25 s where bf16 is fast and 0.5 s in fp32; one guided
@@ -26,32 +28,18 @@ import torch  # noqa: E402
 
 from ddpm.checkpoint import load_model, load_schedule  # noqa: E402
 from ddpm.conditioning import class_weights  # noqa: E402
+from ddpm.evaluate import Setting, parse_settings  # noqa: E402
 from ddpm.limits import check_steps  # noqa: E402
-from ddpm.sampling import DEFAULT_GUIDANCE, SPACINGS, sample, sample_steps  # noqa: E402
+from ddpm.sampling import DEFAULT_GUIDANCE, sample, sample_steps  # noqa: E402
 
-SETTINGS = ("ddpm:500,ddpm:50,ddpm:25,ddpm:10,ddpm:8,ddpm:8:quadratic,ddpm:8:quadratic:57-320,"
-            "ddpm:5:quadratic:57-320,dpm++sde:10,dpm++sde:8:logsnr:57-320,dpm++:10,ddim:10")
-
-
-def parse_setting(text: str, T: int) -> dict:
-    parts = text.strip().split(":")
-    if not 2 <= len(parts) <= 4:
-        raise SystemExit(f"error: setting {text!r} is not sampler:steps[:spacing[:t_lo-t_hi]]")
-    setting = dict(label=text.strip(), sampler=parts[0], steps=check_steps(parts[1], T))
-    if len(parts) > 2 and parts[2]:
-        if parts[2] not in SPACINGS:
-            raise SystemExit(f"error: spacing {parts[2]!r} is not one of {', '.join(SPACINGS)}")
-        setting["spacing"] = parts[2]
-    if len(parts) > 3:
-        lo, _, hi = parts[3].partition("-")
-        setting["guidance_interval"] = (int(lo), int(hi))
-    return setting
+SETTINGS = ("ddpm:500,ddpm:50,ddpm:25,ddpm:10,ddpm:8,ddpm:8::quadratic,ddpm:8::quadratic:57-320,"
+            "ddpm:5::quadratic:57-320,dpm++sde:10,dpm++sde:8::logsnr:57-320,dpm++:10,ddim:10")
 
 
-def run_once(model, schedule, context, setting: dict, guidance: float, precision: str) -> float:
-    options = {k: v for k, v in setting.items() if k in ("sampler", "steps", "spacing", "guidance_interval")}
+def run_once(model, schedule, context, setting: Setting, precision: str) -> float:
     t0 = time.perf_counter()
-    sample(model, schedule, context, guidance=guidance, seed=0, precision=precision, **options)
+    sample(model, schedule, context, sampler=setting.sampler, steps=setting.steps, guidance=setting.guidance,
+           seed=0, precision=precision, **setting.options)
     return time.perf_counter() - t0
 
 
@@ -78,7 +66,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     model, schedule = load_model(args.model), load_schedule(args.model)
-    settings = [parse_setting(s, schedule.T) for s in args.settings.split(",") if s.strip()]
+    try:
+        settings = parse_settings(args.settings, args.guidance)
+        for setting in settings:
+            check_steps(setting.steps, schedule.T)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
     precisions = [s.strip() for s in args.precisions.split(",") if s.strip()]
     context = torch.stack([class_weights(model.class_names, 0)] * 16)
     flags = [f for f in ("avx512_bf16", "amx_bf16") if f in Path("/proc/cpuinfo").read_text()] \
@@ -88,24 +81,23 @@ def main(argv: list[str] | None = None) -> int:
           f"load average {os.getloadavg()[0]:.2f}, torch {torch.__version__}")
     best: dict[tuple[str, str], float] = {}
     for precision in precisions:  # warm-up: the folded inference copy, autocast's caches
-        run_once(model, schedule, context, dict(sampler="ddpm", steps=2), args.guidance, precision)
+        run_once(model, schedule, context, Setting("ddpm", 2, args.guidance), precision)
     for _ in range(args.rounds):
         for setting in settings:
             for precision in precisions:
-                key = (setting["label"], precision)
-                best[key] = min(best.get(key, float("inf")),
-                                run_once(model, schedule, context, setting, args.guidance, precision))
+                key = (setting.label, precision)
+                best[key] = min(best.get(key, float("inf")), run_once(model, schedule, context, setting, precision))
     steps_ms = {pr: one_step(model, schedule, context, args.guidance, pr) for pr in precisions}
     header = " | ".join(f"{pr} (s) | vs DDPM-500 | vs DDPM-50" for pr in precisions)
     print(f"\n| setting | {header} |\n|---|" + "---|---|---|" * len(precisions))
     for setting in settings:
         cells = []
         for pr in precisions:
-            s = best[(setting["label"], pr)]
+            s = best[(setting.label, pr)]
             ref500, ref50 = best.get(("ddpm:500", pr)), best.get(("ddpm:50", pr))
             cells.append(f"{s:.3f} | " + (f"{ref500 / s:.1f}x" if ref500 else "-") + " | "
                          + (f"{ref50 / s:.1f}x" if ref50 else "-"))
-        print(f"| {setting['label']} | " + " | ".join(cells) + " |")
+        print(f"| {setting.label} | " + " | ".join(cells) + " |")
     print("\none guided reverse step, 16 sprites: " + ", ".join(f"{pr} {ms:.1f} ms" for pr, ms in steps_ms.items())
           + f"; load average {os.getloadavg()[0]:.2f} at the end")
     return 0

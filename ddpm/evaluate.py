@@ -46,7 +46,7 @@ from .data import DataError, SpriteData, load_data
 from .device import PRECISIONS
 from .images import from_uint8, snap_to_palette, to_uint8
 from .losses import noise_error
-from .sampling import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLER_ALIASES, sample
+from .sampling import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLER_ALIASES, SPACINGS, sample
 
 CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ddpm-sprite-lab"
 CLASSIFIER_VERSION = 1
@@ -384,27 +384,45 @@ class Setting:
 
     @property
     def label(self) -> str:
-        return f"{self.sampler}:{self.steps}"
+        extra = [self.options.get("spacing", "")]
+        if "guidance_interval" in self.options:
+            extra.append("-".join(map(str, self.options["guidance_interval"])))
+        return ":".join([self.sampler, str(self.steps)] + ([f"{self.guidance:g}"] + extra if any(extra) else []))
 
 
 def parse_settings(text: str, guidance: float = DEFAULT_GUIDANCE) -> list[Setting]:
-    """'ddpm:50,ddim:10:2.0' -> settings (sampler:steps[:guidance]; guidance defaults to `guidance`)."""
+    """'ddpm:50,ddim:10:2.0,ddpm:8::quadratic:57-320' -> settings.
+
+    Each is sampler:steps[:guidance[:spacing[:t_lo-t_hi]]]: guidance defaults to `guidance`, spacing
+    to the library's (ddpm.sampling.SPACINGS), and t_lo-t_hi is a guidance interval.
+    """
     settings = []
     for item in text.split(","):
         parts = item.strip().split(":")
-        if not 2 <= len(parts) <= 3 or not parts[0]:
-            raise ValueError(f"setting {item.strip()!r} is not sampler:steps or sampler:steps:guidance")
+        if not 2 <= len(parts) <= 5 or not parts[0]:
+            raise ValueError(f"setting {item.strip()!r} is not sampler:steps[:guidance[:spacing[:t_lo-t_hi]]]")
         if parts[0].lower() not in SAMPLER_ALIASES:
             raise ValueError(f"unknown sampler {parts[0]!r} in {item.strip()!r}; "
                              f"choose one of {', '.join(sorted(SAMPLER_ALIASES))}")
         try:
             steps = int(parts[1])
-            g = float(parts[2]) if len(parts) == 3 else guidance
+            g = float(parts[2]) if len(parts) >= 3 and parts[2] else guidance
+            interval = tuple(int(v) for v in parts[4].split("-")) if len(parts) == 5 else None
         except ValueError:
-            raise ValueError(f"setting {item.strip()!r}: steps must be an integer and guidance a number") from None
+            raise ValueError(f"setting {item.strip()!r}: steps must be an integer, guidance a number and the "
+                             f"guidance interval t_lo-t_hi") from None
         if steps < 1 or not math.isfinite(g):
             raise ValueError(f"setting {item.strip()!r}: steps must be at least 1 and guidance finite")
-        settings.append(Setting(SAMPLER_ALIASES[parts[0].lower()], steps, g))
+        options = {}
+        if len(parts) >= 4 and parts[3]:
+            if parts[3] not in SPACINGS:
+                raise ValueError(f"setting {item.strip()!r}: spacing must be one of {', '.join(SPACINGS)}")
+            options["spacing"] = parts[3]
+        if interval is not None:
+            if len(interval) != 2:
+                raise ValueError(f"setting {item.strip()!r}: the guidance interval is t_lo-t_hi")
+            options["guidance_interval"] = interval
+        settings.append(Setting(SAMPLER_ALIASES[parts[0].lower()], steps, g, options))
     return settings
 
 

@@ -200,3 +200,13 @@ def test_reference_on_dawnlike_is_balanced_per_class():
     assert ref.compared == [min(100, counts[c] - counts[c] // 2) for c in data.class_names]
     shares = [ref.pooled_weights[ref.ref_labels == c].sum() for c in range(len(counts))]
     assert shares == pytest.approx(np.array(ref.compared) / sum(ref.compared))
+
+
+def test_settings_carry_spacing_and_guidance_interval():
+    a, b = ev.parse_settings("ddpm:8::quadratic:57-320,dpm++sde:10:2:logsnr", guidance=1.5)
+    assert (a.steps, a.guidance, a.options) == (8, 1.5, {"spacing": "quadratic", "guidance_interval": (57, 320)})
+    assert (b.sampler, b.guidance, b.options) == ("dpm++sde", 2.0, {"spacing": "logsnr"})
+    assert a.label == "ddpm:8:1.5:quadratic:57-320"
+    for bad in ("ddpm:8::spiral", "ddpm:8::quadratic:57", "ddpm:8::quadratic:a-b"):
+        with pytest.raises(ValueError, match="spacing|interval"):
+            ev.parse_settings(bad)
