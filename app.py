@@ -726,7 +726,7 @@ def compare_tab(lab: SpriteLab, demo: gr.Blocks) -> None:
                             "x_t; under each column its steps, t and wall time so far.")
                 race_state = gr.State(None, time_to_live=3600)
                 with gr.Row():
-                    with gr.Column(scale=1, min_width=280):
+                    with gr.Column(scale=1, min_width=280, elem_classes=["settings-col"]):
                         c_cls, c_seed = class_and_seed(lab, "c", lab.classes[0])
                         c_guidance = gr.Slider(0, lim.MAX_GUIDANCE, value=DEFAULT_GUIDANCE, step=0.5,
                                                label="Guidance (classifier-free)", elem_id="c-guidance")
@@ -763,7 +763,7 @@ def compare_tab(lab: SpriteLab, demo: gr.Blocks) -> None:
                             "only w differs: low w varies more and strays from the class, high w is more typical, "
                             "then overdone. More rows: the next seeds. Raw model colours, not snapped to the palette.")
                 with gr.Row():
-                    with gr.Column(scale=1, min_width=280):
+                    with gr.Column(scale=1, min_width=280, elem_classes=["settings-col"]):
                         s_cls, s_seed = class_and_seed(lab, "s", lab.classes[0])
                         s_values = gr.Textbox(SWEEP_DEFAULT_VALUES, label="Guidance values",
                                               info=f"up to {cp.MAX_SWEEP_VALUES}, from 0 to {lim.MAX_GUIDANCE:g}",
@@ -792,7 +792,7 @@ def compare_tab(lab: SpriteLab, demo: gr.Blocks) -> None:
                             "deterministic sampler turns each noise into one sprite, so neighbouring frames stay close; "
                             "the end frames are exactly the two ends sampled on their own.")
                 with gr.Row():
-                    with gr.Column(scale=1, min_width=280):
+                    with gr.Column(scale=1, min_width=280, elem_classes=["settings-col"]):
                         o_cls_a, o_seed_a = class_and_seed(lab, "o-a", lab.classes[0], "From class", "From seed")
                         o_cls_b, o_seed_b = class_and_seed(lab, "o-b", lab.classes[min(1, len(lab.classes) - 1)],
                                                            "To class", "To seed")
