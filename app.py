@@ -469,7 +469,7 @@ class SpriteLab:
             f"- **Parameters:** {params:,}",
             f"- **Noise schedule:** `{json.dumps(self.schedule.config())}`",
             f"- **Network config:** `{json.dumps(self.model.config_dict)}`",
-            f"- **Palette:** " + (f"{len(self.palette)} colours (palette.json); final sprites are snapped to them"
+            "- **Palette:** " + (f"{len(self.palette)} colours (palette.json); final sprites are snapped to them"
                                   if self.palette is not None else "none (raw colours)"),
             f"- **Defaults:** {SAMPLER_NAMES[DEFAULT_SAMPLER]}, {DEFAULT_STEPS} steps, guidance {DEFAULT_GUIDANCE:g}",
         ]
@@ -713,7 +713,7 @@ def downloads(elem_id: str, files: list[str] | None = None) -> gr.File:
 
 def compare_tab(lab: SpriteLab, demo: gr.Blocks) -> None:
     """The sixth tab: three side-by-side comparisons, each a public endpoint with a Stop."""
-    T, pix, cl = lab.T, ["pixelated"], CompareLab(lab)
+    pix, cl = ["pixelated"], CompareLab(lab)
     opening = cl.opening()
     (race0, race_status0, race_files0), sweep0, morph0 = opening["race"], opening["sweep"], opening["morph"]
     hidden = dict(show_progress="hidden")  # errors keep the pictures, as on the other tabs

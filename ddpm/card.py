@@ -54,10 +54,12 @@ DragonDePlatino, DawnBringer palette by DawnBringer.
 """
 NO_EVALUATION = "Run `python -m ddpm.evaluate --model <folder> --write-card` for the table."
 
-RECIPE_KEYS = ["n_feat", "batch_size", "lr", "warmup", "ema", "p_uncond", "min_snr", "low_t_share", "low_t_max", "schedule",
-               "T", "seed"]
-# Options listed only when a stage used them: the course's uniform loss is the unstated default.
-UNLESS_OFF = {"min_snr": "min_snr", "low_t_share": "low_t_share", "low_t_max": "low_t_share"}
+RECIPE_KEYS = ["n_feat", "batch_size", "lr", "warmup", "ema", "p_uncond", "dropout", "weight_decay", "min_snr",
+               "low_t_share", "low_t_max", "schedule", "T", "seed"]
+# Options listed only when a stage used them: the course's uniform loss and no regularisation are the
+# unstated defaults.
+UNLESS_OFF = {"dropout": "dropout", "weight_decay": "weight_decay", "min_snr": "min_snr",
+              "low_t_share": "low_t_share", "low_t_max": "low_t_share"}
 
 
 def recipe_text(recipe: dict) -> str:

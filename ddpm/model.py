@@ -46,12 +46,19 @@ def _norm(kind: str, channels: int) -> nn.Module:
 
 
 class ResidualConvBlock(nn.Module):
-    """Two [conv3x3, norm, GELU]; with is_res the input is added back and the sum scaled by 1/1.414."""
+    """Two [conv3x3, norm, GELU]; with is_res the input is added back and the sum scaled by 1/1.414.
 
-    def __init__(self, in_channels: int, out_channels: int, is_res: bool = False, norm: str = "batch"):
+    dropout > 0 drops activations between the two convolutions while training, where Ho et al. (2020,
+    appendix B) put it in their residual blocks against overfitting a small data set.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, is_res: bool = False, norm: str = "batch",
+                 dropout: float = 0.0):
         super().__init__()
         self.is_res = is_res
         self.conv1 = nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, 1, 1), _norm(norm, out_channels), nn.GELU())
+        # no parameters, so the state_dict keys are the same with or without it
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.conv2 = nn.Sequential(nn.Conv2d(out_channels, out_channels, 3, 1, 1), _norm(norm, out_channels), nn.GELU())
         # Built once here so it trains (the course created a random one inside forward()).
         self.shortcut = nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
@@ -61,7 +68,7 @@ class ResidualConvBlock(nn.Module):
             self.shortcut.requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv2(self.conv1(x))
+        h = self.conv2(self.dropout(self.conv1(x)))
         if not self.is_res:
             return h
         # Dividing by 1.414 keeps the variance of the sum near that of one branch.
@@ -69,11 +76,11 @@ class ResidualConvBlock(nn.Module):
 
 
 class UnetDown(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int, norm: str = "batch"):
+    def __init__(self, in_channels: int, out_channels: int, norm: str = "batch", dropout: float = 0.0):
         super().__init__()
         self.model = nn.Sequential(
-            ResidualConvBlock(in_channels, out_channels, norm=norm),
-            ResidualConvBlock(out_channels, out_channels, norm=norm),
+            ResidualConvBlock(in_channels, out_channels, norm=norm, dropout=dropout),
+            ResidualConvBlock(out_channels, out_channels, norm=norm, dropout=dropout),
             nn.MaxPool2d(2),
         )
 
@@ -82,12 +89,12 @@ class UnetDown(nn.Module):
 
 
 class UnetUp(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int, norm: str = "batch"):
+    def __init__(self, in_channels: int, out_channels: int, norm: str = "batch", dropout: float = 0.0):
         super().__init__()
         self.model = nn.Sequential(
             nn.ConvTranspose2d(in_channels, out_channels, 2, 2),
-            ResidualConvBlock(out_channels, out_channels, norm=norm),
-            ResidualConvBlock(out_channels, out_channels, norm=norm),
+            ResidualConvBlock(out_channels, out_channels, norm=norm, dropout=dropout),
+            ResidualConvBlock(out_channels, out_channels, norm=norm, dropout=dropout),
         )
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
@@ -226,6 +233,7 @@ class ContextUnet(
         class_names: list[str] | None = None,
         norm: str = "batch",
         time_embedding: str = "scalar",
+        dropout: float = 0.0,
     ):
         super().__init__()
         if height < MIN_HEIGHT or height & (height - 1):
@@ -234,23 +242,28 @@ class ContextUnet(
             raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
         if time_embedding not in TIME_EMBEDDINGS:
             raise ValueError(f"time_embedding must be one of {TIME_EMBEDDINGS}, got {time_embedding!r}")
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout must lie in [0, 1), got {dropout!r}")
         class_names = list(class_names) if class_names else [f"class_{i}" for i in range(n_classes)]
         if len(class_names) != n_classes:
             raise ValueError(f"{len(class_names)} class names for {n_classes} classes")
         self.in_channels, self.n_feat, self.n_classes, self.height = in_channels, n_feat, n_classes, height
         self.class_names, self.norm, self.time_embedding = class_names, norm, time_embedding
+        self.dropout = float(dropout)
         self.noise_schedule, self.palette, self.training_info, self.evaluation = None, None, None, None
 
         channels = level_channels(n_feat, height)
-        self.init_conv = ResidualConvBlock(in_channels, n_feat, is_res=True, norm=norm)
-        self.downs = nn.ModuleList(UnetDown(c_in, c_out, norm) for c_in, c_out in zip([n_feat] + channels, channels))
+        self.init_conv = ResidualConvBlock(in_channels, n_feat, is_res=True, norm=norm, dropout=dropout)
+        self.downs = nn.ModuleList(UnetDown(c_in, c_out, norm, dropout)
+                                   for c_in, c_out in zip([n_feat] + channels, channels))
         self.to_vec = nn.Sequential(nn.AvgPool2d(BOTTLENECK), nn.GELU())
         top = channels[-1]
         self.up0 = nn.Sequential(
             nn.ConvTranspose2d(top, top, BOTTLENECK, BOTTLENECK), nn.GroupNorm(8, top), nn.ReLU()
         )
         # Up level i takes the deeper activations (channels[i]) and the skip from down level i.
-        self.ups = nn.ModuleList(UnetUp(2 * c, c_out, norm) for c, c_out in zip(channels, [n_feat] + channels[:-1]))
+        self.ups = nn.ModuleList(UnetUp(2 * c, c_out, norm, dropout)
+                                 for c, c_out in zip(channels, [n_feat] + channels[:-1]))
 
         if time_embedding == "sinusoidal":
             self.time_features = SinusoidalTime(32)
@@ -313,6 +326,7 @@ class ContextUnet(
         return dict(
             in_channels=self.in_channels, n_feat=self.n_feat, n_classes=self.n_classes, height=self.height,
             class_names=self.class_names, norm=self.norm, time_embedding=self.time_embedding,
+            dropout=self.dropout,
         )
 
     # --- the Hub mixin, on the folder format of ddpm.folder ------------------------------------------

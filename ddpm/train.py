@@ -104,6 +104,36 @@ def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
             v.copy_(model_state[k])
 
 
+@torch.no_grad()
+def recalibrate_batchnorm(model: ContextUnet, images: torch.Tensor, labels: torch.Tensor, schedule: NoiseSchedule,
+                          generator: torch.Generator, batches: int = 64, batch_size: int = 128,
+                          p_uncond: float = 0.1) -> None:
+    """Re-estimate every BatchNorm's running statistics on training batches, with dropout off.
+
+    Dropout before a BatchNorm makes the statistics it gathers in training those of the dropped
+    activations, whose variance is larger than at sampling time, when nothing is dropped (the
+    "variance shift" of Li et al., 2019); the EMA copy inherits them. Averaging fresh statistics
+    over `batches` batches of x_t, as the network sees them when sampling, removes the mismatch.
+    """
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d) and m.track_running_stats]
+    if not norms:
+        return
+    was_training = model.training
+    model.eval()
+    saved_momentum = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a plain average over the batches below
+        m.train()
+    n_classes = model.n_classes
+    for _ in range(batches):
+        x0, t, noise, context = training_batch(images, labels, n_classes, batch_size, schedule.T, p_uncond, generator)
+        noise_error(model, schedule, x0, noise, t, context)
+    for m, momentum in zip(norms, saved_momentum):
+        m.momentum = momentum
+    model.train(was_training)
+
+
 # --- checkpoints ----------------------------------------------------------------------------------
 def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list]:
     sd = opt.state_dict()
@@ -240,6 +270,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "widens it without changing what it computes (Net2WiderNet), to keep training it larger")
     p.add_argument("--norm", choices=NORMS, default="batch")
     p.add_argument("--time-embedding", choices=TIME_EMBEDDINGS, default="scalar")
+    p.add_argument("--dropout", type=float, default=None, metavar="P",
+                   help="dropout in the residual blocks (Ho et al. 2020); default 0 for a new network, "
+                        "the model's own with --init-from")
+    p.add_argument("--weight-decay", type=float, default=0, metavar="W",
+                   help="decoupled weight decay (AdamW); 0 is plain Adam")
     p.add_argument("--schedule", choices=SCHEDULES, default="linear")
     p.add_argument("--T", type=int, default=500)
     p.add_argument("--precision", choices=["auto", *TRAINING_PRECISIONS], default="auto",
@@ -269,6 +304,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--low-t-share must lie in [0, 1]")
     if args.low_t_max < 1:
         p.error("--low-t-max must be at least 1")
+    if args.dropout is not None and not 0 <= args.dropout < 1:
+        p.error("--dropout must lie in [0, 1)")
+    if not (math.isfinite(args.weight_decay) and args.weight_decay >= 0):
+        p.error("--weight-decay must be 0 (off) or a positive number")
     if not (math.isfinite(args.min_snr) and args.min_snr >= 0):
         p.error("--min-snr must be 0 (off) or a positive number such as 5")
     return args
@@ -303,9 +342,14 @@ def build_model(args: argparse.Namespace, data: SpriteData, checkpoint: tuple[di
                 model = widen(model, args.n_feat, torch.Generator().manual_seed(args.seed))
             except ValueError as e:
                 raise TrainingError(f"--n-feat with --init-from: {e}") from None
+        if args.dropout is not None and args.dropout != model.dropout:
+            # dropout has no weights: the same state_dict in a network that drops activations
+            with_dropout = ContextUnet(**dict(model.config_dict, dropout=args.dropout))
+            with_dropout.load_state_dict(model.state_dict())
+            model = with_dropout
     else:
         model = ContextUnet(3, args.n_feat or DEFAULT_N_FEAT, len(data.class_names), args.height,
-                            data.class_names, args.norm, args.time_embedding)
+                            data.class_names, args.norm, args.time_embedding, args.dropout or 0.0)
         schedule = NoiseSchedule(args.T, args.schedule)
     if model.class_names != data.class_names:
         raise TrainingError(f"the model's classes {model.class_names} differ from the data's {data.class_names}")
@@ -343,7 +387,10 @@ class Trainer:
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=args.lr)
+        if args.weight_decay:
+            self.opt = torch.optim.AdamW(self.model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+        else:
+            self.opt = torch.optim.Adam(self.model.parameters(), lr=args.lr)
         self.generator = torch.Generator().manual_seed(args.seed + self.accelerator.process_index)
         self.step = 0
         self.lr_start: tuple[int, float] | None = None  # see learning_rate
@@ -429,6 +476,10 @@ class Trainer:
         if not self.is_main:
             return
         model = copy.deepcopy(self.ema).cpu().to(memory_format=torch.contiguous_format)
+        if model.dropout > 0:
+            images, labels = self.data.to_tensors()
+            recalibrate_batchnorm(model, images, labels, self.schedule, torch.Generator().manual_seed(self.args.seed),
+                                  p_uncond=self.args.p_uncond)
         history = self.current_history()
         recipe = {k: v for k, v in vars(self.args).items() if k not in ("out", "resume", "export", "init_from")}
         this_stage = dict(stage_since(history, recipe), precision=self.precision)

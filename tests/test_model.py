@@ -198,3 +198,24 @@ def test_widen_needs_a_whole_multiple_of_the_width():
         with pytest.raises(ValueError, match="whole multiple"):
             widen(model, n_feat)
     assert widen(model, 16).state_dict().keys() == model.state_dict().keys()
+
+
+# --- dropout --------------------------------------------------------------------------------------
+def test_dropout_adds_no_weights_and_acts_only_in_training():
+    torch.manual_seed(0)
+    plain = ContextUnet(n_feat=16, class_names=LIB_CLASSES)
+    dropping = ContextUnet(n_feat=16, class_names=LIB_CLASSES, dropout=0.2)
+    assert plain.state_dict().keys() == dropping.state_dict().keys()
+    dropping.load_state_dict(plain.state_dict())
+    x, t, c = torch.randn(4, 3, 16, 16), torch.rand(4), torch.eye(5)[:4]
+    plain.eval(), dropping.eval()
+    assert torch.equal(plain(x, t, c), dropping(x, t, c))  # nothing is dropped when sampling
+    dropping.train()
+    assert not torch.allclose(plain(x, t, c), dropping(x, t, c))
+    assert ContextUnet(**dropping.config_dict).dropout == 0.2
+
+
+@pytest.mark.parametrize("p", [-0.1, 1.0, 1.5])
+def test_dropout_outside_zero_to_one_raises(p):
+    with pytest.raises(ValueError, match="dropout"):
+        ContextUnet(n_feat=16, class_names=LIB_CLASSES, dropout=p)

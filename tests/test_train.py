@@ -444,3 +444,67 @@ def test_diffusion_loss_is_the_noise_error_weighted_by_min_snr(lib_tiny_unet):
     weighted = diffusion_loss(per_sprite, t, schedule, min_snr=5.0)
     assert weighted < per_sprite.mean()  # the low-noise steps (high SNR) count less
     assert torch.allclose(weighted, (per_sprite * min_snr_weights(schedule.snr()[t], 5.0).float()).mean())
+
+
+# --- regularisation -------------------------------------------------------------------------------------
+def test_dropout_and_weight_decay_train_and_are_recorded(lib_train_data, tmp_path, restore_signals):
+    first = tmp_path / "first"
+    assert train.main(args(lib_train_data, first, 2)) == 0
+    second = tmp_path / "second"  # grown from a model trained without dropout
+    assert train.main(args(lib_train_data, second, 2, "--init-from", first / "model", "--dropout", 0.1,
+                           "--weight-decay", 0.01)) == 0
+    model = load_model(second / "model")
+    assert model.dropout == 0.1
+    info = json.loads((second / "model" / "training.json").read_text())
+    assert [(s["recipe"]["dropout"], s["recipe"]["weight_decay"]) for s in info["stages"]] == [(None, 0), (0.1, 0.01)]
+    card = (second / "model" / "README.md").read_text()
+    assert "dropout 0.1" in card and "weight_decay 0.01" in card
+    assert "dropout" not in (first / "model" / "README.md").read_text()  # listed only when used
+    # a resumed run keeps the dropout of its checkpoint
+    assert train.main(args(lib_train_data, second, 3, "--resume")) == 0
+    assert load_model(second / "model").dropout == 0.1
+
+
+def test_weight_decay_selects_adamw(lib_train_data, tmp_path):
+    plain = train.Trainer(train.parse_args(args(lib_train_data, tmp_path / "a", 1)))
+    decayed = train.Trainer(train.parse_args(args(lib_train_data, tmp_path / "b", 1, "--weight-decay", 0.05)))
+    assert type(plain.opt.optimizer if hasattr(plain.opt, "optimizer") else plain.opt) is torch.optim.Adam
+    inner = decayed.opt.optimizer if hasattr(decayed.opt, "optimizer") else decayed.opt
+    assert type(inner) is torch.optim.AdamW and inner.param_groups[0]["weight_decay"] == 0.05
+
+
+def test_batchnorm_recalibration_gives_the_statistics_without_dropout():
+    """After recalibration each BatchNorm holds the mean and variance of what reaches it when
+    nothing is dropped; the statistics gathered in training (with dropout) are replaced."""
+    torch.manual_seed(0)
+    schedule = NoiseSchedule(50)
+    images = torch.rand(32, 3, 16, 16) * 2 - 1
+    labels = torch.arange(32) % 5
+    model = ContextUnet(n_feat=16, class_names=LIB_CLASSES, dropout=0.3).eval()
+    first_bn = model.init_conv.conv2[1]
+    first_bn.running_mean.fill_(5.0)  # stale statistics, as training with dropout leaves them
+    train.recalibrate_batchnorm(model, images, labels, schedule, torch.Generator().manual_seed(1),
+                                batches=1, batch_size=32)
+    assert not model.training and first_bn.momentum == 0.1  # left as found, momentum restored
+    seen = []
+    hook = model.init_conv.conv2[0].register_forward_hook(lambda m, i, o: seen.append(o.detach()))
+    x0, t, noise, context = training_batch(images, labels, 5, 32, schedule.T, 0.1, torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        model.eval()
+        model(schedule.add_noise(x0, noise, t), t.float() / schedule.T, context)
+    hook.remove()
+    out = seen[0]
+    assert torch.allclose(first_bn.running_mean, out.mean((0, 2, 3)), atol=1e-3)
+    assert torch.allclose(first_bn.running_var, out.var((0, 2, 3), unbiased=True), rtol=1e-2)
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["--dropout", "1"], "--dropout"),
+    (["--dropout", "-0.1"], "--dropout"),
+    (["--weight-decay", "-1"], "--weight-decay"),
+    (["--weight-decay", "nan"], "--weight-decay"),
+])
+def test_bad_regularisation_arguments_exit_with_a_message(lib_train_data, tmp_path, capsys, extra, match):
+    with pytest.raises(SystemExit) as info:
+        train.main(args(lib_train_data, tmp_path / "run", 5) + extra)
+    assert info.value.code == 2 and match in capsys.readouterr().err
