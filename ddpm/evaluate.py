@@ -46,7 +46,7 @@ from .data import DataError, SpriteData, load_data
 from .device import PRECISIONS
 from .images import from_uint8, snap_to_palette, to_uint8
 from .losses import noise_error
-from .sampling import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLER_ALIASES, SPACINGS, sample
+from .sampling import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_SPACING, SAMPLER_ALIASES, SPACINGS, sample
 
 CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ddpm-sprite-lab"
 CLASSIFIER_VERSION = 1
@@ -500,14 +500,17 @@ def decision_table(results: list[SettingResult], reference: Reference) -> str:
     """One row per model and setting: every figure as the class mean, mean ± half the range over the
     seeds; the last row holds the real-vs-real floors."""
     figures = space_metrics(reference.spaces)
-    head = ["model", "sampler", "steps", "guidance", "precision", "n per class", "seeds"] + figures
+    head = ["model", "sampler", "steps", "spacing", "guidance", "guided t", "precision", "n per class", "seeds"] + figures
     rows = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for r in results:
-        cells = [r.model, r.setting.sampler, str(r.setting.steps), f"{r.setting.guidance:g}", r.precision,
+        options = r.setting.options
+        interval = options.get("guidance_interval")
+        cells = [r.model, r.setting.sampler, str(r.setting.steps), options.get("spacing", DEFAULT_SPACING),
+                 f"{r.setting.guidance:g}", "-".join(map(str, interval)) if interval else "all", r.precision,
                  str(r.n_per_class), ",".join(map(str, r.seeds))]
         cells += [r.spread(f).format(_percent(f)) for f in figures]
         rows.append("| " + " | ".join(cells) + " |")
-    floor = ["real vs real (held-out)", "", "", "", "", "/".join(map(str, reference.compared)), ""]
+    floor = ["real vs real (held-out)", "", "", "", "", "", "", "/".join(map(str, reference.compared)), ""]
     floor += [_floor_cell(reference, f) for f in figures]
     rows.append("| " + " | ".join(floor) + " |")
     return "\n".join(rows)
@@ -664,9 +667,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sampler", default=DEFAULT_SAMPLER, choices=sorted(SAMPLER_ALIASES))
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     p.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
-    p.add_argument("--settings", default=None, metavar="SAMPLER:STEPS[:GUIDANCE],...",
-                   help="several settings measured on the same seeds, e.g. ddpm:50,ddpm:25,ddim:10 "
-                        "(instead of --sampler/--steps; guidance defaults to --guidance)")
+    p.add_argument("--settings", default=None, metavar="SAMPLER:STEPS[:GUIDANCE[:SPACING[:T_LO-T_HI]]],...",
+                   help="several settings measured on the same seeds, e.g. ddpm:50,ddim:10,ddpm:8::quadratic:57-320 "
+                        "(instead of --sampler/--steps; guidance defaults to --guidance, spacing to trailing; "
+                        "T_LO-T_HI applies guidance only for t in that range)")
     p.add_argument("--n", type=int, default=100, help="samples per class")
     p.add_argument("--seed", type=int, default=None, help="one sampling seed (as --seeds SEED)")
     p.add_argument("--seeds", default=None, help="comma-separated sampling seeds; default 0,1 unless --seed is given")

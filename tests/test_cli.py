@@ -156,7 +156,7 @@ def test_evaluate_cli_prints_table(lib_tiny_model_dir, tmp_path, monkeypatch, ca
     rc = ev.main(["--model", str(lib_tiny_model_dir), "--data", str(tmp_path / "d"), "--n", "4", "--steps", "2"])
     assert rc == 0
     out = capsys.readouterr().out
-    assert "| model | sampler | steps | guidance | precision |" in out and "| class | compared | accuracy A |" in out
+    assert "| model | sampler | steps | spacing | guidance | guided t | precision |" in out and "| class | compared | accuracy A |" in out
     assert "classifier held-out accuracy: A (SpriteClassifier) 50.0%, B (LayoutClassifier) 50.0%" in out
     assert len(list((tmp_path / "cache").glob("classifier-*.safetensors"))) == 2, "both classifiers are cached"
     assert "seeds 0,1, fp32," in out, "two seeds unless told otherwise"

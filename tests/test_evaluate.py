@@ -139,14 +139,15 @@ def test_evaluate_cli_seeds_settings_compare_and_json(lib_tiny_model_dir, tmp_pa
     quick_train(monkeypatch)
     out = tmp_path / "r.json"
     rc = ev.main(["--model", str(lib_tiny_model_dir), "--data", str(tmp_path / "d"), "--n", "4", "--seeds", "0,1",
-                  "--settings", "ddpm:2,ddim:2:2.0", "--compare", str(lib_tiny_model_dir), "--json", str(out),
+                  "--settings", "ddpm:2,ddim:2:2.0:quadratic:10-400", "--compare", str(lib_tiny_model_dir), "--json", str(out),
                   "--threads", "1"])
     assert rc == 0
     text = capsys.readouterr().out
-    head = ("| model | sampler | steps | guidance | precision | n per class | seeds | accuracy A | accuracy B | FD A | "
+    head = ("| model | sampler | steps | spacing | guidance | guided t | precision | n per class | seeds | accuracy A | accuracy B | FD A | "
             "FD B | precision A | recall A | precision B | recall B | near copies | isolated pixels |")
     assert head in text and "| real vs real (held-out) |" in text
-    assert "| ddim | 2 | 2 | fp32 | 4 | 0,1 |" in text and " ± " in text
+    assert "| ddpm | 2 | trailing | 1.5 | all | fp32 | 4 | 0,1 |" in text and " ± " in text
+    assert "| ddim | 2 | quadratic | 2 | 10-400 | fp32 | 4 | 0,1 |" in text  # the levers are told apart
     assert text.count("Per class,") == 4 and "| hero |" in text
     res = json.loads(out.read_text())
     assert [(r["sampler"], r["steps"], r["guidance"]) for r in res["results"]] == [("ddpm", 2, 1.5), ("ddim", 2, 2.0)] * 2
