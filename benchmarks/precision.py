@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 from ddpm.data import DAWNLIKE_DIR
 from ddpm.device import PRECISIONS, bf16_is_fast, precision_autocast
 from ddpm.model import ContextUnet
-from ddpm.sampling import inference_model
+from ddpm.model import inference_model
 from ddpm.schedule import NoiseSchedule
 from train_throughput import our_loop, random_sprites
 

@@ -24,7 +24,8 @@ from .data import DataError, MAX_IMAGE_PIXELS, open_image, sprite_from_image
 from .conditioning import ALL_CLASSES, check_class, context_for
 from .images import from_uint8, gif_bytes, snap_to_palette, sprite_sheet, to_uint8
 from .limits import MAX_SPRITES, check_batch, check_guidance, check_number, check_seed, check_steps
-from .sampling import Step, inference_model, predict_noise, sample_steps
+from .model import inference_model
+from .sampling import Step, predict_noise, sample_steps
 from .schedule import NoiseSchedule
 
 MAX_FRAMES = 120        # frames kept per trajectory: 16 sprites x 3 images x 768 B x 120 ~ 4.4 MB per session

@@ -21,6 +21,7 @@ from __future__ import annotations
 import inspect
 import math
 import os
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -149,6 +150,36 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
                 seq[i] = fuse_conv_bn_eval(conv, bn)
                 seq[i + 1] = nn.Identity()
     return folded.requires_grad_(False)
+
+
+_INFERENCE_COPIES: "weakref.WeakKeyDictionary[torch.nn.Module, tuple]" = weakref.WeakKeyDictionary()
+
+
+def inference_model(model: torch.nn.Module) -> torch.nn.Module:
+    """What the samplers run (ddpm.sampling.sample_steps): for an eval-mode ContextUnet, a copy with BatchNorm folded into the
+    convs (fold_batchnorm) and, on the CPU, channels-last weights; else model itself.
+
+    The copy is cached per model and rebuilt when any of its weights changes (in place, as an EMA
+    update or load_state_dict does, or replaced). It computes the same as the model up to float
+    rounding; the model itself and its state_dict keys are left as they are.
+    """
+    if not isinstance(model, ContextUnet) or model.training:
+        return model
+    tensors = [*model.parameters(), *model.buffers()]
+    try:
+        key = tuple((v.data_ptr(), v._version) for v in tensors)
+    except RuntimeError:  # inference tensors have no version counter: no safe cache key
+        key = None
+    cached = _INFERENCE_COPIES.get(model)
+    if key is not None and cached is not None and cached[0] == key:
+        return cached[1]
+    with torch.inference_mode(False), torch.no_grad():
+        fast = fold_batchnorm(model)
+        if tensors[0].device.type == "cpu":
+            fast = fast.to(memory_format=torch.channels_last)
+    if key is not None:
+        _INFERENCE_COPIES[model] = (key, fast)
+    return fast
 
 
 def widen(model: "ContextUnet", n_feat: int, generator: torch.Generator | None = None) -> "ContextUnet":

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import math
-import weakref
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -21,7 +20,7 @@ import torch
 
 from .device import check_precision, precision_autocast
 from .limits import check_batch, check_guidance, check_seed, check_steps
-from .model import ContextUnet, fold_batchnorm
+from .model import ContextUnet, inference_model
 from .schedule import NoiseSchedule
 
 SAMPLER_ALIASES = {"ddpm": "ddpm", "ddpm-beta": "ddpm-beta", "ddim": "ddim", "dpm++": "dpm++", "dpmpp": "dpm++",
@@ -289,36 +288,6 @@ def predict_noise(model: torch.nn.Module, x_t: torch.Tensor, t: int, T: int, con
     eps = model(torch.cat([x_t, x_t]), t_in, torch.cat([context, torch.zeros_like(context)])).float()
     eps_cond, eps_uncond = eps[:b], eps[b:]
     return eps_cond + guidance * (eps_cond - eps_uncond)
-
-
-_INFERENCE_COPIES: "weakref.WeakKeyDictionary[torch.nn.Module, tuple]" = weakref.WeakKeyDictionary()
-
-
-def inference_model(model: torch.nn.Module) -> torch.nn.Module:
-    """What sample_steps runs: for an eval-mode ContextUnet, a copy with BatchNorm folded into the
-    convs (ddpm.model.fold_batchnorm) and, on the CPU, channels-last weights; else model itself.
-
-    The copy is cached per model and rebuilt when any of its weights changes (in place, as an EMA
-    update or load_state_dict does, or replaced). It computes the same as the model up to float
-    rounding; the model itself and its state_dict keys are left as they are.
-    """
-    if not isinstance(model, ContextUnet) or model.training:
-        return model
-    tensors = [*model.parameters(), *model.buffers()]
-    try:
-        key = tuple((v.data_ptr(), v._version) for v in tensors)
-    except RuntimeError:  # inference tensors have no version counter: no safe cache key
-        key = None
-    cached = _INFERENCE_COPIES.get(model)
-    if key is not None and cached is not None and cached[0] == key:
-        return cached[1]
-    with torch.inference_mode(False), torch.no_grad():
-        fast = fold_batchnorm(model)
-        if tensors[0].device.type == "cpu":
-            fast = fast.to(memory_format=torch.channels_last)
-    if key is not None:
-        _INFERENCE_COPIES[model] = (key, fast)
-    return fast
 
 
 @dataclass

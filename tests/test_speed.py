@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from ddpm.model import ContextUnet, fold_batchnorm
-from ddpm.sampling import inference_model, predict_noise, sample
+from ddpm.model import inference_model
+from ddpm.sampling import predict_noise, sample
 from ddpm.schedule import NoiseSchedule
 
 from conftest import make_tiny_unet
