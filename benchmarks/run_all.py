@@ -57,9 +57,9 @@ from ddpm.device import PRECISIONS, bf16_is_fast, precision_autocast, resolve_pr
 from ddpm.evaluate import (Reference, Setting, Spread, feature_spaces, measure, parse_seeds,  # noqa: E402
                            parse_settings, results_json)
 from ddpm.limits import check_steps  # noqa: E402
+from ddpm.model import inference_model  # noqa: E402
 from ddpm.sampling import (DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_SPACING, DEFAULT_STEPS,  # noqa: E402
-                           check_guidance_interval, guidance_at, inference_model, make_sampler, make_timesteps,
-                           predict_noise, sample)
+                           check_guidance_interval, guidance_at, make_sampler, make_timesteps, predict_noise, sample)
 
 # Ancestral DDPM (posterior variance) from 500 down to 5 steps, evenly spaced and "quadratic"
 # (denser at low t, where the colours are decided) with guidance only for t in 57..320; the SDE
