@@ -18,18 +18,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 CLASSES = ["hero", "creature", "food", "spell", "item"]
 
 
-@pytest.fixture(autouse=True)
-def app_single_thread():
-    """One torch thread while an app test runs: on a busy two-core machine (a training run next
-    door) two OpenMP threads can make each network call ~50x slower. Restored afterwards."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory) -> Path:
     """A ContextUnet with random weights (n_feat=16 keeps every call cheap) saved in Hub format."""

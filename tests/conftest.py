@@ -6,23 +6,26 @@ import pytest
 import torch
 
 LIB_CLASSES = ["hero", "creature", "food", "spell", "item"]
-LIB_TEST_MODULES = {"test_schedule", "test_samplers", "test_model", "test_checkpoint", "test_data", "test_train",
-                    "test_cli", "test_speed", "test_bad_inputs", "test_safety", "test_train_faults",
-                    "test_hub_format", "test_accelerate", "test_compare"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def lib_single_thread(request):
-    """These modules run on one CPU thread (a training run may be using the other core), set before
-    their module-scoped servers start; the thread count is restored afterwards (ddpm.train.main
-    --threads 1 changes it), and other suites are left alone."""
-    if request.module.__name__.rsplit(".", 1)[-1] not in LIB_TEST_MODULES:
-        yield
-        return
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """Every test runs on one torch thread, set here at the start of the session, before any module's
+    server starts. The tests run on a busy two-core machine (a training run may hold the other core):
+    OpenMP threads that outnumber the free cores spin against each other, and every network call to a
+    served app then gets far slower (up to ~50x), which is what makes a suite slow or time out."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def back_to_one_torch_thread(one_torch_thread):
+    """After a test that changed the thread count (ddpm.train.main --threads N does), back to one."""
+    yield
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
 
 
 def make_tiny_unet(seed: int = 0, **kwargs):

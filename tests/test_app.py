@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 import app
-from app_helpers import CLASSES, app_single_thread, images, lab, model_dir  # noqa: F401  (fixtures)
+from app_helpers import CLASSES, images, lab, model_dir  # noqa: F401  (fixtures)
 from ddpm import interactive as ix
 from ddpm.device import pick_device
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app_helpers import app_single_thread, images, lab, model_dir, server  # noqa: F401  (fixtures)
+from app_helpers import images, lab, model_dir, server  # noqa: F401  (fixtures)
 from ddpm.sampling import DEFAULT_STEPS
 
 CHROMIUM = "/usr/bin/chromium"

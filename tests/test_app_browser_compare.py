@@ -6,7 +6,7 @@ import re
 import numpy as np
 import pytest
 
-from app_helpers import app_single_thread, lab, model_dir, server  # noqa: F401  (fixtures)
+from app_helpers import lab, model_dir, server  # noqa: F401  (fixtures)
 from test_app_browser import (CHROMIUM, browser, open_page, pixels, shot, src, wait_new_src,  # noqa: F401
                               wait_text)
 

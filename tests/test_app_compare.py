@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app_helpers import app_single_thread, lab, model_dir, server  # noqa: F401  (fixtures)
+from app_helpers import lab, model_dir, server  # noqa: F401  (fixtures)
 from test_app_server import client, png  # noqa: F401  (a fixture and a helper)
 
 gradio_client = pytest.importorskip("gradio_client")

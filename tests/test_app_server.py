@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app_helpers import CLASSES, app_single_thread, images, lab, model_dir, server  # noqa: F401  (fixtures)
+from app_helpers import CLASSES, images, lab, model_dir, server  # noqa: F401  (fixtures)
 
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
