@@ -4,7 +4,6 @@ over them, a common stop, the launcher's --mixed_precision, and a learning rate 
 when a run is resumed with another --steps."""
 from __future__ import annotations
 
-import csv
 import json
 import os
 import shutil
@@ -19,10 +18,7 @@ from safetensors.torch import load_file
 import ddpm.train as train
 from ddpm.device import to_accelerate, training_precision
 
-from app_helpers import free_port
-from conftest import stop_after, write_npy_dataset
-
-PROJECT = Path(__file__).resolve().parent.parent
+from helpers import PROJECT, free_port, read_log, stop_after, write_npy_dataset
 
 # Runs the trainer as `python -m ddpm.train` would, then writes what each process holds: its parameters
 # (model and EMA) and the losses it computed before they were averaged.
@@ -51,11 +47,6 @@ RANK_SCRIPT = textwrap.dedent("""
         json.dump({"losses": own_losses, "precision": trainer.precision, "processes": acc.num_processes}, f)
     sys.exit(status)
 """)
-
-
-def read_log(out: Path) -> list[dict]:
-    with open(out / "log.csv", newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def launch(tmp_path: Path, dump: Path, train_args: list[str], mixed_precision: str) -> subprocess.CompletedProcess:
@@ -121,26 +112,20 @@ def test_precision_auto_defers_to_the_launcher():
     assert [to_accelerate(p) for p in ("fp32", "bf16", "fp16")] == ["no", "bf16", "fp16"]
 
 
-@pytest.fixture(scope="module")
-def small_data(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("accelerate_data")
-    write_npy_dataset(folder, n=32)
-    return folder
-
-
 def run_args(data: Path, out: Path, steps: int, *extra) -> list[str]:
     return ["--data", str(data), "--out", str(out), "--steps", str(steps), "--n-feat", "8", "--batch-size", "8",
             "--threads", "1", "--warmup", "3", "--lr", "2e-3", "--sample-every", "100000", *map(str, extra)]
 
 
 @pytest.mark.parametrize("new_steps", [20, 7])
-def test_resuming_with_another_steps_keeps_the_learning_rate_continuous(small_data, tmp_path, monkeypatch, new_steps):
+def test_resuming_with_another_steps_keeps_the_learning_rate_continuous(small_train_data, tmp_path, monkeypatch,
+                                                                        new_steps):
     out = tmp_path / "run"
     stop_after(monkeypatch, 5)
-    assert train.main(run_args(small_data, out, 10)) == 0
+    assert train.main(run_args(small_train_data, out, 10)) == 0
     monkeypatch.undo()
     assert [int(r["step"]) for r in read_log(out)] == [1, 2, 3, 4, 5]
-    assert train.main(run_args(small_data, out, new_steps, "--resume")) == 0
+    assert train.main(run_args(small_train_data, out, new_steps, "--resume")) == 0
     lrs = [float(r["lr"]) for r in read_log(out)]
     assert len(lrs) == new_steps
     reached = train.learning_rate(5, 2e-3, 3, 10)
@@ -150,12 +135,12 @@ def test_resuming_with_another_steps_keeps_the_learning_rate_continuous(small_da
     assert lrs[5:] == pytest.approx(expected, rel=1e-3)
 
 
-def test_changing_the_warm_up_inside_it_is_refused(small_data, tmp_path, monkeypatch, capsys):
+def test_changing_the_warm_up_inside_it_is_refused(small_train_data, tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
     stop_after(monkeypatch, 1)
-    assert train.main(run_args(small_data, out, 10)) == 0
+    assert train.main(run_args(small_train_data, out, 10)) == 0
     monkeypatch.undo()
     capsys.readouterr()
-    assert train.main(run_args(small_data, out, 10, "--resume", "--lr", "1e-3")) == 2
+    assert train.main(run_args(small_train_data, out, 10, "--resume", "--lr", "1e-3")) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "--lr and --warmup cannot change" in err and "\n" not in err, err

@@ -1,7 +1,6 @@
 """The app's handlers and ddpm.interactive, called directly (no server)."""
 from __future__ import annotations
 
-import io
 import math
 from pathlib import Path
 
@@ -12,9 +11,9 @@ import torch
 from PIL import Image
 
 import app
-from app_helpers import CLASSES, images, lab, model_dir  # noqa: F401  (fixtures)
 from ddpm import interactive as ix
 from ddpm.device import pick_device
+from helpers import CLASSES
 
 T = 500
 REV_DEFAULTS = dict(cls="hero", n=2, seed=0, sampler="dpm++", steps=4, guidance=2.0)

@@ -5,87 +5,27 @@ Screenshots go to screenshots/ (gitignored), or to $SCREENSHOT_DIR.
 """
 from __future__ import annotations
 
-import io
-import os
 import re
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from app_helpers import images, lab, model_dir, server  # noqa: F401  (fixtures)
 from ddpm.sampling import DEFAULT_STEPS
+from helpers import CHROMIUM, open_page, pixels, shot, src, wait_new_src, wait_text
 
-CHROMIUM = "/usr/bin/chromium"
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
                                 reason=f"{CHROMIUM} is absent: install it with `apt-get install -y chromium`")
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 
-SHOTS = Path(os.environ.get("SCREENSHOT_DIR", Path(__file__).resolve().parent.parent / "screenshots"))
 TABS = ["Forward", "Reverse", "Generate", "Remix", "Model", "Compare"]
 PICTURES = {"Forward": ["f-x0", "f-xt", "f-chart"], "Reverse": ["r-xt", "r-x0", "r-eps"], "Generate": ["g-grid"],
             "Remix": ["m-src", "m-result", "m-traj"], "Model": [],
             "Compare": ["c-race"]}
 
 
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--no-first-run"])
-        yield b
-        b.close()
-
-
-def open_page(browser, server, width: int, height: int):
-    pg = browser.new_page(viewport={"width": width, "height": height})
-    pg.set_default_timeout(30_000)
-    pg.errors = []
-    pg.on("pageerror", lambda e: pg.errors.append(str(e)))
-    pg.goto(server, wait_until="domcontentloaded")  # "networkidle" never settles: Gradio keeps a stream open
-    pg.wait_for_selector("#f-xt img")
-    return pg
-
-
-@pytest.fixture(scope="module")
-def page(browser, server):
-    pg = open_page(browser, server, 1400, 1000)
-    yield pg
-    pg.close()
-
-
 def tab(page, name: str) -> None:
     page.get_by_role("tab", name=re.compile(rf"^\W*{name}$")).first.click()
-
-
-def shot(page, name: str) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
-
-
-def src(page, elem_id: str) -> str:
-    page.wait_for_selector(f"#{elem_id} img")
-    return page.locator(f"#{elem_id} img").first.get_attribute("src")
-
-
-def pixels(page, elem_id: str) -> np.ndarray:
-    body = page.request.get(src(page, elem_id)).body()
-    return np.asarray(Image.open(io.BytesIO(body)).convert("RGB"), dtype=np.int16)
-
-
-def wait_new_src(page, elem_id: str, old: str) -> str:
-    page.wait_for_function(
-        "([id, old]) => { const i = document.querySelector(`#${id} img`); return i && i.src !== old; }",
-        arg=[elem_id, old])
-    return src(page, elem_id)
-
-
-def wait_text(page, elem_id: str, pattern: str) -> str:
-    page.wait_for_function("([id, pat]) => new RegExp(pat).test(document.querySelector(`#${id}`).innerText)",
-                           arg=[elem_id, pattern])
-    return page.locator(f"#{elem_id}").inner_text()
 
 
 def drag(page, selector: str, start: float, end: float, steps: int = 12) -> None:

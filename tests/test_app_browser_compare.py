@@ -2,15 +2,14 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from app_helpers import lab, model_dir, server  # noqa: F401  (fixtures)
-from test_app_browser import (CHROMIUM, browser, open_page, pixels, shot, src, wait_new_src,  # noqa: F401
-                              wait_text)
+from helpers import CHROMIUM, open_page, pixels, shot, src, wait_new_src, wait_text
 
-pytestmark = pytest.mark.skipif(not __import__("pathlib").Path(CHROMIUM).exists(),
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
                                 reason=f"{CHROMIUM} is absent: install it with `apt-get install -y chromium`")
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 

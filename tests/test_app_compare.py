@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app_helpers import lab, model_dir, server  # noqa: F401  (fixtures)
-from test_app_server import client, png  # noqa: F401  (a fixture and a helper)
+from helpers import png
 
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client.exceptions import AppError  # noqa: E402

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app_helpers import CLASSES, images, lab, model_dir, server  # noqa: F401  (fixtures)
+from helpers import CLASSES, png
 
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
@@ -22,17 +22,6 @@ ENDPOINTS = {"/forward_sprite", "/forward_upload", "/forward_draw", "/forward_vi
              "/reverse_step", "/reverse_run", "/generate", "/remix_sprite", "/remix_upload", "/remix_draw", "/remix",
              "/model_info", "/compare_samplers", "/guidance_sweep", "/morph"}  # /reverse_scrub and /reverse_gif work on the page's session run: undocumented
 REV = ("hero", 2, 0, "dpm++", 4, 2.0, 1.0, 0.0, 0.0, 0.0, 0.0)  # class, n, seed, sampler, steps, guidance, mix
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    return Client(server, verbose=False, analytics_enabled=False)
-
-
-def png(path) -> np.ndarray:
-    im = Image.open(path)
-    assert im.format == "PNG", f"{path} is {im.format}, not PNG"
-    return np.asarray(im.convert("RGB"), dtype=np.int16)
 
 
 def still_serves(client):

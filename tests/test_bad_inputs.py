@@ -56,47 +56,20 @@ import json
 import os
 import pickle
 import re
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 import app
-from app_helpers import CLASSES, free_port, images, lab, model_dir  # noqa: F401  (fixtures)
-from conftest import write_npy_dataset
+from helpers import CLASSES, PROJECT, png, write_npy_dataset
 
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
-
-PROJECT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def server(lab):
-    demo = app.build_demo(lab)
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **app.LAUNCH_KWARGS)
-    try:
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        demo.close()
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    return Client(server, verbose=False, analytics_enabled=False)
-
-
-def png(path) -> np.ndarray:
-    return np.asarray(Image.open(path).convert("RGB"), dtype=np.int16)
-
 
 def still_serves(client):
     x_t, info, *_ = client.predict(t=3, noise_seed=0, show_model=False, cls="hero", api_name="/forward_view")
@@ -121,40 +94,21 @@ def raw_call(server: str, api_name: str, body: str) -> tuple[str, str]:
 
 
 # --- images through the API ---------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def awkward(tmp_path_factory) -> dict[str, Path]:
-    d = tmp_path_factory.mktemp("awkward")
-    files = {"zero-byte": d / "empty.png", "1x1": d / "one.png", "4000x4000": d / "big.png",
-             "16-bit": d / "grey16.png", "palette": d / "palette.png", "bomb": d / "bomb.png"}
-    files["zero-byte"].write_bytes(b"")
-    Image.new("RGB", (1, 1), (200, 30, 40)).save(files["1x1"])
-    big = Image.new("RGB", (4000, 4000), (255, 255, 255))
-    big.paste((20, 40, 200), (0, 0, 4000, 2000))  # top half blue
-    big.save(files["4000x4000"], compress_level=1)
-    Image.fromarray(np.full((16, 16), 32768, np.uint16)).save(files["16-bit"])  # mid grey in 16 bits
-    pal = Image.new("P", (16, 16), 1)
-    pal.putpalette([0, 0, 0, 10, 200, 60] + [0] * 762)
-    pal.paste(0, (0, 0, 16, 8))  # top half: the transparent index
-    pal.save(files["palette"], transparency=0)
-    Image.new("1", (5000, 5000)).save(files["bomb"])  # 25 Mpixel in a few KB
-    return files
-
-
 @pytest.mark.parametrize("name,match", [("zero-byte", "empty.png: not a readable image"),
                                         ("bomb", "5000x5000, larger than the 16,777,216 pixels")],
                          ids=["zero-byte", "bomb"])
-def test_api_rejects_bad_files(client, awkward, name, match):
-    assert awkward[name].stat().st_size < 100_000
+def test_api_rejects_bad_files(client, awkward_images, name, match):
+    assert awkward_images[name].stat().st_size < 100_000
     with pytest.raises(AppError, match=match):
-        client.predict(handle_file(str(awkward[name])), api_name="/forward_upload")
+        client.predict(handle_file(str(awkward_images[name])), api_name="/forward_upload")
     with pytest.raises(AppError, match=match):
-        client.predict(handle_file(str(awkward[name])), api_name="/remix_upload")
+        client.predict(handle_file(str(awkward_images[name])), api_name="/remix_upload")
     still_serves(client)
 
 
 @pytest.mark.parametrize("name", ["1x1", "4000x4000", "16-bit", "palette"])
-def test_api_accepts_awkward_images(client, awkward, name):
-    sprite = png(client.predict(handle_file(str(awkward[name])), t=0, api_name="/forward_upload")[0])
+def test_api_accepts_awkward_images(client, awkward_images, name):
+    sprite = png(client.predict(handle_file(str(awkward_images[name])), t=0, api_name="/forward_upload")[0])
     assert sprite.shape == (256, 256, 3)
     top, bottom = tuple(sprite[8, 8]), tuple(sprite[-8, -8])
     expected = {"1x1": ((200, 30, 40), (200, 30, 40)), "4000x4000": ((20, 40, 200), (255, 255, 255)),
@@ -239,13 +193,6 @@ def test_api_survives_malformed_requests(server, client, case):
 
 
 # --- the CLIs ---------------------------------------------------------------------------------------
-@pytest.fixture
-def broken_model(model_dir, tmp_path):
-    folder = tmp_path / "model"
-    shutil.copytree(model_dir, folder)
-    return folder
-
-
 class _Exploit:
     marker = None
 

@@ -8,7 +8,6 @@ import shutil
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,9 +19,7 @@ from ddpm.checkpoint import load_model, load_schedule, save_model
 from ddpm.model import ContextUnet
 from ddpm.schedule import NoiseSchedule
 
-from conftest import LIB_CLASSES, make_tiny_unet
-
-PROJECT = Path(__file__).resolve().parent.parent
+from helpers import CLASSES, PROJECT, make_tiny_unet
 
 
 def probe():
@@ -35,14 +32,6 @@ def outputs(model):
     return model.eval()(*probe())
 
 
-@pytest.fixture
-def model_copy(lib_tiny_model_dir, tmp_path):
-    """A writable copy of the tiny saved model, to break in various ways."""
-    folder = tmp_path / "broken"
-    shutil.copytree(lib_tiny_model_dir, folder)
-    return folder
-
-
 # --- round trips ----------------------------------------------------------------------------------
 def test_save_then_load_round_trip(tmp_path):
     model = make_tiny_unet(seed=3, norm="group", time_embedding="sinusoidal")
@@ -52,7 +41,7 @@ def test_save_then_load_round_trip(tmp_path):
         assert (folder / name).is_file(), name
     assert (folder / "README.md").read_text() == "# card\n"
     config = json.loads((folder / "config.json").read_text())
-    assert config["class_names"] == LIB_CLASSES and config["norm"] == "group"
+    assert config["class_names"] == CLASSES and config["norm"] == "group"
     loaded = load_model(folder)
     assert not loaded.training
     assert loaded.config_dict == model.config_dict
@@ -78,11 +67,11 @@ def test_save_from_a_channels_last_model(tmp_path):
     assert torch.equal(outputs(load_model(tmp_path / "m")), expected)
 
 
-def test_from_pretrained_local_dir_is_strict(lib_tiny_model_dir):
-    model = ContextUnet.from_pretrained(lib_tiny_model_dir)
+def test_from_pretrained_local_dir_is_strict(tiny_model_dir):
+    model = ContextUnet.from_pretrained(tiny_model_dir)
     assert isinstance(model, ContextUnet)
-    assert torch.equal(outputs(model), outputs(load_model(lib_tiny_model_dir)))
-    assert torch.equal(outputs(ContextUnet.from_pretrained(str(lib_tiny_model_dir))), outputs(model))
+    assert torch.equal(outputs(model), outputs(load_model(tiny_model_dir)))
+    assert torch.equal(outputs(ContextUnet.from_pretrained(str(tiny_model_dir))), outputs(model))
 
 
 def test_from_pretrained_refuses_missing_weights(model_copy):
@@ -119,13 +108,13 @@ HUB_SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_load_by_repo_id_from_offline_hub_cache(lib_tiny_model_dir, tmp_path):
+def test_load_by_repo_id_from_offline_hub_cache(tiny_model_dir, tmp_path):
     cache = tmp_path / "hub"
     commit = "0123456789abcdef0123456789abcdef01234567"
     repo = cache / "models--sprite-lab--tiny-test"
     (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "main").write_text(commit)
-    shutil.copytree(lib_tiny_model_dir, repo / "snapshots" / commit)
+    shutil.copytree(tiny_model_dir, repo / "snapshots" / commit)
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(cache), HF_HOME=str(tmp_path / "hf_home"),
                HF_HUB_DISABLE_TELEMETRY="1", PYTHONPATH=str(PROJECT), OMP_NUM_THREADS="1",
                # any attempt at the network fails at once instead of waiting
@@ -135,7 +124,7 @@ def test_load_by_repo_id_from_offline_hub_cache(lib_tiny_model_dir, tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = load_file(str(result_file))
-    expected = outputs(load_model(lib_tiny_model_dir))
+    expected = outputs(load_model(tiny_model_dir))
     assert torch.equal(got["load_model"], expected)
     assert torch.equal(got["from_pretrained"], expected)
     errors = [line for line in proc.stdout.splitlines() if line.startswith("ERROR:")]
@@ -147,14 +136,6 @@ def test_load_by_repo_id_from_offline_hub_cache(lib_tiny_model_dir, tmp_path):
 
 
 # --- bad checkpoints: a CheckpointError naming the file ------------------------------------------------
-LOADERS = {"load_model": load_model, "from_pretrained": ContextUnet.from_pretrained}
-
-
-@pytest.fixture(params=sorted(LOADERS))
-def loader(request):
-    return LOADERS[request.param]
-
-
 def expect_error(loader, source, *fragments):
     with pytest.raises(CheckpointError) as info:
         loader(source)

@@ -8,16 +8,16 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import LIB_CLASSES, write_npy_dataset
+from helpers import CLASSES, write_npy_dataset
 import ddpm.evaluate as ev
 import ddpm.sample as cli
 from ddpm.data import load_npy
 
 
 # --- python -m ddpm.sample ----------------------------------------------------------------------
-def test_sample_png_has_one_row_per_class(lib_tiny_model_dir, tmp_path, capsys):
+def test_sample_png_has_one_row_per_class(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "sheet.png"
-    rc = cli.main(["--model", str(lib_tiny_model_dir), "--classes", "hero,food", "--n", "3", "--steps", "4",
+    rc = cli.main(["--model", str(tiny_model_dir), "--classes", "hero,food", "--n", "3", "--steps", "4",
                    "--scale", "2", "--out", str(out)])
     assert rc == 0
     im = Image.open(out)
@@ -26,30 +26,30 @@ def test_sample_png_has_one_row_per_class(lib_tiny_model_dir, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("sampler", ["ddpm", "ddpm-beta", "ddim", "dpm++", "dpm++sde"])
-def test_sample_npz_holds_images_and_labels(lib_tiny_model_dir, tmp_path, sampler):
+def test_sample_npz_holds_images_and_labels(tiny_model_dir, tmp_path, sampler):
     out = tmp_path / "s.npz"
     steps = "10"
-    assert cli.main(["--model", str(lib_tiny_model_dir), "--classes", "spell,hero", "--n", "2",
+    assert cli.main(["--model", str(tiny_model_dir), "--classes", "spell,hero", "--n", "2",
                      "--sampler", sampler, "--steps", steps, "--out", str(out)]) == 0
     z = np.load(out)
     assert z["images"].shape == (4, 16, 16, 3) and z["images"].dtype == np.uint8
-    assert z["labels"].tolist() == [LIB_CLASSES.index("spell")] * 2 + [LIB_CLASSES.index("hero")] * 2
+    assert z["labels"].tolist() == [CLASSES.index("spell")] * 2 + [CLASSES.index("hero")] * 2
 
 
-def test_sample_same_seed_same_sprites(lib_tiny_model_dir, tmp_path):
+def test_sample_same_seed_same_sprites(tiny_model_dir, tmp_path):
     paths = [tmp_path / f"{i}.npz" for i in range(3)]
     for path, seed in zip(paths, ["5", "5", "6"]):
-        cli.main(["--model", str(lib_tiny_model_dir), "--n", "2", "--steps", "3", "--seed", seed, "--out", str(path)])
+        cli.main(["--model", str(tiny_model_dir), "--n", "2", "--steps", "3", "--seed", seed, "--out", str(path)])
     a, b, c = (np.load(p)["images"] for p in paths)
     assert np.array_equal(a, b)
     assert not np.array_equal(a, c)
 
 
-def test_sample_precision_bf16_differs_slightly_from_fp32(lib_tiny_model_dir, tmp_path):
+def test_sample_precision_bf16_differs_slightly_from_fp32(tiny_model_dir, tmp_path):
     images = {}
     for precision in ("fp32", "bf16", "fp32"):
         path = tmp_path / f"{precision}.npz"
-        argv = ["--model", str(lib_tiny_model_dir), "--n", "2", "--steps", "3", "--sampler", "ddim", "--out", str(path)]
+        argv = ["--model", str(tiny_model_dir), "--n", "2", "--steps", "3", "--sampler", "ddim", "--out", str(path)]
         assert cli.main(argv + ["--precision", precision]) == 0
         images.setdefault(precision, []).append(np.load(path)["images"].astype(int))
     assert np.array_equal(*images["fp32"])
@@ -57,12 +57,12 @@ def test_sample_precision_bf16_differs_slightly_from_fp32(lib_tiny_model_dir, tm
     assert np.abs(images["fp32"][0] - images["bf16"][0]).mean() < 8
 
 
-def test_sample_spacing_and_guidance_interval_reach_the_sampler(lib_tiny_model_dir, tmp_path):
+def test_sample_spacing_and_guidance_interval_reach_the_sampler(tiny_model_dir, tmp_path):
     images = []
     for extra in ([], ["--spacing", "trailing", "--guidance-interval", "0,500"], ["--spacing", "karras"],
                   ["--guidance-interval", "100,300"]):
         path = tmp_path / f"{len(images)}.npz"
-        assert cli.main(["--model", str(lib_tiny_model_dir), "--n", "2", "--steps", "4", "--out", str(path)] + extra) == 0
+        assert cli.main(["--model", str(tiny_model_dir), "--n", "2", "--steps", "4", "--out", str(path)] + extra) == 0
         images.append(np.load(path)["images"])
     assert np.array_equal(images[0], images[1])  # the defaults, spelled out
     assert not np.array_equal(images[0], images[2])
@@ -75,8 +75,8 @@ def test_sample_spacing_and_guidance_interval_reach_the_sampler(lib_tiny_model_d
     (["--steps", "501"], "steps must lie between 1 and 500"),
     (["--model", "/no/such/model/dir"], "no such directory"),
 ])
-def test_sample_bad_input_one_clear_line(lib_tiny_model_dir, tmp_path, capsys, args, message):
-    argv = ["--model", str(lib_tiny_model_dir), "--out", str(tmp_path / "x.png")] + args
+def test_sample_bad_input_one_clear_line(tiny_model_dir, tmp_path, capsys, args, message):
+    argv = ["--model", str(tiny_model_dir), "--out", str(tmp_path / "x.png")] + args
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
@@ -132,35 +132,35 @@ def test_isolated_pixel_share_counts_pixels_unlike_all_four_neighbours():
     assert ev.isolated_pixel_share(corner) == 1 / 256
 
 
-def test_evaluate_reports_every_class(lib_tiny_model_dir, tmp_path):
+def test_evaluate_reports_every_class(tiny_model_dir, tmp_path):
     from ddpm.checkpoint import load_model, load_schedule
 
     write_npy_dataset(tmp_path / "d", n=40)
     data = load_npy(tmp_path / "d")
     clf, acc = ev.train_classifier(data, epochs=3, verbose=False)
     assert 0 <= acc <= 1
-    model, schedule = load_model(lib_tiny_model_dir), load_schedule(lib_tiny_model_dir)
+    model, schedule = load_model(tiny_model_dir), load_schedule(tiny_model_dir)
     results = ev.evaluate(model, schedule, data, steps=3, n_per_class=6, classifier=clf)
-    assert [r.name for r in results] == LIB_CLASSES
+    assert [r.name for r in results] == CLASSES
     for r in results:
         assert 0 <= r.accuracy <= 1 and 0 <= r.near_copies <= 1 and r.fd >= 0 and r.fd_floor >= 0
         assert 0 <= r.isolated <= 1 and 0 <= r.isolated_real <= 1
     table = ev.markdown_table(results)
-    assert table.count("\n") == len(LIB_CLASSES) + 2 and "| hero |" in table and "**mean**" in table
+    assert table.count("\n") == len(CLASSES) + 2 and "| hero |" in table and "**mean**" in table
 
 
-def test_evaluate_cli_prints_table(lib_tiny_model_dir, tmp_path, monkeypatch, capsys):
+def test_evaluate_cli_prints_table(tiny_model_dir, tmp_path, monkeypatch, capsys):
     write_npy_dataset(tmp_path / "d", n=30)
     monkeypatch.setattr(ev, "CACHE_DIR", tmp_path / "cache")
     monkeypatch.setattr(ev, "train_classifier", lambda data, kind="A", **k: (ev.CLASSIFIERS[kind][0](len(data.class_names)).eval(), 0.5))
-    rc = ev.main(["--model", str(lib_tiny_model_dir), "--data", str(tmp_path / "d"), "--n", "4", "--steps", "2"])
+    rc = ev.main(["--model", str(tiny_model_dir), "--data", str(tmp_path / "d"), "--n", "4", "--steps", "2"])
     assert rc == 0
     out = capsys.readouterr().out
     assert "| model | sampler | steps | spacing | guidance | guided t | precision |" in out and "| class | compared | accuracy A |" in out
     assert "classifier held-out accuracy: A (SpriteClassifier) 50.0%, B (LayoutClassifier) 50.0%" in out
     assert len(list((tmp_path / "cache").glob("classifier-*.safetensors"))) == 2, "both classifiers are cached"
     assert "seeds 0,1, fp32," in out, "two seeds unless told otherwise"
-    assert ev.main(["--model", str(lib_tiny_model_dir), "--data", str(tmp_path / "d"), "--n", "4", "--steps", "2",
+    assert ev.main(["--model", str(tiny_model_dir), "--data", str(tmp_path / "d"), "--n", "4", "--steps", "2",
                     "--precision", "bf16", "--seed", "3"]) == 0
     assert "seeds 3, bf16," in capsys.readouterr().out
 
@@ -198,37 +198,37 @@ def test_noise_error_is_zero_for_an_exact_model_and_one_for_predicting_zero(tmp_
     from ddpm.schedule import NoiseSchedule
 
     sprite = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
-    data = SpriteData(np.repeat(sprite[None], 40, 0), np.arange(40) % 5, list(LIB_CLASSES))
+    data = SpriteData(np.repeat(sprite[None], 40, 0), np.arange(40) % 5, list(CLASSES))
     schedule = NoiseSchedule()
     x0 = data.to_tensors()[0][:1]
     ranges, exact = ev.noise_error_by_t(_KnownSpriteModel(schedule, x0), schedule, data, batch=16)
-    assert exact.shape == (len(ranges), len(LIB_CLASSES) + 1)
+    assert exact.shape == (len(ranges), len(CLASSES) + 1)
     assert exact.max() < 1e-6
     _, zero = ev.noise_error_by_t(_KnownSpriteModel(schedule, x0, exact=False), schedule, data)
     # predicting 0 leaves the noise itself: 40 x 768 standard normal values per range, mean square near 1
     assert np.abs(zero[:, -1] - 1).max() < 0.05
 
 
-def test_noise_error_pairs_models_on_the_same_draws(lib_tiny_model_dir, tmp_path):
+def test_noise_error_pairs_models_on_the_same_draws(tiny_model_dir, tmp_path):
     from ddpm.checkpoint import load_model, load_schedule
 
     write_npy_dataset(tmp_path / "d", n=30)
     data = load_npy(tmp_path / "d")
-    model, schedule = load_model(lib_tiny_model_dir), load_schedule(lib_tiny_model_dir)
+    model, schedule = load_model(tiny_model_dir), load_schedule(tiny_model_dir)
     _, a = ev.noise_error_by_t(model, schedule, data, seed=3)
     _, b = ev.noise_error_by_t(model, schedule, data, seed=3, batch=7)
     _, c = ev.noise_error_by_t(model, schedule, data, seed=4)
     assert np.allclose(a, b, rtol=1e-5) and not np.allclose(a, c)
 
 
-def test_evaluate_cli_noise_error(lib_tiny_model_dir, tmp_path, monkeypatch, capsys):
+def test_evaluate_cli_noise_error(tiny_model_dir, tmp_path, monkeypatch, capsys):
     write_npy_dataset(tmp_path / "d", n=30)
     monkeypatch.setattr(ev, "cached_classifier", lambda data: pytest.fail("--noise-error needs no classifier"))
-    assert ev.main(["--model", str(lib_tiny_model_dir), "--data", str(tmp_path / "d"), "--noise-error"]) == 0
+    assert ev.main(["--model", str(tiny_model_dir), "--data", str(tmp_path / "d"), "--noise-error"]) == 0
     out = capsys.readouterr().out
     assert "| t | hero | creature | food | spell | item | all |" in out and "| 251-500 |" in out
     with pytest.raises(SystemExit):
-        ev.main(["--model", str(lib_tiny_model_dir), "--noise-error", "--write-card"])
+        ev.main(["--model", str(tiny_model_dir), "--noise-error", "--write-card"])
     assert "--write-card needs samples" in capsys.readouterr().err
 
 # --- palette snapping -------------------------------------------------------------------------------
@@ -245,7 +245,7 @@ def test_snap_to_palette_maps_to_nearest_colour():
     assert snapped[0, 1, 1].tolist() == [20, 12, 28]
 
 
-def test_palette_round_trip_and_sample_cli_uses_it(lib_tiny_model_dir, tmp_path):
+def test_palette_round_trip_and_sample_cli_uses_it(tiny_model_dir, tmp_path):
     import shutil
 
     from ddpm.folder import CheckpointError
@@ -253,7 +253,7 @@ def test_palette_round_trip_and_sample_cli_uses_it(lib_tiny_model_dir, tmp_path)
     from ddpm.checkpoint import load_palette
 
     model_dir = tmp_path / "m"
-    shutil.copytree(lib_tiny_model_dir, model_dir)
+    shutil.copytree(tiny_model_dir, model_dir)
     assert load_palette(model_dir) is None
     palette = np.array([[255, 255, 255], [0, 0, 0], [200, 30, 30]], np.uint8)
     (model_dir / "palette.json").write_text(json.dumps(palette.tolist()))
@@ -279,11 +279,11 @@ def test_data_palette_only_for_few_colours():
     assert SpriteData(many, np.zeros(4, np.int64), ["a"]).palette() is None
 
 
-def test_evaluate_write_card(lib_tiny_model_dir, tmp_path, monkeypatch, capsys):
+def test_evaluate_write_card(tiny_model_dir, tmp_path, monkeypatch, capsys):
     import shutil
 
     model_dir = tmp_path / "m"
-    shutil.copytree(lib_tiny_model_dir, model_dir)
+    shutil.copytree(tiny_model_dir, model_dir)
     (model_dir / "training.json").write_text(json.dumps({"steps": 1234, "images": 5678, "seconds": 7200.0,
                                                           "data_counts": {"hero": 3}}))
     write_npy_dataset(tmp_path / "d", n=30)

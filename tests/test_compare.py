@@ -8,32 +8,19 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import LIB_CLASSES
 from ddpm import compare as cp
 from ddpm.conditioning import context_for
 from ddpm.images import to_uint8
 from ddpm.sampling import initial_noise, sample_steps
-from ddpm.schedule import NoiseSchedule
+from helpers import CLASSES
 
 SHAPE = (3, 16, 16)
-
-
-@pytest.fixture(scope="module")
-def schedule():
-    return NoiseSchedule()
-
-
-@pytest.fixture(scope="module")
-def model():
-    from conftest import make_tiny_unet
-
-    return make_tiny_unet()
 
 
 def plain(model, schedule, cls, seed, sampler, steps, guidance) -> np.ndarray:
     """What sampling one sprite of cls with this seed gives, without any of ddpm.compare."""
     last = None
-    for last in sample_steps(model, schedule, context_for(LIB_CLASSES, cls, 1), sampler=sampler, steps=steps,
+    for last in sample_steps(model, schedule, context_for(CLASSES, cls, 1), sampler=sampler, steps=steps,
                              guidance=guidance, seed=seed):
         pass
     return to_uint8(last.x_prev)[0]
@@ -43,7 +30,7 @@ def plain(model, schedule, cls, seed, sampler, steps, guidance) -> np.ndarray:
 def test_slerp_end_points_are_the_seeds_noise_exactly():
     a, b = initial_noise((1, *SHAPE), 3)[0][0], initial_noise((1, *SHAPE), 4)[0][0]
     assert torch.equal(cp.slerp(a, b, 0.0), a) and torch.equal(cp.slerp(a, b, 1.0), b)
-    noise, _, fr = cp.morph_inputs(LIB_CLASSES, "hero", "food", 3, 4, 8, SHAPE)
+    noise, _, fr = cp.morph_inputs(CLASSES, "hero", "food", 3, 4, 8, SHAPE)
     assert fr[0] == 0 and fr[-1] == 1 and len(fr) == 8
     assert torch.equal(noise[0], a) and torch.equal(noise[-1], b)
 
@@ -57,39 +44,40 @@ def test_slerp_keeps_the_length_where_a_straight_line_shrinks():
 
 
 def test_morph_context_slides_from_one_class_to_the_other():
-    _, ctx, _ = cp.morph_inputs(LIB_CLASSES, "hero", "food", 0, 0, 9, SHAPE)
-    assert torch.equal(ctx[0], context_for(LIB_CLASSES, "hero", 1)[0])
-    assert torch.equal(ctx[-1], context_for(LIB_CLASSES, "food", 1)[0])
+    _, ctx, _ = cp.morph_inputs(CLASSES, "hero", "food", 0, 0, 9, SHAPE)
+    assert torch.equal(ctx[0], context_for(CLASSES, "hero", 1)[0])
+    assert torch.equal(ctx[-1], context_for(CLASSES, "food", 1)[0])
     assert torch.allclose(ctx.sum(1), torch.ones(9)) and abs(float(ctx[4, 0]) - 0.5) < 1e-6
 
 
-def test_explicit_noise_equal_to_the_seeds_changes_nothing(model, schedule):
-    ctx = context_for(LIB_CLASSES, "hero", 2)
+def test_explicit_noise_equal_to_the_seeds_changes_nothing(tiny_unet, default_schedule):
+    ctx = context_for(CLASSES, "hero", 2)
     drawn = initial_noise((2, *SHAPE), 5)[0]
-    runs = [list(sample_steps(model, schedule, ctx, sampler="ddpm", steps=4, seed=5, noise=n)) for n in (None, drawn)]
+    runs = [list(sample_steps(tiny_unet, default_schedule, ctx, sampler="ddpm", steps=4, seed=5, noise=n))
+            for n in (None, drawn)]
     assert all(torch.equal(a.x_prev, b.x_prev) for a, b in zip(*runs))
     with pytest.raises(ValueError, match="noise must be"):
-        next(sample_steps(model, schedule, ctx, steps=4, noise=torch.zeros(1, *SHAPE)))
+        next(sample_steps(tiny_unet, default_schedule, ctx, steps=4, noise=torch.zeros(1, *SHAPE)))
 
 
 # --- morph ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("sampler", ["ddim", "dpm++"])
 @pytest.mark.parametrize("ends", [(("hero", 0), ("food", 0)), (("spell", 1), ("spell", 2)),
                                   (("hero", 3), ("item", 4))])
-def test_morph_end_frames_are_plain_sampling_of_each_end(model, schedule, sampler, ends):
+def test_morph_end_frames_are_plain_sampling_of_each_end(tiny_unet, default_schedule, sampler, ends):
     (ca, sa), (cb, sb) = ends
-    m = cp.morph(model, schedule, LIB_CLASSES, ca, cb, sa, sb, 8, sampler=sampler, steps=6, guidance=2.0)
+    m = cp.morph(tiny_unet, default_schedule, CLASSES, ca, cb, sa, sb, 8, sampler=sampler, steps=6, guidance=2.0)
     assert m.frames.shape == (8, 16, 16, 3)
     for frame, (cls, seed) in ((m.frames[0], ends[0]), (m.frames[-1], ends[1])):
         # a batch of 8 may round differently from a batch of 1 in the last float bit
-        assert np.abs(frame.astype(int) - plain(model, schedule, cls, seed, sampler, 6, 2.0)).max() <= 1
+        assert np.abs(frame.astype(int) - plain(tiny_unet, default_schedule, cls, seed, sampler, 6, 2.0)).max() <= 1
     assert m.what == {("hero", "food"): "classes", ("spell", "spell"): "seeds"}.get((ca, cb), "seeds and classes")
 
 
-def test_morph_frames_change_gradually_and_repeat_exactly(model, schedule):
+def test_morph_frames_change_gradually_and_repeat_exactly(tiny_unet, default_schedule):
     kw = dict(class_a="hero", class_b="hero", seed_a=0, seed_b=1, n=16, steps=5)
-    m = cp.morph(model, schedule, LIB_CLASSES, **kw)
-    again = cp.morph(model, schedule, LIB_CLASSES, **kw)
+    m = cp.morph(tiny_unet, default_schedule, CLASSES, **kw)
+    again = cp.morph(tiny_unet, default_schedule, CLASSES, **kw)
     assert np.array_equal(m.frames, again.frames)
     f = m.frames.astype(int)
     steps = np.abs(np.diff(f, axis=0)).mean(axis=(1, 2, 3))
@@ -102,47 +90,47 @@ def test_morph_frames_change_gradually_and_repeat_exactly(model, schedule):
                                           (dict(n=7), "frames must lie between 8 and 32"),
                                           (dict(n=33), "frames"), (dict(class_b="dragon"), "dragon"),
                                           (dict(seed_a=-1), "first seed"), (dict(steps=0), "steps")])
-def test_morph_refuses_bad_settings(model, schedule, kwargs, match):
+def test_morph_refuses_bad_settings(tiny_unet, default_schedule, kwargs, match):
     kw = dict(class_a="hero", class_b="food", seed_a=0, seed_b=0, n=8, sampler="ddim", steps=4)
     with pytest.raises(ValueError, match=match):
-        cp.morph(model, schedule, LIB_CLASSES, **dict(kw, **kwargs))
+        cp.morph(tiny_unet, default_schedule, CLASSES, **dict(kw, **kwargs))
 
 
 # --- the race -------------------------------------------------------------------------------------------
 RACE = [("ddpm", 8), ("ddpm-beta", 8), ("ddim", 4), ("dpm++", 3)]
 
 
-def test_every_race_column_ends_at_t0_with_plain_samplings_sprite(model, schedule):
-    ctx = context_for(LIB_CLASSES, "creature", 1)
-    frames = list(cp.sampler_race(model, schedule, ctx, RACE, 1.5, 7))
+def test_every_race_column_ends_at_t0_with_plain_samplings_sprite(tiny_unet, default_schedule):
+    ctx = context_for(CLASSES, "creature", 1)
+    frames = list(cp.sampler_race(tiny_unet, default_schedule, ctx, RACE, 1.5, 7))
     assert len(frames) == 9 and frames[-1].done and [f.tick for f in frames] == list(range(9))
     first, last = frames[0], frames[-1]
     assert all(np.array_equal(c.x_t, first.columns[0].x_t) for c in first.columns)  # one starting noise
-    assert all(c.t == schedule.T and c.taken == 0 for c in first.columns)
+    assert all(c.t == default_schedule.T and c.taken == 0 for c in first.columns)
     for col, (name, steps) in zip(last.columns, RACE):
         assert col.t == 0 and col.taken == steps and col.done and col.seconds > 0
-        assert np.array_equal(col.x_t, plain(model, schedule, "creature", 7, name, steps, 1.5))
+        assert np.array_equal(col.x_t, plain(tiny_unet, default_schedule, "creature", 7, name, steps, 1.5))
 
 
-def test_race_moves_every_sampler_to_the_same_fraction_of_its_schedule(model, schedule):
-    frames = list(cp.sampler_race(model, schedule, context_for(LIB_CLASSES, "hero", 1), RACE, 0.0, 0))
+def test_race_moves_every_sampler_to_the_same_fraction_of_its_schedule(tiny_unet, default_schedule):
+    frames = list(cp.sampler_race(tiny_unet, default_schedule, context_for(CLASSES, "hero", 1), RACE, 0.0, 0))
     for f in frames:
         for col in f.columns:
             # the last step due at fraction tick/ticks: never ahead, never a whole step behind
             assert col.taken / col.steps <= f.tick / f.ticks < (col.taken + 1) / col.steps
         ts = [c.t for c in f.columns]
-        assert max(ts) - min(ts) <= schedule.T / min(s for _, s in RACE) + 1
+        assert max(ts) - min(ts) <= default_schedule.T / min(s for _, s in RACE) + 1
     for k in range(len(RACE)):
         assert all(a.columns[k].t >= b.columns[k].t for a, b in zip(frames, frames[1:]))
         assert all(a.columns[k].seconds <= b.columns[k].seconds for a, b in zip(frames, frames[1:]))
 
 
-def test_race_is_deterministic_and_draws_a_gif(model, schedule):
-    ctx = context_for(LIB_CLASSES, "hero", 1)
-    a, b = (list(cp.sampler_race(model, schedule, ctx, RACE[:2], 2.0, 3)) for _ in range(2))
+def test_race_is_deterministic_and_draws_a_gif(tiny_unet, default_schedule):
+    ctx = context_for(CLASSES, "hero", 1)
+    a, b = (list(cp.sampler_race(tiny_unet, default_schedule, ctx, RACE[:2], 2.0, 3)) for _ in range(2))
     assert all(np.array_equal(ca.x_t, cb.x_t) and np.array_equal(ca.x0, cb.x0)
                for fa, fb in zip(a, b) for ca, cb in zip(fa.columns, fb.columns))
-    race = cp.SamplerRace(model, schedule, ctx, RACE[:2], 2.0, 3)
+    race = cp.SamplerRace(tiny_unet, default_schedule, ctx, RACE[:2], 2.0, 3)
     while not race.done:
         race.advance()
     assert len(race.frames) == 9 and race.advance() is race.frames[-1]  # a finished race stays put
@@ -153,30 +141,31 @@ def test_race_is_deterministic_and_draws_a_gif(model, schedule):
 @pytest.mark.parametrize("entries,match", [([("ddim", 4)], "2 to 4 samplers"), ([("ddim", 4)] * 5, "2 to 4"),
                                            ([("ddim", 4), ("euler", 4)], "unknown sampler 'euler' in column 2"),
                                            ([("ddim", 4), ("ddim", 501)], "steps of column 2")])
-def test_race_refuses_bad_entries(model, schedule, entries, match):
+def test_race_refuses_bad_entries(tiny_unet, default_schedule, entries, match):
     with pytest.raises(ValueError, match=match):
-        cp.SamplerRace(model, schedule, context_for(LIB_CLASSES, "hero", 1), entries, 1.0, 0)
+        cp.SamplerRace(tiny_unet, default_schedule, context_for(CLASSES, "hero", 1), entries, 1.0, 0)
 
 
 # --- the guidance sweep ---------------------------------------------------------------------------------
-def test_sweep_columns_are_plain_sampling_at_each_guidance(model, schedule):
-    ctx = context_for(LIB_CLASSES, "item", 1)
+def test_sweep_columns_are_plain_sampling_at_each_guidance(tiny_unet, default_schedule):
+    ctx = context_for(CLASSES, "item", 1)
     gs = [0.0, 2.0, 6.0]
-    cols = dict(cp.guidance_sweep(model, schedule, ctx, gs, [11], "ddpm", 5))
+    cols = dict(cp.guidance_sweep(tiny_unet, default_schedule, ctx, gs, [11], "ddpm", 5))
     assert sorted(cols) == [0, 1, 2]
     for j, g in enumerate(gs):  # with DDPM too: the same noise at every step for every column
-        assert np.array_equal(cols[j][0], plain(model, schedule, "item", 11, "ddpm", 5, g))
+        assert np.array_equal(cols[j][0], plain(tiny_unet, default_schedule, "item", 11, "ddpm", 5, g))
     assert not np.array_equal(cols[0], cols[2])  # (a random model saturates most pixels either way)
 
 
-def test_sweep_rows_are_the_seeds_and_repeat_exactly(model, schedule):
-    ctx = context_for(LIB_CLASSES, "hero", 1)
+def test_sweep_rows_are_the_seeds_and_repeat_exactly(tiny_unet, default_schedule):
+    ctx = context_for(CLASSES, "hero", 1)
     seeds = cp.sweep_seeds(4, 3)
     assert seeds == [4, 5, 6] and cp.sweep_seeds(2 ** 31 - 1, 2) == [2 ** 31 - 1, 0]
-    a = [c for _, c in cp.guidance_sweep(model, schedule, ctx, [1.0, 3.0], seeds, "ddim", 4)]
-    b = [c for _, c in cp.guidance_sweep(model, schedule, ctx, [1.0, 3.0], seeds, "ddim", 4)]
+    a = [c for _, c in cp.guidance_sweep(tiny_unet, default_schedule, ctx, [1.0, 3.0], seeds, "ddim", 4)]
+    b = [c for _, c in cp.guidance_sweep(tiny_unet, default_schedule, ctx, [1.0, 3.0], seeds, "ddim", 4)]
     assert all(np.array_equal(x, y) for x, y in zip(a, b)) and a[0].shape == (3, 16, 16, 3)
-    assert np.array_equal(a[0][1], plain(model, schedule, "hero", 5, "ddim", 4, 1.0))  # a deterministic sampler
+    # a deterministic sampler
+    assert np.array_equal(a[0][1], plain(tiny_unet, default_schedule, "hero", 5, "ddim", 4, 1.0))
     pic = cp.sweep_picture([a[0], None], [1.0, 3.0], seeds)
     assert pic.width > 2 * 16 * cp.SCALE and pic.height > 3 * 16 * cp.SCALE
 

@@ -12,7 +12,7 @@ from PIL import Image
 from ddpm.data import DAWNLIKE_CLASSES, DAWNLIKE_DIR, DataError, SpriteData, load_dawnlike, load_data, \
     load_image_folder, load_npy
 
-from conftest import write_npy_dataset
+from helpers import write_npy_dataset
 
 
 def expect_data_error(fn, *args, names, **kwargs):
@@ -25,9 +25,9 @@ def expect_data_error(fn, *args, names, **kwargs):
 
 
 # --- the .npy format ------------------------------------------------------------------------------------
-def test_npy_good(lib_npy_dataset):
-    data = load_npy(lib_npy_dataset)
-    sprites = np.load(lib_npy_dataset / "sprites.npy")
+def test_npy_good(npy_dataset):
+    data = load_npy(npy_dataset)
+    sprites = np.load(npy_dataset / "sprites.npy")
     assert data.images.shape == (64, 16, 16, 3) and data.images.dtype == np.uint8
     assert np.array_equal(data.images, sprites)
     assert data.labels.dtype == np.int64
@@ -55,22 +55,22 @@ def test_npy_other_class_count_and_bool_labels(tmp_path):
     np.zeros((8, 16, 8, 3), np.uint8),
     np.zeros((16, 16, 3), np.uint8),
 ])
-def test_npy_wrong_shape(lib_npy_dataset, sprites):
-    np.save(lib_npy_dataset / "sprites.npy", sprites)
-    expect_data_error(load_npy, lib_npy_dataset, names=[lib_npy_dataset / "sprites.npy", "shape"])
+def test_npy_wrong_shape(npy_dataset, sprites):
+    np.save(npy_dataset / "sprites.npy", sprites)
+    expect_data_error(load_npy, npy_dataset, names=[npy_dataset / "sprites.npy", "shape"])
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.int64, np.uint16])
-def test_npy_wrong_dtype(lib_npy_dataset, dtype):
-    sprites = np.load(lib_npy_dataset / "sprites.npy")
-    np.save(lib_npy_dataset / "sprites.npy", sprites.astype(dtype))
-    expect_data_error(load_npy, lib_npy_dataset, names=[lib_npy_dataset / "sprites.npy", "uint8"])
+def test_npy_wrong_dtype(npy_dataset, dtype):
+    sprites = np.load(npy_dataset / "sprites.npy")
+    np.save(npy_dataset / "sprites.npy", sprites.astype(dtype))
+    expect_data_error(load_npy, npy_dataset, names=[npy_dataset / "sprites.npy", "uint8"])
 
 
-def test_npy_label_count_mismatch(lib_npy_dataset):
-    labels = np.load(lib_npy_dataset / "labels.npy")
-    np.save(lib_npy_dataset / "labels.npy", labels[:-3])
-    expect_data_error(load_npy, lib_npy_dataset, names=[lib_npy_dataset / "labels.npy", "61", "64"])
+def test_npy_label_count_mismatch(npy_dataset):
+    labels = np.load(npy_dataset / "labels.npy")
+    np.save(npy_dataset / "labels.npy", labels[:-3])
+    expect_data_error(load_npy, npy_dataset, names=[npy_dataset / "labels.npy", "61", "64"])
 
 
 @pytest.mark.parametrize("row", [
@@ -82,28 +82,28 @@ def test_npy_label_count_mismatch(lib_npy_dataset):
     [np.nan, 1, 0, 0, 0],
     [-1, 1, 1, 0, 0],
 ])
-def test_npy_not_one_hot(lib_npy_dataset, row):
-    labels = np.load(lib_npy_dataset / "labels.npy")
+def test_npy_not_one_hot(npy_dataset, row):
+    labels = np.load(npy_dataset / "labels.npy")
     labels[5] = row
-    np.save(lib_npy_dataset / "labels.npy", labels)
-    expect_data_error(load_npy, lib_npy_dataset, names=[lib_npy_dataset / "labels.npy", "one-hot"])
+    np.save(npy_dataset / "labels.npy", labels)
+    expect_data_error(load_npy, npy_dataset, names=[npy_dataset / "labels.npy", "one-hot"])
 
 
-def test_npy_labels_not_numbers_or_not_2d(lib_npy_dataset):
-    np.save(lib_npy_dataset / "labels.npy", np.array(["hero"] * 64))
-    expect_data_error(load_npy, lib_npy_dataset, names=lib_npy_dataset / "labels.npy")
-    np.save(lib_npy_dataset / "labels.npy", np.full((64, 5), "x"))
-    expect_data_error(load_npy, lib_npy_dataset, names=lib_npy_dataset / "labels.npy")
+def test_npy_labels_not_numbers_or_not_2d(npy_dataset):
+    np.save(npy_dataset / "labels.npy", np.array(["hero"] * 64))
+    expect_data_error(load_npy, npy_dataset, names=npy_dataset / "labels.npy")
+    np.save(npy_dataset / "labels.npy", np.full((64, 5), "x"))
+    expect_data_error(load_npy, npy_dataset, names=npy_dataset / "labels.npy")
 
 
 @pytest.mark.parametrize("name", ["sprites.npy", "labels.npy"])
-def test_npy_missing_or_unreadable_file(lib_npy_dataset, name):
-    (lib_npy_dataset / name).unlink()
-    expect_data_error(load_npy, lib_npy_dataset, names=lib_npy_dataset / name)
-    (lib_npy_dataset / name).write_bytes(b"\x93NUMPY garbage")
-    expect_data_error(load_npy, lib_npy_dataset, names=lib_npy_dataset / name)
-    np.save(lib_npy_dataset / name, np.array([{"a": 1}], dtype=object))  # would need pickle
-    expect_data_error(load_npy, lib_npy_dataset, names=lib_npy_dataset / name)
+def test_npy_missing_or_unreadable_file(npy_dataset, name):
+    (npy_dataset / name).unlink()
+    expect_data_error(load_npy, npy_dataset, names=npy_dataset / name)
+    (npy_dataset / name).write_bytes(b"\x93NUMPY garbage")
+    expect_data_error(load_npy, npy_dataset, names=npy_dataset / name)
+    np.save(npy_dataset / name, np.array([{"a": 1}], dtype=object))  # would need pickle
+    expect_data_error(load_npy, npy_dataset, names=npy_dataset / name)
 
 
 def test_sprite_data_checks():
@@ -233,23 +233,18 @@ def test_image_folder_bad_image(tmp_path, name):
 
 
 # --- dispatch ----------------------------------------------------------------------------------------
-def test_load_data_dispatch(tmp_path, lib_npy_dataset):
-    assert len(load_data(lib_npy_dataset).images) == 64
+def test_load_data_dispatch(tmp_path, npy_dataset):
+    assert len(load_data(npy_dataset).images) == 64
     make_image_folder(tmp_path / "folder")
     assert load_data(tmp_path / "folder").class_names == ["alpha", "plain"]
     assert load_data(str(tmp_path / "folder"), height=32).height == 32
     expect_data_error(load_data, tmp_path / "nothing", names=tmp_path / "nothing")
-    expect_data_error(load_data, lib_npy_dataset, height=32, names=[lib_npy_dataset, "16 px", "32 px"])
+    expect_data_error(load_data, npy_dataset, height=32, names=[npy_dataset, "16 px", "32 px"])
 
 
 # --- DawnLike -------------------------------------------------------------------------------------------
 needs_dawnlike = pytest.mark.skipif(not DAWNLIKE_DIR.is_dir(),
                                     reason=f"DawnLike sheets not found at {DAWNLIKE_DIR} (../shared/data/dawnlike)")
-
-
-@pytest.fixture(scope="module")
-def dawnlike():
-    return load_dawnlike()
 
 
 @needs_dawnlike

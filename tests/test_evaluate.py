@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import LIB_CLASSES, write_npy_dataset
+from helpers import CLASSES, make_tiny_unet, write_npy_dataset
 import ddpm.evaluate as ev
 from ddpm.data import DAWNLIKE_DIR, load_npy
 
@@ -133,13 +133,13 @@ def test_reference_floors_compare_held_out_real_sprites_like_samples(tmp_path, m
 
 
 # --- python -m ddpm.evaluate ------------------------------------------------------------------------
-def test_evaluate_cli_seeds_settings_compare_and_json(lib_tiny_model_dir, tmp_path, monkeypatch, capsys):
+def test_evaluate_cli_seeds_settings_compare_and_json(tiny_model_dir, tmp_path, monkeypatch, capsys):
     write_npy_dataset(tmp_path / "d", n=30)
     monkeypatch.setattr(ev, "CACHE_DIR", tmp_path / "cache")
     quick_train(monkeypatch)
     out = tmp_path / "r.json"
-    rc = ev.main(["--model", str(lib_tiny_model_dir), "--data", str(tmp_path / "d"), "--n", "4", "--seeds", "0,1",
-                  "--settings", "ddpm:2,ddim:2:2.0:quadratic:10-400", "--compare", str(lib_tiny_model_dir), "--json", str(out),
+    rc = ev.main(["--model", str(tiny_model_dir), "--data", str(tmp_path / "d"), "--n", "4", "--seeds", "0,1",
+                  "--settings", "ddpm:2,ddim:2:2.0:quadratic:10-400", "--compare", str(tiny_model_dir), "--json", str(out),
                   "--threads", "1"])
     assert rc == 0
     text = capsys.readouterr().out
@@ -155,7 +155,7 @@ def test_evaluate_cli_seeds_settings_compare_and_json(lib_tiny_model_dir, tmp_pa
     assert first["seeds"] == [0, 1] and len(first["per_seed"]) == 2
     assert first["per_seed"] == again["per_seed"], "a model compared with itself gives the same figures"
     assert first["per_seed"][0] != first["per_seed"][1], "the seeds draw different samples"
-    assert set(res["feature_spaces"]) == {"A", "B"} and len(res["floor"]["FD B"]) == len(LIB_CLASSES)
+    assert set(res["feature_spaces"]) == {"A", "B"} and len(res["floor"]["FD B"]) == len(CLASSES)
     for r in res["results"]:
         for figure in ("precision A", "recall B", "near copies", "isolated pixels"):
             assert all(0 <= v <= 1 for d in r["per_seed"] for v in d[figure])
@@ -173,8 +173,7 @@ def test_evaluate_cli_bad_options_one_clear_line(args, message, capsys):
     assert message in err and "Traceback" not in err
 
 
-def test_evaluate_cli_compare_refuses_other_classes(lib_tiny_model_dir, tmp_path, monkeypatch, capsys):
-    from conftest import make_tiny_unet
+def test_evaluate_cli_compare_refuses_other_classes(tiny_model_dir, tmp_path, monkeypatch, capsys):
     from ddpm.checkpoint import save_model
     from ddpm.schedule import NoiseSchedule
 
@@ -183,7 +182,7 @@ def test_evaluate_cli_compare_refuses_other_classes(lib_tiny_model_dir, tmp_path
     write_npy_dataset(tmp_path / "d", n=30)
     monkeypatch.setattr(ev, "CACHE_DIR", tmp_path / "cache")
     quick_train(monkeypatch)
-    assert ev.main(["--model", str(lib_tiny_model_dir), "--data", str(tmp_path / "d"), "--n", "2",
+    assert ev.main(["--model", str(tiny_model_dir), "--data", str(tmp_path / "d"), "--n", "2",
                     "--compare", str(other)]) == 2
     err = capsys.readouterr().err.strip()
     assert "classes or size differ" in err and len(err.splitlines()) == 1

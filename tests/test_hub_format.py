@@ -20,9 +20,7 @@ from ddpm.model import ContextUnet
 from ddpm.sampling import DDIMSampler, DDPMSampler, make_timesteps
 from ddpm.schedule import NoiseSchedule, to_diffusers_timestep
 
-from conftest import make_tiny_unet
-
-PROJECT = Path(__file__).resolve().parent.parent
+from helpers import PROJECT, make_tiny_unet
 SHIPPED = [PROJECT / "weights", PROJECT / "weights" / "n_feat64"]
 FOLDER_FILES = {"config.json", "model.safetensors", "scheduler_config.json", "palette.json", "training.json",
                 "README.md"}
@@ -175,15 +173,14 @@ def test_push_to_hub_uploads_the_complete_folder(tmp_path, monkeypatch):
     assert "pipeline_tag: other" in uploaded["card"]
 
 
-@pytest.mark.parametrize("loader", [load_model, ContextUnet.from_pretrained], ids=["load_model", "from_pretrained"])
-def test_hub_download_options_reach_the_download(loader, lib_tiny_model_dir, tmp_path, monkeypatch):
+def test_hub_download_options_reach_the_download(loader, tiny_model_dir, tmp_path, monkeypatch):
     import huggingface_hub
 
     calls = []
 
     def snapshot_download(repo_id, **kwargs):
         calls.append(dict(kwargs, repo_id=repo_id))
-        return str(lib_tiny_model_dir)
+        return str(tiny_model_dir)
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
     model = loader("someone/sprites", token="hf_test", revision="v1", cache_dir=tmp_path / "cache",

@@ -10,8 +10,8 @@ from ddpm.interactive import generate
 from ddpm.sample import main as sample_main
 from ddpm.sampling import sample
 from ddpm.schedule import NoiseSchedule
+from helpers import CLASSES
 
-CLASSES = ["hero", "creature", "food", "spell", "item"]
 
 
 @pytest.mark.parametrize("value,ok", [(3, True), ("4", True), (3.0, True), (float("nan"), False),
@@ -35,19 +35,19 @@ def test_limits_hold_at_their_edges():
             bad()
 
 
-def test_too_much_guidance_gets_one_message_everywhere(lib_tiny_unet, tmp_path, lib_tiny_model_dir, capsys):
+def test_too_much_guidance_gets_one_message_everywhere(tiny_unet, tmp_path, tiny_model_dir, capsys):
     message = "guidance must lie between 0 and 10, got 12"
     context = torch.eye(5)[:1]
     with pytest.raises(ValueError) as library:
-        sample(lib_tiny_unet, NoiseSchedule(), context, steps=2, guidance=12)
+        sample(tiny_unet, NoiseSchedule(), context, steps=2, guidance=12)
     with pytest.raises(ValueError) as handler:
-        generate(lib_tiny_unet, NoiseSchedule(), CLASSES, "hero", 1, "ddpm", 2, 12, 0)
+        generate(tiny_unet, NoiseSchedule(), CLASSES, "hero", 1, "ddpm", 2, 12, 0)
     assert str(library.value) == str(handler.value) == message
     with pytest.raises(SystemExit):
-        sample_main(["--model", str(lib_tiny_model_dir), "--guidance", "12", "--out", str(tmp_path / "x.png")])
+        sample_main(["--model", str(tiny_model_dir), "--guidance", "12", "--out", str(tmp_path / "x.png")])
     assert "--guidance must lie between 0 and 10, got 12" in capsys.readouterr().err
 
 
-def test_seed_out_of_range_is_refused_by_the_library(lib_tiny_unet):
+def test_seed_out_of_range_is_refused_by_the_library(tiny_unet):
     with pytest.raises(ValueError, match="seed must lie between 0 and 2147483647"):
-        sample(lib_tiny_unet, NoiseSchedule(), torch.eye(5)[:1], steps=2, seed=-1)
+        sample(tiny_unet, NoiseSchedule(), torch.eye(5)[:1], steps=2, seed=-1)

@@ -8,7 +8,7 @@ import torch
 
 from ddpm.model import ContextUnet, EmbedFC, ResidualConvBlock, level_channels, widen
 
-from conftest import LIB_CLASSES
+from helpers import CLASSES
 
 HEIGHTS = [16, 32, 64, 128, 256]
 
@@ -104,24 +104,24 @@ def test_embedfc_sets_input_dim():
     assert EmbedFC(1, 4)(torch.rand(3)).shape == (3, 4)  # a (B,) time vector is reshaped to (B, 1)
 
 
-def test_context_and_time_change_the_output(lib_tiny_unet):
+def test_context_and_time_change_the_output(tiny_unet):
     x = torch.randn(2, 3, 16, 16)
     t = torch.full((2,), 0.5)
     c = torch.eye(5)[[0, 1]]
     with torch.no_grad():
-        base = lib_tiny_unet(x, t, c)
-        assert not torch.allclose(base, lib_tiny_unet(x, t, torch.eye(5)[[2, 3]]))
-        assert not torch.allclose(base, lib_tiny_unet(x, t * 0.2, c))
+        base = tiny_unet(x, t, c)
+        assert not torch.allclose(base, tiny_unet(x, t, torch.eye(5)[[2, 3]]))
+        assert not torch.allclose(base, tiny_unet(x, t * 0.2, c))
         # eval mode: each sprite is independent of the rest of the batch
-        torch.testing.assert_close(lib_tiny_unet(x[:1], t[:1], c[:1]), base[:1], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(tiny_unet(x[:1], t[:1], c[:1]), base[:1], rtol=1e-4, atol=1e-5)
 
 
-def test_config_dict_rebuilds_the_same_architecture(lib_tiny_unet):
-    config = lib_tiny_unet.config_dict
-    assert config["class_names"] == LIB_CLASSES
+def test_config_dict_rebuilds_the_same_architecture(tiny_unet):
+    config = tiny_unet.config_dict
+    assert config["class_names"] == CLASSES
     clone = ContextUnet(**config)
     assert {k: v.shape for k, v in clone.state_dict().items()} == \
-        {k: v.shape for k, v in lib_tiny_unet.state_dict().items()}
+        {k: v.shape for k, v in tiny_unet.state_dict().items()}
     assert ContextUnet(n_feat=8, n_classes=3).class_names == ["class_0", "class_1", "class_2"]
 
 
@@ -134,7 +134,7 @@ def test_shipped_weights_match_the_architecture():
     from ddpm.checkpoint import load_model
 
     model = load_model(SHIPPED)
-    assert model.class_names == LIB_CLASSES
+    assert model.class_names == CLASSES
 
 
 def test_every_trainable_parameter_gets_a_gradient():
@@ -203,8 +203,8 @@ def test_widen_needs_a_whole_multiple_of_the_width():
 # --- dropout --------------------------------------------------------------------------------------
 def test_dropout_adds_no_weights_and_acts_only_in_training():
     torch.manual_seed(0)
-    plain = ContextUnet(n_feat=16, class_names=LIB_CLASSES)
-    dropping = ContextUnet(n_feat=16, class_names=LIB_CLASSES, dropout=0.2)
+    plain = ContextUnet(n_feat=16, class_names=CLASSES)
+    dropping = ContextUnet(n_feat=16, class_names=CLASSES, dropout=0.2)
     assert plain.state_dict().keys() == dropping.state_dict().keys()
     dropping.load_state_dict(plain.state_dict())
     x, t, c = torch.randn(4, 3, 16, 16), torch.rand(4), torch.eye(5)[:4]
@@ -218,4 +218,4 @@ def test_dropout_adds_no_weights_and_acts_only_in_training():
 @pytest.mark.parametrize("p", [-0.1, 1.0, 1.5])
 def test_dropout_outside_zero_to_one_raises(p):
     with pytest.raises(ValueError, match="dropout"):
-        ContextUnet(n_feat=16, class_names=LIB_CLASSES, dropout=p)
+        ContextUnet(n_feat=16, class_names=CLASSES, dropout=p)

@@ -7,7 +7,6 @@ and its listening sockets.
 """
 from __future__ import annotations
 
-import functools
 import json
 import pickle
 import re
@@ -19,19 +18,14 @@ import httpx
 import numpy as np
 import psutil
 import pytest
-import torch
 from PIL import Image
 
 import app
-from app_helpers import free_port, lab, model_dir  # noqa: F401  (fixtures)
 from ddpm import interactive as ix
+from helpers import PROJECT
 
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
-from gradio_client.exceptions import AppError  # noqa: E402
-
-PROJECT = Path(__file__).resolve().parent.parent
-
 
 # --- nothing is unpickled ----------------------------------------------------------------------------
 UNSAFE = re.compile(r"torch\.load\(|pickle\.loads?\(|allow_pickle\s*=\s*True|weights_only\s*=\s*False|"
@@ -65,39 +59,14 @@ def test_training_checkpoint_that_is_a_pickle_is_refused(tmp_path):
 
 
 # --- the served app --------------------------------------------------------------------------------
-class RecordingLab(app.SpriteLab):
-    """The app's handlers, noting the path each upload arrives at."""
-
-    def __init__(self, lab):
-        super().__init__(lab.model, lab.schedule, lab.device, lab.source)
-        self.uploads: list[str] = []
-
-    @functools.wraps(app.SpriteLab.forward_upload)  # the same API signature
-    def forward_upload(self, path, *rest, **kw):
-        self.uploads.append(path)
-        return super().forward_upload(path, *rest, **kw)
-
-
-@pytest.fixture(scope="module")
-def served(lab):
-    rec = RecordingLab(lab)
-    demo = app.build_demo(rec)
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **app.LAUNCH_KWARGS)
-    try:
-        yield rec, demo, port, f"http://127.0.0.1:{port}/"
-    finally:
-        demo.close()
-
-
 def inside(path, folder) -> bool:
     return Path(path).resolve().is_relative_to(Path(folder).resolve())
 
 
-def test_uploads_and_downloads_stay_in_the_temp_dir(served, tmp_path):
+def test_uploads_and_downloads_stay_in_the_temp_dir(recording_server, tmp_path):
     import gradio.utils
 
-    rec, demo, port, url = served
+    rec, demo, port, url = recording_server
     upload_dir = gradio.utils.get_upload_folder()
     marker = np.random.default_rng(1).integers(0, 256, (20, 20, 3), dtype=np.uint8)
     Image.fromarray(marker).save(tmp_path / "mine.png")
@@ -117,8 +86,8 @@ def test_uploads_and_downloads_stay_in_the_temp_dir(served, tmp_path):
 
 
 @pytest.mark.parametrize("target", ["/etc/passwd", "app.py", "model config", "model weights"])
-def test_api_cannot_read_server_files(served, model_dir, target):
-    rec, demo, port, url = served
+def test_api_cannot_read_server_files(recording_server, model_dir, target):
+    rec, demo, port, url = recording_server
     path = {"/etc/passwd": "/etc/passwd", "app.py": str(PROJECT / "app.py"),
             "model config": str(model_dir / "config.json"),
             "model weights": str(model_dir / "model.safetensors")}[target]
@@ -126,11 +95,11 @@ def test_api_cannot_read_server_files(served, model_dir, target):
     assert r.status_code == 403 and "not allowed" in r.text, (r.status_code, r.text[:200])
 
 
-def test_api_refuses_a_server_path_as_an_upload(served, tmp_path):
+def test_api_refuses_a_server_path_as_an_upload(recording_server, tmp_path):
     """A request naming a file on the server (not one it uploaded) as its input is refused before the handler.
 
     Sent raw: gradio_client would upload a local path it is given, which is not the attack."""
-    rec, demo, port, url = served
+    rec, demo, port, url = recording_server
     outside = tmp_path / "secret.png"
     Image.new("RGB", (16, 16), (1, 2, 3)).save(outside)
     n = len(rec.uploads)
@@ -155,8 +124,8 @@ def listening(pid: int, port: int) -> list[str]:
     return [c.laddr.ip for c in connections("inet") if c.status == psutil.CONN_LISTEN and c.laddr.port == port]
 
 
-def test_server_listens_on_loopback_only(served):
-    rec, demo, port, url = served
+def test_server_listens_on_loopback_only(recording_server):
+    rec, demo, port, url = recording_server
     import os
 
     addresses = listening(os.getpid(), port)
@@ -181,8 +150,8 @@ def test_main_listens_on_127_0_0_1_by_default(model_dir, monkeypatch):
 
 
 # --- resources held per visitor are bounded ------------------------------------------------------------
-def test_temp_files_and_sessions_are_bounded(served):
-    rec, demo, port, url = served
+def test_temp_files_and_sessions_are_bounded(recording_server):
+    rec, demo, port, url = recording_server
     frequency, age = demo.delete_cache  # Gradio deletes the files it wrote for us once they are this old
     assert 0 < frequency <= 3600 and 0 < age <= 6 * 3600
     assert demo.state_holder.capacity <= 1000  # Gradio's default of 10,000 sessions is ~2 GB of bookkeeping

@@ -15,17 +15,12 @@ from ddpm.sampling import (SPACINGS, DDIMSampler, DDPMSampler, DPMSolverPP2M, DP
                            make_sampler, make_timesteps, predict_noise, sample, sample_steps)
 from ddpm.schedule import NoiseSchedule
 
-from conftest import LIB_CLASSES, make_tiny_unet
+from helpers import CLASSES
 
 diffusers = pytest.importorskip("diffusers")
 
 T = 500
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # inside diffusers
-
-
-@pytest.fixture(scope="module", params=["linear", "cosine"])
-def schedule(request):
-    return NoiseSchedule(T, request.param)
 
 
 def trained_betas(schedule):
@@ -222,9 +217,9 @@ def test_quadratic_spacing_and_bad_spacings():
 
 
 @pytest.mark.parametrize("spacing", SPACINGS)
-def test_sample_steps_follows_the_spacing(lib_tiny_unet, spacing):
+def test_sample_steps_follows_the_spacing(tiny_unet, spacing):
     schedule = NoiseSchedule(T)
-    steps = list(sample_steps(lib_tiny_unet, schedule, torch.eye(5)[:2], sampler="ddpm", steps=5, guidance=1.0,
+    steps = list(sample_steps(tiny_unet, schedule, torch.eye(5)[:2], sampler="ddpm", steps=5, guidance=1.0,
                               seed=0, spacing=spacing))
     ts = make_timesteps(T, 5, spacing, schedule)
     assert [s.t for s in steps] == ts[:-1] and [s.t_prev for s in steps] == ts[1:]
@@ -242,46 +237,46 @@ class CountingModel(torch.nn.Module):
         return self.inner(x, t, c)
 
 
-def test_guidance_zero_is_the_plain_conditional_model(lib_tiny_unet):
-    model = CountingModel(lib_tiny_unet)
+def test_guidance_zero_is_the_plain_conditional_model(tiny_unet):
+    model = CountingModel(tiny_unet)
     x, _ = inputs(6, (4, 3, 16, 16))
     c = torch.eye(5)[[0, 2, 4, 1]]
     with torch.no_grad():
         eps = predict_noise(model, x, 123, T, c, guidance=0.0)
-        plain = lib_tiny_unet(x, torch.full((4,), 123 / T), c)
+        plain = tiny_unet(x, torch.full((4,), 123 / T), c)
     assert model.batches == [4], "guidance 0 must make a single conditional pass"
     assert torch.equal(eps, plain)
 
 
 @pytest.mark.parametrize("w", [0.5, 2.0, 7.5])
-def test_guidance_follows_the_cfg_formula(lib_tiny_unet, w):
+def test_guidance_follows_the_cfg_formula(tiny_unet, w):
     x, _ = inputs(7, (3, 3, 16, 16))
     c = torch.eye(5)[[1, 3, 0]]
     t_in = torch.full((3,), 250 / T)
     with torch.no_grad():
-        eps = predict_noise(lib_tiny_unet, x, 250, T, c, guidance=w)
-        cond = lib_tiny_unet(x, t_in, c)
-        uncond = lib_tiny_unet(x, t_in, torch.zeros_like(c))
+        eps = predict_noise(tiny_unet, x, 250, T, c, guidance=w)
+        cond = tiny_unet(x, t_in, c)
+        uncond = tiny_unet(x, t_in, torch.zeros_like(c))
     assert not torch.allclose(cond, uncond), "the context must matter for this test to mean anything"
     torch.testing.assert_close(eps, cond + w * (cond - uncond), rtol=1e-4, atol=1e-5)
 
 
-def test_sampling_with_guidance_zero_equals_a_manual_loop(lib_tiny_unet):
+def test_sampling_with_guidance_zero_equals_a_manual_loop(tiny_unet):
     schedule = NoiseSchedule(T)
     c = torch.eye(5)[[0, 3]]
-    out = sample(lib_tiny_unet, schedule, c, sampler="ddim", steps=4, guidance=0, seed=11)
+    out = sample(tiny_unet, schedule, c, sampler="ddim", steps=4, guidance=0, seed=11)
     g = torch.Generator().manual_seed(11)
     x = torch.randn((2, 3, 16, 16), generator=g)
     ddim = DDIMSampler(schedule)
     ts = make_timesteps(T, 4)
     with torch.no_grad():
         for t, t_prev in zip(ts[:-1], ts[1:]):
-            x, _ = ddim.step(lib_tiny_unet(x, torch.full((2,), t / T), c), t, t_prev, x)
+            x, _ = ddim.step(tiny_unet(x, torch.full((2,), t / T), c), t, t_prev, x)
     torch.testing.assert_close(out, x, rtol=1e-5, atol=1e-5)
 
 
-def test_guidance_interval_guides_only_inside_it(lib_tiny_unet):
-    model = CountingModel(lib_tiny_unet)
+def test_guidance_interval_guides_only_inside_it(tiny_unet):
+    model = CountingModel(tiny_unet)
     schedule = NoiseSchedule(T)
     c = torch.eye(5)[[0, 3, 1]]
     ts = make_timesteps(T, 10)[:-1]  # 500, 450, ..., 50
@@ -292,49 +287,49 @@ def test_guidance_interval_guides_only_inside_it(lib_tiny_unet):
     assert [guidance_at(t, 2.0, (100, 300)) for t in (99, 100, 300, 301)] == [0.0, 2.0, 2.0, 0.0]
     # the steps outside are the plain conditional model's
     with torch.no_grad():
-        plain = lib_tiny_unet(run[0].x_t, torch.full((3,), 500 / T), c)
+        plain = tiny_unet(run[0].x_t, torch.full((3,), 500 / T), c)
     torch.testing.assert_close(run[0].eps, plain)
 
 
-def test_guidance_interval_covering_every_step_is_bit_identical(lib_tiny_unet):
+def test_guidance_interval_covering_every_step_is_bit_identical(tiny_unet):
     schedule = NoiseSchedule(T)
     c = torch.eye(5)[[2, 4]]
     kw = dict(sampler="ddpm", steps=6, guidance=1.5, seed=3)
-    everywhere = sample(lib_tiny_unet, schedule, c, **kw)
-    assert torch.equal(everywhere, sample(lib_tiny_unet, schedule, c, guidance_interval=(0, T), **kw))
-    assert not torch.equal(everywhere, sample(lib_tiny_unet, schedule, c, guidance_interval=(0, 200), **kw))
+    everywhere = sample(tiny_unet, schedule, c, **kw)
+    assert torch.equal(everywhere, sample(tiny_unet, schedule, c, guidance_interval=(0, T), **kw))
+    assert not torch.equal(everywhere, sample(tiny_unet, schedule, c, guidance_interval=(0, 200), **kw))
 
 
 @pytest.mark.parametrize("bad", [(300, 100), (-1, 100), (0, T + 1), (10.5, 20), (float("nan"), 10), (5,), "ab", 7])
-def test_bad_guidance_interval_refused(lib_tiny_unet, bad):
+def test_bad_guidance_interval_refused(tiny_unet, bad):
     with pytest.raises(ValueError, match="guidance interval"):
-        sample(lib_tiny_unet, NoiseSchedule(T), torch.eye(5)[:1], steps=2, guidance_interval=bad)
+        sample(tiny_unet, NoiseSchedule(T), torch.eye(5)[:1], steps=2, guidance_interval=bad)
 
 
 @pytest.mark.parametrize("bad", [-0.1, float("nan"), float("inf"), 51])
-def test_bad_guidance_refused(lib_tiny_unet, bad):
+def test_bad_guidance_refused(tiny_unet, bad):
     with pytest.raises(ValueError, match="guidance"):
-        sample(lib_tiny_unet, NoiseSchedule(T), torch.eye(5)[:1], steps=2, guidance=bad)
+        sample(tiny_unet, NoiseSchedule(T), torch.eye(5)[:1], steps=2, guidance=bad)
 
 
 # --- class mixes ---------------------------------------------------------------------------------------
 def test_class_weights_one_class():
-    w = class_weights(LIB_CLASSES, "food")
+    w = class_weights(CLASSES, "food")
     assert w.tolist() == [0, 0, 1, 0, 0]
-    assert class_weights(LIB_CLASSES, 4).tolist() == [0, 0, 0, 0, 1]
+    assert class_weights(CLASSES, 4).tolist() == [0, 0, 0, 0, 1]
 
 
 def test_class_weights_mix_is_normalised():
-    w = class_weights(LIB_CLASSES, {"hero": 3, "food": 1})
+    w = class_weights(CLASSES, {"hero": 3, "food": 1})
     torch.testing.assert_close(w, torch.tensor([0.75, 0, 0.25, 0, 0]))
-    w = class_weights(LIB_CLASSES, {"hero": 0.2, "spell": 0.2, "item": 0})
+    w = class_weights(CLASSES, {"hero": 0.2, "spell": 0.2, "item": 0})
     torch.testing.assert_close(w, torch.tensor([0.5, 0, 0, 0.5, 0]))
     assert w.sum().item() == pytest.approx(1.0)
 
 
 def test_class_weights_huge_finite_weights_stay_finite():
     for big in (1e39, 1e308):
-        w = class_weights(LIB_CLASSES, {"hero": big, "food": big})
+        w = class_weights(CLASSES, {"hero": big, "food": big})
         assert torch.isfinite(w).all()
         torch.testing.assert_close(w, torch.tensor([0.5, 0, 0.5, 0, 0]))
 
@@ -349,53 +344,53 @@ def test_class_weights_huge_finite_weights_stay_finite():
 ])
 def test_class_weights_bad_mixes_refused(mix, match):
     with pytest.raises(ValueError, match=match):
-        class_weights(LIB_CLASSES, mix)
+        class_weights(CLASSES, mix)
 
 
 def test_class_index_refuses_unknown():
-    assert class_index(LIB_CLASSES, "spell") == 3
+    assert class_index(CLASSES, "spell") == 3
     for bad in ("dragon", 5, -1, True):
         with pytest.raises(ValueError):
-            class_index(LIB_CLASSES, bad)
+            class_index(CLASSES, bad)
 
 
 # --- whole runs ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm++", "dpm++sde"])
-def test_same_seed_is_bit_identical_and_other_seeds_differ(lib_tiny_unet, sampler):
+def test_same_seed_is_bit_identical_and_other_seeds_differ(tiny_unet, sampler):
     schedule = NoiseSchedule(T)
-    c = torch.stack([class_weights(LIB_CLASSES, "hero"), class_weights(LIB_CLASSES, {"hero": 1, "food": 1})])
+    c = torch.stack([class_weights(CLASSES, "hero"), class_weights(CLASSES, {"hero": 1, "food": 1})])
     kw = dict(sampler=sampler, steps=4, guidance=2.0)
-    a = sample(lib_tiny_unet, schedule, c, seed=42, **kw)
-    b = sample(lib_tiny_unet, schedule, c, seed=42, **kw)
-    d = sample(lib_tiny_unet, schedule, c, seed=43, **kw)
+    a = sample(tiny_unet, schedule, c, seed=42, **kw)
+    b = sample(tiny_unet, schedule, c, seed=42, **kw)
+    d = sample(tiny_unet, schedule, c, seed=43, **kw)
     assert torch.equal(a, b)
     assert not torch.allclose(a, d)
     assert torch.isfinite(a).all()
 
 
-def test_stochastic_sampler_uses_its_noise(lib_tiny_unet):
+def test_stochastic_sampler_uses_its_noise(tiny_unet):
     # DDPM and DDIM eta>0 draw noise every step: with the same start they still differ from DDIM eta=0
     schedule = NoiseSchedule(T)
     c = torch.eye(5)[:2]
-    a = sample(lib_tiny_unet, schedule, c, sampler=DDIMSampler(schedule, 0.0), steps=4, seed=1)
-    b = sample(lib_tiny_unet, schedule, c, sampler=DDIMSampler(schedule, 1.0), steps=4, seed=1)
+    a = sample(tiny_unet, schedule, c, sampler=DDIMSampler(schedule, 0.0), steps=4, seed=1)
+    b = sample(tiny_unet, schedule, c, sampler=DDIMSampler(schedule, 1.0), steps=4, seed=1)
     assert not torch.allclose(a, b)
 
 
-def test_random_seed_when_none(lib_tiny_unet):
+def test_random_seed_when_none(tiny_unet):
     schedule = NoiseSchedule(T)
     c = torch.eye(5)[:1]
-    a = sample(lib_tiny_unet, schedule, c, sampler="ddim", steps=2, seed=None)
-    b = sample(lib_tiny_unet, schedule, c, sampler="ddim", steps=2, seed=None)
+    a = sample(tiny_unet, schedule, c, sampler="ddim", steps=2, seed=None)
+    b = sample(tiny_unet, schedule, c, sampler="ddim", steps=2, seed=None)
     assert not torch.equal(a, b)
 
 
 @pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm++", "dpm++sde"])
-def test_any_batch_size(lib_tiny_unet, batch, sampler):
+def test_any_batch_size(tiny_unet, batch, sampler):
     schedule = NoiseSchedule(T)
     c = torch.eye(5)[torch.arange(batch) % 5]
-    steps = list(sample_steps(lib_tiny_unet, schedule, c, sampler=sampler, steps=3, guidance=1.0, seed=0))
+    steps = list(sample_steps(tiny_unet, schedule, c, sampler=sampler, steps=3, guidance=1.0, seed=0))
     assert [s.t for s in steps] == make_timesteps(T, 3)[:-1]
     assert [s.t_prev for s in steps] == make_timesteps(T, 3)[1:]
     assert [(s.index, s.steps) for s in steps] == [(0, 3), (1, 3), (2, 3)]
@@ -408,20 +403,20 @@ def test_any_batch_size(lib_tiny_unet, batch, sampler):
         torch.testing.assert_close(s.x0, schedule.predict_x0(s.x_t, s.eps, s.t), rtol=1e-4, atol=1e-4)
 
 
-def test_bad_context_and_start_refused(lib_tiny_unet):
+def test_bad_context_and_start_refused(tiny_unet):
     schedule = NoiseSchedule(T)
     with pytest.raises(ValueError, match="context"):
-        sample(lib_tiny_unet, schedule, torch.zeros(5), steps=2)
+        sample(tiny_unet, schedule, torch.zeros(5), steps=2)
     with pytest.raises(ValueError, match="context"):
-        sample(lib_tiny_unet, schedule, torch.zeros(0, 5), steps=2)
+        sample(tiny_unet, schedule, torch.zeros(0, 5), steps=2)
     with pytest.raises(ValueError, match="start time"):
-        sample(lib_tiny_unet, schedule, torch.eye(5)[:1], steps=2, t_start=T + 1)
+        sample(tiny_unet, schedule, torch.eye(5)[:1], steps=2, t_start=T + 1)
     with pytest.raises(ValueError, match="start time"):
-        sample(lib_tiny_unet, schedule, torch.eye(5)[:1], steps=2, t_start=0)
+        sample(tiny_unet, schedule, torch.eye(5)[:1], steps=2, t_start=0)
     with pytest.raises(ValueError, match="steps"):
-        sample(lib_tiny_unet, schedule, torch.eye(5)[:1], steps=0)
+        sample(tiny_unet, schedule, torch.eye(5)[:1], steps=0)
     with pytest.raises(ValueError, match="unknown sampler"):
-        sample(lib_tiny_unet, schedule, torch.eye(5)[:1], sampler="euler", steps=2)
+        sample(tiny_unet, schedule, torch.eye(5)[:1], sampler="euler", steps=2)
 
 
 def test_sampler_options_validated():
@@ -461,7 +456,7 @@ def test_strided_posterior_variance_adds_less_noise_near_the_end(schedule):
     torch.testing.assert_close(a, b, rtol=0, atol=2e-3)
 
 
-def test_sdedit_start_stays_close_to_x_start(lib_tiny_unet):
+def test_sdedit_start_stays_close_to_x_start(tiny_unet):
     schedule = NoiseSchedule(T)
     g = torch.Generator().manual_seed(0)
     x_start = (torch.rand(2, 3, 16, 16, generator=g) > 0.5).float() * 2 - 1
@@ -469,7 +464,7 @@ def test_sdedit_start_stays_close_to_x_start(lib_tiny_unet):
     distances = {}
     for t_start in (10, 100, T):
         steps = min(5, t_start)
-        run = list(sample_steps(lib_tiny_unet, schedule, c, sampler="ddim", steps=steps, guidance=0, seed=1,
+        run = list(sample_steps(tiny_unet, schedule, c, sampler="ddim", steps=steps, guidance=0, seed=1,
                                 x_start=x_start, t_start=t_start))
         assert run[0].t == t_start
         # the first x_t is x_start noised to t_start with the sampling seed's noise
@@ -512,24 +507,24 @@ def test_full_ddim_run_matches_diffusers(schedule, eta):
         torch.testing.assert_close(x_ours, x_theirs, rtol=2e-4, atol=2e-4, msg=f"t {t} -> {t_prev}")
 
 
-def test_sdedit_start_shape_checked(lib_tiny_unet):
+def test_sdedit_start_shape_checked(tiny_unet):
     schedule = NoiseSchedule(T)
     c = torch.eye(5)[[0, 1, 2]]
     one = torch.zeros(1, 3, 16, 16)
-    out = sample(lib_tiny_unet, schedule, c, sampler="ddim", steps=2, seed=0, x_start=one, t_start=50)
+    out = sample(tiny_unet, schedule, c, sampler="ddim", steps=2, seed=0, x_start=one, t_start=50)
     assert out.shape == (3, 3, 16, 16)  # one start image, three variations
     for bad in (torch.zeros(2, 3, 16, 16), torch.zeros(3, 4, 16, 16), torch.zeros(3, 3, 32, 32), torch.zeros(3, 16, 16)):
         with pytest.raises(ValueError, match="x_start"):
-            sample(lib_tiny_unet, schedule, c, sampler="ddim", steps=2, x_start=bad, t_start=50)
+            sample(tiny_unet, schedule, c, sampler="ddim", steps=2, x_start=bad, t_start=50)
 
 
 # --- precision -------------------------------------------------------------------------------------------
-def test_bf16_sampling_runs_the_network_in_bf16_and_keeps_steps_fp32(lib_tiny_unet):
+def test_bf16_sampling_runs_the_network_in_bf16_and_keeps_steps_fp32(tiny_unet):
     schedule = NoiseSchedule(T)
     c = torch.eye(5)[[0, 2]]
     kw = dict(sampler="ddim", steps=3, guidance=2.0, seed=5)
-    fp32 = list(sample_steps(lib_tiny_unet, schedule, c, **kw))
-    bf16 = list(sample_steps(lib_tiny_unet, schedule, c, precision="bf16", **kw))
+    fp32 = list(sample_steps(tiny_unet, schedule, c, **kw))
+    bf16 = list(sample_steps(tiny_unet, schedule, c, precision="bf16", **kw))
     for a, b in zip(fp32, bf16):
         for x, y in ((a.eps, b.eps), (a.x0, b.x0), (a.x_prev, b.x_prev)):
             assert y.dtype == torch.float32
@@ -539,6 +534,6 @@ def test_bf16_sampling_runs_the_network_in_bf16_and_keeps_steps_fp32(lib_tiny_un
     assert (fp32[-1].x_prev - bf16[-1].x_prev).abs().mean() < 0.05
 
 
-def test_unknown_precision_refused(lib_tiny_unet):
+def test_unknown_precision_refused(tiny_unet):
     with pytest.raises(ValueError, match="precision must be one of fp32, bf16"):
-        sample(lib_tiny_unet, NoiseSchedule(T), torch.eye(5)[:1], steps=2, precision="fp16")
+        sample(tiny_unet, NoiseSchedule(T), torch.eye(5)[:1], steps=2, precision="fp16")

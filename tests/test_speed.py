@@ -10,7 +10,7 @@ from ddpm.model import inference_model
 from ddpm.sampling import predict_noise, sample
 from ddpm.schedule import NoiseSchedule
 
-from conftest import make_tiny_unet
+from helpers import make_tiny_unet
 
 T = 500
 
@@ -128,7 +128,7 @@ def test_benchmark_suite_quick_smoke(tmp_path, monkeypatch):
     from pathlib import Path
 
     import ddpm.evaluate
-    from conftest import LIB_CLASSES, write_npy_dataset
+    from helpers import CLASSES, write_npy_dataset
     from ddpm.checkpoint import save_model
 
     root = Path(__file__).resolve().parent.parent
@@ -139,7 +139,7 @@ def test_benchmark_suite_quick_smoke(tmp_path, monkeypatch):
     train = ddpm.evaluate.train_classifier
     monkeypatch.setattr(ddpm.evaluate, "train_classifier", lambda data, **kw: train(data, epochs=3, **kw))
     torch.manual_seed(0)
-    save_model(ContextUnet(n_feat=8, class_names=LIB_CLASSES), NoiseSchedule(T), tmp_path / "model")
+    save_model(ContextUnet(n_feat=8, class_names=CLASSES), NoiseSchedule(T), tmp_path / "model")
     write_npy_dataset(tmp_path / "data", n=40)
     out = tmp_path / "out"
     assert run_all.main(["--model", str(tmp_path / "model"), "--data", str(tmp_path / "data"), "--out", str(out),

@@ -4,7 +4,6 @@ Runs ddpm.train.main in-process on a tiny generated data set (n_feat 16, batch 1
 """
 from __future__ import annotations
 
-import csv
 import json
 import os
 import signal
@@ -22,44 +21,17 @@ from ddpm.losses import min_snr_weights, training_batch
 from ddpm.model import ContextUnet
 from ddpm.schedule import NoiseSchedule
 
-from conftest import LIB_CLASSES, stop_after, write_npy_dataset
-
-PROJECT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def lib_train_data(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("train_data")
-    write_npy_dataset(folder, n=48)
-    return folder
-
-
-def args(data, out, steps, *extra):
-    return ["--data", str(data), "--out", str(out), "--steps", str(steps), "--n-feat", "16", "--batch-size", "16",
-            "--threads", "1", "--warmup", "3", "--lr", "2e-3", "--sample-every", "100000", *map(str, extra)]
-
-
-def read_log(out: Path) -> list[dict]:
-    with open(out / "log.csv", newline="") as f:
-        return list(csv.DictReader(f))
+from helpers import CLASSES, PROJECT, read_log, stop_after, train_args, write_npy_dataset
 
 
 def losses(out: Path) -> list[tuple[int, str, str]]:
     return [(int(r["step"]), r["loss"], r["lr"]) for r in read_log(out)]
 
 
-@pytest.fixture
-def restore_signals():
-    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-    yield
-    for s, h in before.items():
-        signal.signal(s, h)
-
-
 # --- learning --------------------------------------------------------------------------------------------
-def test_training_reduces_the_loss(lib_train_data, tmp_path, restore_signals):
+def test_training_reduces_the_loss(train_data, tmp_path, restore_signals):
     out = tmp_path / "run"
-    assert train.main(args(lib_train_data, out, 40, "--checkpoint-every", 100)) == 0
+    assert train.main(train_args(train_data, out, 40, "--checkpoint-every", 100)) == 0
     rows = losses(out)
     assert [r[0] for r in rows] == list(range(1, 41))
     values = [float(r[1]) for r in rows]
@@ -113,9 +85,9 @@ def test_low_t_share_draws_that_share_of_the_times_from_the_low_range():
     assert batch_times(1.0, 10 ** 6).max() <= 500  # never beyond T
 
 
-def test_weighted_recipes_train_and_are_recorded(lib_train_data, tmp_path, restore_signals):
+def test_weighted_recipes_train_and_are_recorded(train_data, tmp_path, restore_signals):
     out = tmp_path / "run"
-    assert train.main(args(lib_train_data, out, 30, "--min-snr", 5, "--low-t-share", 0.5, "--low-t-max", 100)) == 0
+    assert train.main(train_args(train_data, out, 30, "--min-snr", 5, "--low-t-share", 0.5, "--low-t-max", 100)) == 0
     values = [float(r[1]) for r in losses(out)]
     assert all(map(torch.isfinite, torch.tensor(values)))
     info = json.loads((out / "model" / "training.json").read_text())
@@ -138,39 +110,39 @@ def assert_same_run(a: Path, b: Path):
         assert torch.equal(ta[k], tb[k]), k
 
 
-def test_resume_after_a_stop_continues_exactly(lib_train_data, tmp_path, monkeypatch, restore_signals):
+def test_resume_after_a_stop_continues_exactly(train_data, tmp_path, monkeypatch, restore_signals):
     n = 12
     ref = tmp_path / "reference"
-    assert train.main(args(lib_train_data, ref, n, "--checkpoint-every", 4)) == 0
+    assert train.main(train_args(train_data, ref, n, "--checkpoint-every", 4)) == 0
 
     out = tmp_path / "interrupted"
     stop_after(monkeypatch, 6)  # SIGTERM during step 6: the step finishes, everything is saved
-    assert train.main(args(lib_train_data, out, n, "--checkpoint-every", 4)) == 0
+    assert train.main(train_args(train_data, out, n, "--checkpoint-every", 4)) == 0
     assert [r[0] for r in losses(out)] == list(range(1, 7))
     monkeypatch.undo()
-    assert train.main(args(lib_train_data, out, n, "--checkpoint-every", 4, "--resume")) == 0
+    assert train.main(train_args(train_data, out, n, "--checkpoint-every", 4, "--resume")) == 0
     assert_same_run(ref, out)
 
 
-def test_resume_drops_log_rows_after_the_checkpoint(lib_train_data, tmp_path, monkeypatch, restore_signals):
+def test_resume_drops_log_rows_after_the_checkpoint(train_data, tmp_path, monkeypatch, restore_signals):
     # after a kill, log.csv may hold rows past the last checkpoint and a half-written last line
     n = 8
     ref = tmp_path / "reference"
-    assert train.main(args(lib_train_data, ref, n, "--checkpoint-every", 4)) == 0
+    assert train.main(train_args(train_data, ref, n, "--checkpoint-every", 4)) == 0
     out = tmp_path / "killed"
     stop_after(monkeypatch, 4)
-    assert train.main(args(lib_train_data, out, n, "--checkpoint-every", 4)) == 0
+    assert train.main(train_args(train_data, out, n, "--checkpoint-every", 4)) == 0
     monkeypatch.undo()
     with open(out / "log.csv", "a") as f:
         f.write("5,0.123456,1.000e-03,100.0,1.0\n6,0.1")
-    assert train.main(args(lib_train_data, out, n, "--checkpoint-every", 4, "--resume")) == 0
+    assert train.main(train_args(train_data, out, n, "--checkpoint-every", 4, "--resume")) == 0
     assert_same_run(ref, out)
 
 
-def test_fresh_run_starts_a_fresh_log(lib_train_data, tmp_path, restore_signals):
+def test_fresh_run_starts_a_fresh_log(train_data, tmp_path, restore_signals):
     out = tmp_path / "run"
-    assert train.main(args(lib_train_data, out, 3)) == 0
-    assert train.main(args(lib_train_data, out, 3)) == 0
+    assert train.main(train_args(train_data, out, 3)) == 0
+    assert train.main(train_args(train_data, out, 3)) == 0
     assert [r[0] for r in losses(out)] == [1, 2, 3]
 
 
@@ -188,29 +160,29 @@ KILL_SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_resume_after_sigkill(lib_train_data, tmp_path, restore_signals):
+def test_resume_after_sigkill(train_data, tmp_path, restore_signals):
     n = 10
     ref = tmp_path / "reference"
-    assert train.main(args(lib_train_data, ref, n, "--checkpoint-every", 3)) == 0
+    assert train.main(train_args(train_data, ref, n, "--checkpoint-every", 3)) == 0
     out = tmp_path / "killed"
     env = dict(os.environ, KILL_AT="8", PYTHONPATH=str(PROJECT), OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-c", KILL_SCRIPT, *args(lib_train_data, out, n, "--checkpoint-every", 3)],
+    proc = subprocess.run([sys.executable, "-c", KILL_SCRIPT, *train_args(train_data, out, n, "--checkpoint-every", 3)],
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     assert train.load_checkpoint(out / train.CHECKPOINT)[1]["step"] == 6
     assert not (out / "model").exists()
-    assert train.main(args(lib_train_data, out, n, "--checkpoint-every", 3, "--resume")) == 0
+    assert train.main(train_args(train_data, out, n, "--checkpoint-every", 3, "--resume")) == 0
     assert_same_run(ref, out)
 
 
-def test_main_restores_signal_handlers(lib_train_data, tmp_path, restore_signals):
+def test_main_restores_signal_handlers(train_data, tmp_path, restore_signals):
     before = signal.getsignal(signal.SIGTERM)
-    assert train.main(args(lib_train_data, tmp_path / "run", 1)) == 0
+    assert train.main(train_args(train_data, tmp_path / "run", 1)) == 0
     assert signal.getsignal(signal.SIGTERM) is before
 
 
 # --- NaN guard ---------------------------------------------------------------------------------------------
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(lib_train_data, tmp_path, monkeypatch, capsys,
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(train_data, tmp_path, monkeypatch, capsys,
                                                             restore_signals):
     original, calls = train.training_batch, [0]
 
@@ -224,7 +196,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(lib_train_data, tmp_p
 
     monkeypatch.setattr(train, "training_batch", poisoned_batch)
     out = tmp_path / "run"
-    status = train.main(args(lib_train_data, out, 12, "--checkpoint-every", 4))
+    status = train.main(train_args(train_data, out, 12, "--checkpoint-every", 4))
     assert status != 0
     err = capsys.readouterr().err
     assert "step 6" in err and str(out / train.CHECKPOINT) in err
@@ -233,11 +205,11 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(lib_train_data, tmp_p
     assert all(torch.isfinite(v).all() for v in tensors.values() if v.is_floating_point())
     assert not (out / "model").exists(), "nothing exported from a diverged run"
     monkeypatch.undo()
-    assert train.main(args(lib_train_data, out, 12, "--checkpoint-every", 4, "--resume")) == 0
-    assert load_model(out / "model").class_names == LIB_CLASSES
+    assert train.main(train_args(train_data, out, 12, "--checkpoint-every", 4, "--resume")) == 0
+    assert load_model(out / "model").class_names == CLASSES
 
 
-def test_nan_weights_never_overwrite_the_checkpoint(lib_train_data, tmp_path, monkeypatch, capsys, restore_signals):
+def test_nan_weights_never_overwrite_the_checkpoint(train_data, tmp_path, monkeypatch, capsys, restore_signals):
     # the loss of step 8 is finite, but its update leaves NaN weights right before a checkpoint
     original, calls = train.update_ema, [0]
 
@@ -250,7 +222,7 @@ def test_nan_weights_never_overwrite_the_checkpoint(lib_train_data, tmp_path, mo
 
     monkeypatch.setattr(train, "update_ema", update_ema)
     out = tmp_path / "run"
-    assert train.main(args(lib_train_data, out, 12, "--checkpoint-every", 4)) != 0
+    assert train.main(train_args(train_data, out, 12, "--checkpoint-every", 4)) != 0
     assert "NaN" in capsys.readouterr().err
     tensors, meta = train.load_checkpoint(out / train.CHECKPOINT)
     assert meta["step"] == 4
@@ -259,13 +231,13 @@ def test_nan_weights_never_overwrite_the_checkpoint(lib_train_data, tmp_path, mo
 
 
 # --- export ---------------------------------------------------------------------------------------------
-def test_export_loads_back(lib_train_data, tmp_path, restore_signals):
+def test_export_loads_back(train_data, tmp_path, restore_signals):
     out, export = tmp_path / "run", tmp_path / "weights"
-    assert train.main(args(lib_train_data, out, 5, "--export", export, "--norm", "group")) == 0
+    assert train.main(train_args(train_data, out, 5, "--export", export, "--norm", "group")) == 0
     ema = {k[4:]: v for k, v in checkpoint_tensors(out).items() if k.startswith("ema.")}
     for folder in (out / "model", export):
         model = load_model(folder)
-        assert model.class_names == LIB_CLASSES and model.norm == "group" and model.n_feat == 16
+        assert model.class_names == CLASSES and model.norm == "group" and model.n_feat == 16
         state = model.state_dict()
         assert state.keys() == ema.keys()
         for k in state:
@@ -278,11 +250,11 @@ def test_export_loads_back(lib_train_data, tmp_path, restore_signals):
         assert "cc-by-4.0" in card and "DragonDePlatino" in card and "hero 10" in card
 
 
-def test_init_from_an_exported_model(lib_train_data, tmp_path, restore_signals):
+def test_init_from_an_exported_model(train_data, tmp_path, restore_signals):
     first = tmp_path / "first"
-    assert train.main(args(lib_train_data, first, 3, "--schedule", "cosine", "--T", 100)) == 0
+    assert train.main(train_args(train_data, first, 3, "--schedule", "cosine", "--T", 100)) == 0
     second = tmp_path / "second"
-    assert train.main(args(lib_train_data, second, 2, "--init-from", first / "model")) == 0
+    assert train.main(train_args(train_data, second, 2, "--init-from", first / "model")) == 0
     assert load_model(second / "model").config_dict == load_model(first / "model").config_dict
     # the schedule and the training history travel with the model
     assert load_schedule(second / "model").config() == NoiseSchedule(100, "cosine").config()
@@ -296,17 +268,17 @@ def test_init_from_an_exported_model(lib_train_data, tmp_path, restore_signals):
     assert "  1. 3 steps" in card and "  2. 2 steps" in card
     assert "min_snr" not in card and "low_t" not in card  # options a stage did not use are not listed
     third = tmp_path / "third"  # a stage interrupted and resumed is still one stage
-    assert train.main(args(lib_train_data, third, 2, "--init-from", second / "model")) == 0
-    assert train.main(args(lib_train_data, third, 4, "--resume")) == 0
+    assert train.main(train_args(train_data, third, 2, "--init-from", second / "model")) == 0
+    assert train.main(train_args(train_data, third, 4, "--resume")) == 0
     info = json.loads((third / "model" / "training.json").read_text())
     assert [s["steps"] for s in info["stages"]] == [3, 2, 4] and info["steps"] == 9
 
 
-def test_init_from_with_a_larger_n_feat_widens_the_model(lib_train_data, tmp_path, restore_signals):
+def test_init_from_with_a_larger_n_feat_widens_the_model(train_data, tmp_path, restore_signals):
     # GroupNorm: a training step moves BatchNorm's running statistics even at a zero learning rate
-    assert train.main(args(lib_train_data, tmp_path / "first", 2, "--norm", "group")) == 0
+    assert train.main(train_args(train_data, tmp_path / "first", 2, "--norm", "group")) == 0
     second = tmp_path / "second"
-    argv = args(lib_train_data, second, 1, "--init-from", tmp_path / "first" / "model", "--lr", "1e-12")
+    argv = train_args(train_data, second, 1, "--init-from", tmp_path / "first" / "model", "--lr", "1e-12")
     argv[argv.index("--n-feat") + 1] = "32"
     assert train.main(argv) == 0
     small, wide = load_model(tmp_path / "first" / "model"), load_model(second / "model")
@@ -323,14 +295,14 @@ def test_init_from_with_a_larger_n_feat_widens_the_model(lib_train_data, tmp_pat
     assert "n_feat 16, batch_size 16" in card and "n_feat 32, batch_size 16" in card  # the stages' widths
 
 
-def test_a_stage_continues_the_ema_warm_up_of_the_stages_before(lib_train_data, tmp_path, restore_signals,
+def test_a_stage_continues_the_ema_warm_up_of_the_stages_before(train_data, tmp_path, restore_signals,
                                                                  monkeypatch):
     decays = []
     original = train.update_ema
     monkeypatch.setattr(train, "update_ema",
                         lambda ema, model, decay: (decays.append(decay), original(ema, model, decay)))
-    assert train.main(args(lib_train_data, tmp_path / "first", 3)) == 0
-    assert train.main(args(lib_train_data, tmp_path / "second", 2, "--init-from", tmp_path / "first" / "model")) == 0
+    assert train.main(train_args(train_data, tmp_path / "first", 3)) == 0
+    assert train.main(train_args(train_data, tmp_path / "second", 2, "--init-from", tmp_path / "first" / "model")) == 0
     assert decays == [train.ema_decay(step, 0.999) for step in range(5)]
 
 
@@ -360,9 +332,9 @@ def test_training_stages_of_a_history_written_before_stages():
     (["--norm", "layer"], "--norm"),
     (["--steps", "many"], "--steps"),
 ])
-def test_bad_arguments_exit_with_a_message(lib_train_data, tmp_path, capsys, extra, match):
+def test_bad_arguments_exit_with_a_message(train_data, tmp_path, capsys, extra, match):
     with pytest.raises(SystemExit) as info:
-        train.main(args(lib_train_data, tmp_path / "run", 5) + extra)
+        train.main(train_args(train_data, tmp_path / "run", 5) + extra)
     assert info.value.code == 2
     assert match in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
@@ -377,35 +349,35 @@ def test_missing_out_is_an_error(capsys):
 @pytest.mark.parametrize("case", ["missing data", "resume without checkpoint", "bad init-from", "wrong height",
                                   "class mismatch", "corrupt checkpoint", "bad init-from schedule",
                                   "bad init-from history", "bad init-from history fields", "widen by a fraction"])
-def test_bad_setups_give_one_error_line(lib_train_data, tmp_path, capsys, restore_signals, case):
+def test_bad_setups_give_one_error_line(train_data, tmp_path, capsys, restore_signals, case):
     out = tmp_path / "run"
     if case == "missing data":
-        argv, match = args(tmp_path / "nowhere", out, 5), str(tmp_path / "nowhere")
+        argv, match = train_args(tmp_path / "nowhere", out, 5), str(tmp_path / "nowhere")
     elif case == "resume without checkpoint":
-        argv, match = args(lib_train_data, out, 5, "--resume"), "checkpoint"
+        argv, match = train_args(train_data, out, 5, "--resume"), "checkpoint"
     elif case == "bad init-from":
-        argv, match = args(lib_train_data, out, 5, "--init-from", tmp_path / "nomodel"), str(tmp_path / "nomodel")
+        argv, match = train_args(train_data, out, 5, "--init-from", tmp_path / "nomodel"), str(tmp_path / "nomodel")
     elif case == "wrong height":
-        argv, match = args(lib_train_data, out, 5, "--height", 32), "32 px"
+        argv, match = train_args(train_data, out, 5, "--height", 32), "32 px"
     elif case == "corrupt checkpoint":
         out.mkdir()
         (out / train.CHECKPOINT).write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
-        argv, match = args(lib_train_data, out, 5, "--resume"), str(out / train.CHECKPOINT)
+        argv, match = train_args(train_data, out, 5, "--resume"), str(out / train.CHECKPOINT)
     elif case.startswith("bad init-from "):
-        assert train.main(args(lib_train_data, tmp_path / "first", 1)) == 0
+        assert train.main(train_args(train_data, tmp_path / "first", 1)) == 0
         name = "scheduler_config.json" if case.endswith("schedule") else "training.json"
         (tmp_path / "first" / "model" / name).write_text('{"steps": 3}' if case.endswith("fields") else "{oops")
-        argv, match = args(lib_train_data, out, 5, "--init-from", tmp_path / "first" / "model"), name
+        argv, match = train_args(train_data, out, 5, "--init-from", tmp_path / "first" / "model"), name
     elif case == "widen by a fraction":
-        assert train.main(args(lib_train_data, tmp_path / "first", 1)) == 0
-        argv = args(lib_train_data, out, 5, "--init-from", tmp_path / "first" / "model")
+        assert train.main(train_args(train_data, tmp_path / "first", 1)) == 0
+        argv = train_args(train_data, out, 5, "--init-from", tmp_path / "first" / "model")
         argv[argv.index("--n-feat") + 1] = "24"
         match = "whole multiple"
     else:
         other = tmp_path / "three_classes"
         write_npy_dataset(other, n=12, n_classes=3)
-        assert train.main(args(other, tmp_path / "small", 1)) == 0
-        argv, match = args(lib_train_data, out, 5, "--init-from", tmp_path / "small" / "model"), "classes"
+        assert train.main(train_args(other, tmp_path / "small", 1)) == 0
+        argv, match = train_args(train_data, out, 5, "--init-from", tmp_path / "small" / "model"), "classes"
     capsys.readouterr()
     assert train.main(argv) == 2
     err = capsys.readouterr().err.strip()
@@ -428,7 +400,7 @@ def test_the_card_gives_each_stage_its_precision():
     assert overall_precision(old_and_new) == "fp32" and stage_lines(old_and_new).count(", fp32)") == 2
 
 
-def test_diffusion_loss_is_the_noise_error_weighted_by_min_snr(lib_tiny_unet):
+def test_diffusion_loss_is_the_noise_error_weighted_by_min_snr(tiny_unet):
     from ddpm.losses import diffusion_loss, noise_error
 
     schedule = NoiseSchedule(500)
@@ -436,9 +408,9 @@ def test_diffusion_loss_is_the_noise_error_weighted_by_min_snr(lib_tiny_unet):
     x0, t = torch.rand(6, 3, 16, 16, generator=g) * 2 - 1, torch.tensor([1, 2, 50, 200, 400, 500])
     noise, context = torch.randn(x0.shape, generator=g), torch.eye(5)[[0, 1, 2, 3, 4, 0]]
     with torch.no_grad():
-        per_sprite = noise_error(lib_tiny_unet.eval(), schedule, x0, noise, t, context)
+        per_sprite = noise_error(tiny_unet.eval(), schedule, x0, noise, t, context)
         x_t = schedule.add_noise(x0, noise, t)
-        by_hand = (lib_tiny_unet(x_t, t.float() / 500, context) - noise).pow(2).mean((1, 2, 3))
+        by_hand = (tiny_unet(x_t, t.float() / 500, context) - noise).pow(2).mean((1, 2, 3))
     assert per_sprite.shape == (6,) and torch.allclose(per_sprite, by_hand)
     assert torch.equal(diffusion_loss(per_sprite, t, schedule), per_sprite.mean())
     weighted = diffusion_loss(per_sprite, t, schedule, min_snr=5.0)
@@ -447,11 +419,11 @@ def test_diffusion_loss_is_the_noise_error_weighted_by_min_snr(lib_tiny_unet):
 
 
 # --- regularisation -------------------------------------------------------------------------------------
-def test_dropout_and_weight_decay_train_and_are_recorded(lib_train_data, tmp_path, restore_signals):
+def test_dropout_and_weight_decay_train_and_are_recorded(train_data, tmp_path, restore_signals):
     first = tmp_path / "first"
-    assert train.main(args(lib_train_data, first, 2)) == 0
+    assert train.main(train_args(train_data, first, 2)) == 0
     second = tmp_path / "second"  # grown from a model trained without dropout
-    assert train.main(args(lib_train_data, second, 2, "--init-from", first / "model", "--dropout", 0.1,
+    assert train.main(train_args(train_data, second, 2, "--init-from", first / "model", "--dropout", 0.1,
                            "--weight-decay", 0.01)) == 0
     model = load_model(second / "model")
     assert model.dropout == 0.1
@@ -461,13 +433,13 @@ def test_dropout_and_weight_decay_train_and_are_recorded(lib_train_data, tmp_pat
     assert "dropout 0.1" in card and "weight_decay 0.01" in card
     assert "dropout" not in (first / "model" / "README.md").read_text()  # listed only when used
     # a resumed run keeps the dropout of its checkpoint
-    assert train.main(args(lib_train_data, second, 3, "--resume")) == 0
+    assert train.main(train_args(train_data, second, 3, "--resume")) == 0
     assert load_model(second / "model").dropout == 0.1
 
 
-def test_weight_decay_selects_adamw(lib_train_data, tmp_path):
-    plain = train.Trainer(train.parse_args(args(lib_train_data, tmp_path / "a", 1)))
-    decayed = train.Trainer(train.parse_args(args(lib_train_data, tmp_path / "b", 1, "--weight-decay", 0.05)))
+def test_weight_decay_selects_adamw(train_data, tmp_path):
+    plain = train.Trainer(train.parse_args(train_args(train_data, tmp_path / "a", 1)))
+    decayed = train.Trainer(train.parse_args(train_args(train_data, tmp_path / "b", 1, "--weight-decay", 0.05)))
     assert type(plain.opt.optimizer if hasattr(plain.opt, "optimizer") else plain.opt) is torch.optim.Adam
     inner = decayed.opt.optimizer if hasattr(decayed.opt, "optimizer") else decayed.opt
     assert type(inner) is torch.optim.AdamW and inner.param_groups[0]["weight_decay"] == 0.05
@@ -480,7 +452,7 @@ def test_batchnorm_recalibration_gives_the_statistics_without_dropout():
     schedule = NoiseSchedule(50)
     images = torch.rand(32, 3, 16, 16) * 2 - 1
     labels = torch.arange(32) % 5
-    model = ContextUnet(n_feat=16, class_names=LIB_CLASSES, dropout=0.3).eval()
+    model = ContextUnet(n_feat=16, class_names=CLASSES, dropout=0.3).eval()
     first_bn = model.init_conv.conv2[1]
     first_bn.running_mean.fill_(5.0)  # stale statistics, as training with dropout leaves them
     train.recalibrate_batchnorm(model, images, labels, schedule, torch.Generator().manual_seed(1),
@@ -504,7 +476,7 @@ def test_batchnorm_recalibration_gives_the_statistics_without_dropout():
     (["--weight-decay", "-1"], "--weight-decay"),
     (["--weight-decay", "nan"], "--weight-decay"),
 ])
-def test_bad_regularisation_arguments_exit_with_a_message(lib_train_data, tmp_path, capsys, extra, match):
+def test_bad_regularisation_arguments_exit_with_a_message(train_data, tmp_path, capsys, extra, match):
     with pytest.raises(SystemExit) as info:
-        train.main(args(lib_train_data, tmp_path / "run", 5) + extra)
+        train.main(train_args(train_data, tmp_path / "run", 5) + extra)
     assert info.value.code == 2 and match in capsys.readouterr().err

@@ -20,42 +20,9 @@ import safetensors.torch
 import torch
 
 import ddpm.train as train
-from conftest import write_npy_dataset
+from helpers import FAULT_RUN_EVERY, FAULT_RUN_STEPS, PROJECT, fault_run_args
 
-PROJECT = Path(__file__).resolve().parent.parent
-STEPS, EVERY = 12, 3
-
-
-@pytest.fixture(autouse=True)
-def restore_signals():
-    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-    yield
-    for s, h in before.items():
-        signal.signal(s, h)
-
-
-def args(data, out, *extra):
-    return ["--data", str(data), "--out", str(out), "--steps", str(STEPS), "--n-feat", "16", "--batch-size", "16",
-            "--threads", "1", "--warmup", "3", "--lr", "2e-3", "--sample-every", "100000", "--checkpoint-every",
-            str(EVERY), *map(str, extra)]
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("fault_data")
-    write_npy_dataset(folder, n=48)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def reference(data, tmp_path_factory):
-    """An uninterrupted run: its log and final checkpoint."""
-    out = tmp_path_factory.mktemp("fault_ref") / "run"
-    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-    assert train.main(args(data, out)) == 0
-    for s, h in before.items():
-        signal.signal(s, h)
-    return out
+pytestmark = pytest.mark.usefixtures("restore_signals")
 
 
 def log_rows(out: Path) -> list[str]:
@@ -66,7 +33,7 @@ def assert_same_run(ref: Path, out: Path, note: str):
     assert log_rows(out) == log_rows(ref), note
     a, _ = train.load_checkpoint(ref / train.CHECKPOINT)
     b, meta = train.load_checkpoint(out / train.CHECKPOINT)
-    assert meta["step"] == STEPS, note
+    assert meta["step"] == FAULT_RUN_STEPS, note
     keys = [k for k in a if k.startswith(("model.", "ema.", "opt."))]
     assert keys and keys == [k for k in b if k.startswith(("model.", "ema.", "opt."))], note
     for k in keys:
@@ -74,7 +41,8 @@ def assert_same_run(ref: Path, out: Path, note: str):
 
 
 # --- an interrupted write, in-process ------------------------------------------------------------------
-def test_failed_checkpoint_write_keeps_the_previous_checkpoint(data, reference, tmp_path, monkeypatch):
+def test_failed_checkpoint_write_keeps_the_previous_checkpoint(train_data, uninterrupted_fault_run, tmp_path,
+                                                              monkeypatch):
     """The second checkpoint write dies half-way (say, the disk fills): the first checkpoint still loads,
     and resuming from it reproduces the uninterrupted run."""
     real, calls = safetensors.torch.save_file, [0]
@@ -91,14 +59,14 @@ def test_failed_checkpoint_write_keeps_the_previous_checkpoint(data, reference, 
     monkeypatch.setattr(safetensors.torch, "save_file", half_then_fail)
     out = tmp_path / "run"
     with pytest.raises(OSError, match="No space left"):
-        train.main(args(data, out))
+        train.main(fault_run_args(train_data, out))
     monkeypatch.undo()
     assert (out / (train.CHECKPOINT + ".tmp")).stat().st_size > 0  # the torn write is there ...
     with pytest.raises(train.TrainingError):
         train.load_checkpoint(out / (train.CHECKPOINT + ".tmp"))
-    assert train.load_checkpoint(out / train.CHECKPOINT)[1]["step"] == EVERY  # ... and did not replace this
-    assert train.main(args(data, out, "--resume")) == 0
-    assert_same_run(reference, out, "write 2 failed half-way")
+    assert train.load_checkpoint(out / train.CHECKPOINT)[1]["step"] == FAULT_RUN_EVERY  # ... and did not replace this
+    assert train.main(fault_run_args(train_data, out, "--resume")) == 0
+    assert_same_run(uninterrupted_fault_run, out, "write 2 failed half-way")
     assert not (out / (train.CHECKPOINT + ".tmp")).exists()
 
 
@@ -135,24 +103,24 @@ KILL_SCRIPT = textwrap.dedent("""
 
 
 @pytest.mark.parametrize("mode", ["step", "write"])
-def test_sigkill_at_a_random_point_then_resume(data, reference, tmp_path, mode):
+def test_sigkill_at_a_random_point_then_resume(train_data, uninterrupted_fault_run, tmp_path, mode):
     rng = random.Random()
     if mode == "step":  # any optimizer step after the first checkpoint
-        at, fraction = rng.randint(EVERY + 1, STEPS), 0.0
-        expected_step = (at - 1) // EVERY * EVERY
+        at, fraction = rng.randint(FAULT_RUN_EVERY + 1, FAULT_RUN_STEPS), 0.0
+        expected_step = (at - 1) // FAULT_RUN_EVERY * FAULT_RUN_EVERY
     else:  # any checkpoint write but the first (the first has no earlier checkpoint to fall back on)
-        at, fraction = rng.randint(2, STEPS // EVERY), rng.uniform(0.0, 0.99)
-        expected_step = (at - 1) * EVERY
+        at, fraction = rng.randint(2, FAULT_RUN_STEPS // FAULT_RUN_EVERY), rng.uniform(0.0, 0.99)
+        expected_step = (at - 1) * FAULT_RUN_EVERY
     note = f"SIGKILL mode={mode} at={at} fraction={fraction:.2f}"
     out = tmp_path / "killed"
     env = dict(os.environ, KILL_MODE=mode, KILL_AT=str(at), KILL_FRACTION=str(fraction), PYTHONPATH=str(PROJECT),
                OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-c", KILL_SCRIPT, *args(data, out)], env=env, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-c", KILL_SCRIPT, *fault_run_args(train_data, out)], env=env,
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL, f"{note}: {proc.stderr[-2000:]}"
     tensors, meta = train.load_checkpoint(out / train.CHECKPOINT)  # never a torn checkpoint
     assert meta["step"] == expected_step, note
     assert all(torch.isfinite(v).all() for v in tensors.values() if v.is_floating_point()), note
     assert not (out / "model").exists(), note
-    assert train.main(args(data, out, "--resume")) == 0, note
-    assert_same_run(reference, out, note)
+    assert train.main(fault_run_args(train_data, out, "--resume")) == 0, note
+    assert_same_run(uninterrupted_fault_run, out, note)
