@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import CHROMIUM, CLASSES, fault_run_args, free_port, huge_png_header, make_tiny_unet, \
+from helpers import CHROMIUM, fault_run_args, free_port, huge_png_header, make_tiny_unet, \
     open_page, write_npy_dataset
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -51,20 +51,23 @@ def tiny_unet():
 
 
 @pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory):
-    """A saved tiny model directory (config.json, model.safetensors, scheduler_config.json, README.md)."""
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """make_tiny_unet(seed=1) saved in Hub format (config.json, model.safetensors, scheduler_config.json,
+    README.md): the model of the app's tests and of the library's. Its card has front matter and a
+    picture line, which the app's Model tab must leave out."""
     from ddpm.checkpoint import save_model
     from ddpm.schedule import NoiseSchedule
 
     folder = tmp_path_factory.mktemp("tiny_model") / "model"
-    save_model(make_tiny_unet(seed=1), NoiseSchedule(), folder, model_card="# tiny test model\n")
+    card = "---\nlicense: cc-by-4.0\n---\n# Test card\n\nRandom weights for tests.\n![samples](samples.png)\n"
+    save_model(make_tiny_unet(seed=1), NoiseSchedule(), folder, model_card=card)
     return folder
 
 
 @pytest.fixture
 def model_copy(tiny_model_dir, tmp_path):
     """A writable copy of the tiny saved model, to break in various ways."""
-    folder = tmp_path / "broken"
+    folder = tmp_path / "model"
     shutil.copytree(tiny_model_dir, folder)
     return folder
 
@@ -157,32 +160,11 @@ def uninterrupted_fault_run(train_data, tmp_path_factory):
 
 # --- the app --------------------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
-def model_dir(tmp_path_factory) -> Path:
-    """A ContextUnet with random weights (n_feat=16 keeps every call cheap) saved in Hub format."""
-    from ddpm.checkpoint import save_model
-    from ddpm.model import ContextUnet
-    from ddpm.schedule import NoiseSchedule
-
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("model")
-    card = "---\nlicense: cc-by-4.0\n---\n# Test card\n\nRandom weights for tests.\n![samples](samples.png)\n"
-    save_model(ContextUnet(n_feat=16, class_names=CLASSES), NoiseSchedule(), folder, model_card=card)
-    return folder
-
-
-@pytest.fixture
-def broken_model(model_dir, tmp_path):
-    folder = tmp_path / "model"
-    shutil.copytree(model_dir, folder)
-    return folder
-
-
-@pytest.fixture(scope="session")
-def lab(model_dir):
+def lab(tiny_model_dir):
     """The app's handlers (app.SpriteLab) on the tiny model, on the CPU."""
     import app
 
-    return app.create_lab(str(model_dir), "cpu")
+    return app.create_lab(str(tiny_model_dir), "cpu")
 
 
 @pytest.fixture(scope="session")

@@ -239,8 +239,8 @@ def test_generate_is_deterministic_and_transparent_sheets_have_alpha(lab):
     assert t.mode == "RGBA" and t.size == (64, 16)
 
 
-def test_bf16_lab_samples_in_bf16(model_dir, lab):
-    bf16 = app.create_lab(str(model_dir), "cpu", "bf16")
+def test_bf16_lab_samples_in_bf16(tiny_model_dir, lab):
+    bf16 = app.create_lab(str(tiny_model_dir), "cpu", "bf16")
     assert lab.precision == "fp32" and bf16.precision == "bf16"
     fp32_sheet = arr(Image.open(generated(lab, "hero", 4, "ddim", 5, 2.0, 3, False)[1]))
     bf16_sheet = arr(Image.open(generated(bf16, "hero", 4, "ddim", 5, 2.0, 3, False)[1]))
@@ -250,14 +250,14 @@ def test_bf16_lab_samples_in_bf16(model_dir, lab):
     assert "bf16" in bf16.model_info()
 
 
-def test_auto_precision_is_bf16_only_where_it_is_fast(model_dir, monkeypatch):
+def test_auto_precision_is_bf16_only_where_it_is_fast(tiny_model_dir, monkeypatch):
     import ddpm.device
 
     for fast, expected in ((True, "bf16"), (False, "fp32")):
         monkeypatch.setattr(ddpm.device, "bf16_is_fast", lambda device, fast=fast: fast)
-        assert app.create_lab(str(model_dir), "cpu", "auto").precision == expected
+        assert app.create_lab(str(tiny_model_dir), "cpu", "auto").precision == expected
     with pytest.raises(ValueError, match="precision must be one of fp32, bf16"):
-        app.create_lab(str(model_dir), "cpu", "fp16")
+        app.create_lab(str(tiny_model_dir), "cpu", "fp16")
 
 
 @pytest.mark.parametrize("args,match", [
@@ -322,9 +322,9 @@ def test_remix_refuses_bad_input(lab, args, match):
 
 
 # --- model tab, pictures, start-up -------------------------------------------------------------------
-def test_model_info(lab, model_dir):
+def test_model_info(lab, tiny_model_dir):
     info = lab.model_info()
-    assert str(model_dir) in info and "cpu" in info and all(c in info for c in CLASSES)
+    assert str(tiny_model_dir) in info and "cpu" in info and all(c in info for c in CLASSES)
     assert "Test card" in info and "license:" not in info and "![samples]" not in info
 
 
@@ -369,10 +369,10 @@ def test_main_fails_cleanly_on_missing_or_broken_checkpoints(tmp_path, capsys):
     assert "not valid JSON" in capsys.readouterr().err
 
 
-def test_main_refuses_unavailable_device(model_dir, capsys):
+def test_main_refuses_unavailable_device(tiny_model_dir, capsys):
     if torch.cuda.is_available():
         pytest.skip("CUDA is available here")
-    assert app.main(["--model", str(model_dir), "--device", "cuda"]) == 2
+    assert app.main(["--model", str(tiny_model_dir), "--device", "cuda"]) == 2
     assert "CUDA is not available" in capsys.readouterr().err
 
 

@@ -209,51 +209,51 @@ def one_line_error(err: str, *fragments) -> str:
 
 
 @pytest.mark.parametrize("case", ["truncated", "config mismatch", "pickle", "unknown device"])
-def test_cli_bad_checkpoint(model_dir, broken_model, tmp_path, capsys, case):
+def test_cli_bad_checkpoint(tiny_model_dir, model_copy, tmp_path, capsys, case):
     import ddpm.evaluate as ev
     import ddpm.sample as sample
 
-    weights = broken_model / "model.safetensors"
+    weights = model_copy / "model.safetensors"
     out = tmp_path / "x.png"
     if case == "truncated":  # the real entry point, in a subprocess
         weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-        proc = subprocess.run([sys.executable, "-m", "ddpm.sample", "--model", str(broken_model), "--n", "1",
+        proc = subprocess.run([sys.executable, "-m", "ddpm.sample", "--model", str(model_copy), "--n", "1",
                                "--steps", "2", "--out", str(out)], cwd=PROJECT, capture_output=True, text=True,
                               env=dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1"), timeout=120)
         assert proc.returncode == 2
         one_line_error(proc.stderr, weights, "truncated")
     elif case == "config mismatch":
-        config = json.loads((broken_model / "config.json").read_text())
+        config = json.loads((model_copy / "config.json").read_text())
         config["n_feat"] = 8
-        (broken_model / "config.json").write_text(json.dumps(config))
-        assert ev.main(["--model", str(broken_model), "--data", str(tmp_path), "--n", "2"]) == 2
+        (model_copy / "config.json").write_text(json.dumps(config))
+        assert ev.main(["--model", str(model_copy), "--data", str(tmp_path), "--n", "2"]) == 2
         one_line_error(capsys.readouterr().err, weights, "does not match config.json")
     elif case == "pickle":
         weights.unlink()
         _Exploit.marker = tmp_path / "pwned"
-        (broken_model / "pytorch_model.bin").write_bytes(pickle.dumps(_Exploit()))
-        assert sample.main(["--model", str(broken_model), "--out", str(out)]) == 2
+        (model_copy / "pytorch_model.bin").write_bytes(pickle.dumps(_Exploit()))
+        assert sample.main(["--model", str(model_copy), "--out", str(out)]) == 2
         one_line_error(capsys.readouterr().err, "pytorch_model.bin", "pickle checkpoints are refused")
         assert not _Exploit.marker.exists()
     else:
-        assert sample.main(["--model", str(broken_model), "--device", "warp-drive", "--out", str(out)]) == 2
+        assert sample.main(["--model", str(model_copy), "--device", "warp-drive", "--out", str(out)]) == 2
         one_line_error(capsys.readouterr().err, "warp-drive")
     assert not out.exists()
     # the same process still samples normally
-    assert sample.main(["--model", str(model_dir), "--n", "1", "--steps", "2", "--out", str(out)]) == 0
+    assert sample.main(["--model", str(tiny_model_dir), "--n", "1", "--steps", "2", "--out", str(out)]) == 0
     assert Image.open(out).size[1] == 4 * 16 * len(CLASSES)
 
 
-def test_app_main_refuses_truncated_weights(broken_model, capsys):
-    weights = broken_model / "model.safetensors"
+def test_app_main_refuses_truncated_weights(model_copy, capsys):
+    weights = model_copy / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
-    assert app.main(["--model", str(broken_model), "--device", "cpu"]) == 2
+    assert app.main(["--model", str(model_copy), "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: cannot load the model") and "model.safetensors" in err and "\n" not in err
 
 
 @pytest.mark.parametrize("case", ["labels length", "zero-byte image", "class mismatch"])
-def test_cli_bad_data(model_dir, tmp_path, capsys, case):
+def test_cli_bad_data(tiny_model_dir, tmp_path, capsys, case):
     import ddpm.evaluate as ev
     import ddpm.train as train
 
@@ -275,7 +275,7 @@ def test_cli_bad_data(model_dir, tmp_path, capsys, case):
         one_line_error(capsys.readouterr().err, data / "b" / "zero.png", "not a readable image")
     else:
         write_npy_dataset(data, n=12, n_classes=3)
-        assert ev.main(["--model", str(model_dir), "--data", str(data), "--n", "2"]) == 2
+        assert ev.main(["--model", str(tiny_model_dir), "--data", str(data), "--n", "2"]) == 2
         one_line_error(capsys.readouterr().err, "differ")
 
 
@@ -285,13 +285,13 @@ def test_cli_bad_data(model_dir, tmp_path, capsys, case):
     ("train", ["--lr", "inf"], "--lr"),
     ("evaluate", ["--n", "1"], "--n must be at least 2"),
 ], ids=["empty classes", "infinite guidance", "infinite lr", "evaluate n 1"])
-def test_cli_bad_arguments(model_dir, tmp_path, capsys, module, argv, match):
+def test_cli_bad_arguments(tiny_model_dir, tmp_path, capsys, module, argv, match):
     import importlib
 
     main = importlib.import_module(f"ddpm.{module}").main
-    base = {"sample": ["--model", str(model_dir), "--out", str(tmp_path / "x.png")],
+    base = {"sample": ["--model", str(tiny_model_dir), "--out", str(tmp_path / "x.png")],
             "train": ["--data", str(tmp_path), "--out", str(tmp_path / "run")],
-            "evaluate": ["--model", str(model_dir)]}[module]
+            "evaluate": ["--model", str(tiny_model_dir)]}[module]
     try:
         code = main(base + argv)
     except SystemExit as e:  # argparse

@@ -86,11 +86,11 @@ def test_uploads_and_downloads_stay_in_the_temp_dir(recording_server, tmp_path):
 
 
 @pytest.mark.parametrize("target", ["/etc/passwd", "app.py", "model config", "model weights"])
-def test_api_cannot_read_server_files(recording_server, model_dir, target):
+def test_api_cannot_read_server_files(recording_server, tiny_model_dir, target):
     rec, demo, port, url = recording_server
     path = {"/etc/passwd": "/etc/passwd", "app.py": str(PROJECT / "app.py"),
-            "model config": str(model_dir / "config.json"),
-            "model weights": str(model_dir / "model.safetensors")}[target]
+            "model config": str(tiny_model_dir / "config.json"),
+            "model weights": str(tiny_model_dir / "model.safetensors")}[target]
     r = httpx.get(f"{url}gradio_api/file={path}", timeout=30)
     assert r.status_code == 403 and "not allowed" in r.text, (r.status_code, r.text[:200])
 
@@ -138,13 +138,13 @@ def test_server_listens_on_loopback_only(recording_server):
     assert httpx.get(url, timeout=30).status_code == 200
 
 
-def test_main_listens_on_127_0_0_1_by_default(model_dir, monkeypatch):
+def test_main_listens_on_127_0_0_1_by_default(tiny_model_dir, monkeypatch):
     import gradio as gr
 
     monkeypatch.delenv("GRADIO_SERVER_NAME", raising=False)
     seen = {}
     monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kw: seen.update(kw))
-    assert app.main(["--model", str(model_dir), "--device", "cpu", "--port", "7999"]) == 0
+    assert app.main(["--model", str(tiny_model_dir), "--device", "cpu", "--port", "7999"]) == 0
     assert seen["server_name"] == "127.0.0.1" and seen["server_port"] == 7999
     assert "share" not in seen or not seen["share"]
 
