@@ -1,12 +1,9 @@
-"""The app served on a local port and driven through every public endpoint with gradio_client."""
+"""The app served on a local port and driven through every public endpoint with gradio_client (bad inputs:
+test_bad_inputs.py)."""
 from __future__ import annotations
 
-import json
-import math
 import re
 from concurrent.futures import ThreadPoolExecutor
-
-import httpx
 
 import numpy as np
 import pytest
@@ -16,17 +13,11 @@ from helpers import CLASSES, png
 
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
-from gradio_client.exceptions import AppError  # noqa: E402
 
 ENDPOINTS = {"/forward_sprite", "/forward_upload", "/forward_draw", "/forward_view", "/reverse_reset",
              "/reverse_step", "/reverse_run", "/generate", "/remix_sprite", "/remix_upload", "/remix_draw", "/remix",
              "/model_info", "/compare_samplers", "/guidance_sweep", "/morph"}  # /reverse_scrub and /reverse_gif work on the page's session run: undocumented
 REV = ("hero", 2, 0, "dpm++", 4, 2.0, 1.0, 0.0, 0.0, 0.0, 0.0)  # class, n, seed, sampler, steps, guidance, mix
-
-
-def still_serves(client):
-    x_t, info, *_ = client.predict(t=77, noise_seed=0, show_model=False, cls="hero", api_name="/forward_view")
-    assert "t = 77" in info and png(x_t).shape == (256, 256, 3)
 
 
 def test_every_public_event_has_a_name(client):
@@ -86,56 +77,6 @@ def test_generate_and_remix_endpoints(client, images):
     src = client.predict(handle_file(str(images["transparent"])), api_name="/remix_upload")
     assert tuple(png(src)[0, 0]) == (255, 255, 255)
     assert "hero" in client.predict(api_name="/model_info")
-
-
-@pytest.mark.parametrize("name,match", [("corrupt", "not a readable image"), ("text", "not a readable image"),
-                                        ("huge", "larger than")])
-def test_bad_uploads_get_clear_errors(client, images, name, match):
-    for api_name, extra in (("/forward_upload", (10, 0, False, "hero")), ("/remix_upload", ())):
-        with pytest.raises(AppError, match=match):
-            client.predict(handle_file(str(images[name])), *extra, api_name=api_name)
-    still_serves(client)
-
-
-def test_non_image_file_type_is_refused(client, tmp_path):
-    (tmp_path / "notes.txt").write_text("hello")
-    with pytest.raises(AppError, match="(?i)invalid file type"):
-        client.predict(handle_file(str(tmp_path / "notes.txt")), 10, 0, False, "hero", api_name="/forward_upload")
-    still_serves(client)
-
-
-@pytest.mark.parametrize("args,api_name,match", [
-    ((None, float("nan"), 0, False, "hero"), "/forward_view", "t must be a finite"),
-    ((None, 10_000, 0, False, "hero"), "/forward_view", "(?i)t|range|bound"),
-    ((None, 10, 0, True, "dragon"), "/forward_view", "dragon"),
-    (("hero", 2, 0, "dpm++", 0, 2.0, 1.0, 0, 0, 0, 0), "/reverse_step", "(?i)steps|bound|minimum"),
-    (("hero", 2, 0, "dpm++", 4, float("nan"), 1.0, 0, 0, 0, 0), "/reverse_step", "guidance must be a finite"),
-    (("mix", 2, 0, "dpm++", 4, 2.0, 0, 0, 0, 0, 0), "/reverse_run", "at least one class"),
-    (("dragon", 2, "dpm++", 5, 2.0, 0, False), "/generate", "dragon"),
-    (("hero", 2, "dpm++", 0, 2.0, 0, False), "/generate", "(?i)steps|bound|minimum"),
-    (("hero", 2, "dpm++", 5, 2.0, float("nan"), False, True), "/generate", "seed must be a finite"),
-    ((None, "food", float("nan"), "dpm++", 10, 2.0, 0, True), "/remix", "strength must be a finite"),
-])
-def test_bad_numbers_and_classes_get_clear_errors(server, client, args, api_name, match):
-    if any(isinstance(a, float) and math.isnan(a) for a in args):
-        # gradio_client refuses to encode NaN, but any HTTP client can send it: post it raw.
-        event, data = raw_call(server, api_name, args)
-        assert event == "error" and re.search(match, data["error"]), data
-    else:
-        with pytest.raises(AppError, match=match):
-            client.predict(*args, api_name=api_name)
-    still_serves(client)
-
-
-def raw_call(server: str, api_name: str, args) -> tuple[str, dict]:
-    """POST to Gradio's call API with a NaN literal in the JSON body; return the final SSE event and data."""
-    body = json.dumps({"data": list(args)}, allow_nan=True)  # writes NaN, as JavaScript-ish clients may
-    url = f"{server}gradio_api/call{api_name}"
-    event_id = httpx.post(url, content=body, headers={"content-type": "application/json"}).json()["event_id"]
-    text = httpx.get(f"{url}/{event_id}", timeout=60).text
-    events = re.findall(r"event: (\w+)\ndata: (.*)", text)
-    event, data = events[-1]
-    return event, json.loads(data)
 
 
 def test_identical_concurrent_requests_all_succeed(server):

@@ -1,16 +1,18 @@
 """Bad inputs through the HTTP API, the CLIs and the loaders: a clear message, and the process keeps working.
 
-Each case below is one distinct bad input; the list names every test that covers it, in this file
-and in the others, so the cases can be counted and none is lost. After every server
-case the same server answers a normal request (`still_serves`); after the CLI cases a normal
-sample run succeeds in the same process.
+The list below gives each kind of bad input and the tests that cover it, in this file unless another
+file is named. After every server case the same server answers a normal request (`still_serves`);
+after the CLI cases a normal sample run succeeds in the same process. The browser tests check what a
+person sees after a bad upload: the message, and the pictures on screen kept.
 
 Images (upload, draw, data loaders)
- 1. corrupt PNG (cut short) .......... test_app.py::test_forward_upload_refuses_bad_files_with_a_clear_message[corrupt],
-                                       test_app_server.py::test_bad_uploads_get_clear_errors[corrupt],
+ 1. corrupt PNG (cut short) .......... test_bad_uploads_get_clear_errors[corrupt],
+                                       test_app.py::test_forward_upload_refuses_bad_files_with_a_clear_message[corrupt],
+                                       test_app_browser.py::test_remix_tab_uses_the_source_on_screen (in the page),
                                        test_data.py::test_image_folder_bad_image[truncated.png|corrupt.png]
- 2. text file named .png ............. test_app_server.py::test_bad_uploads_get_clear_errors[text]
- 3. PNG header claiming 10000x10000 .. test_app_server.py::test_bad_uploads_get_clear_errors[huge],
+ 2. text file named .png ............. test_bad_uploads_get_clear_errors[text], test_app.py::...[text],
+                                       test_app_browser.py::test_forward_tab (in the page)
+ 3. PNG header claiming 10000x10000 .. test_bad_uploads_get_clear_errors[huge], test_app.py::...[huge],
                                        test_data.py::test_image_folder_bad_image[bomb.png|huge_bomb.png]
  4. zero-byte file ................... test_api_rejects_bad_files[zero-byte] (HTTP), test_data.py::...[zero.png],
                                        test_cli_bad_data[zero-byte image] (train CLI)
@@ -20,21 +22,21 @@ Images (upload, draw, data loaders)
  8. 16-bit greyscale PNG ............. test_api_accepts_awkward_images[16-bit], test_data.py::test_image_folder_good
  9. palette PNG with transparency .... test_api_accepts_awkward_images[palette], test_data.py::test_image_folder_good
 10. file above max_file_size (11 MB) . test_api_refuses_oversized_upload
-11. non-image file type (.txt) ....... test_app_server.py::test_non_image_file_type_is_refused
+11. non-image file type (.txt) ....... test_non_image_file_type_is_refused
 12. a server file outside the upload folder named as an input .. test_safety.py::test_api_refuses_a_server_path_as_an_upload,
                                        test_safety.py::test_api_cannot_read_server_files
 13. empty or missing drawing ......... test_api_refuses_empty_drawings, test_app.py::test_forward_draw
 Numbers and choices (API and handlers)
-14. NaN ............................. test_app_server.py::test_bad_numbers_and_classes_get_clear_errors (raw HTTP)
+14. NaN ............................. test_bad_numbers_and_classes_get_clear_errors (raw HTTP)
 15. +inf / -inf ...................... test_api_refuses_infinite_numbers (raw HTTP), test_app.py::test_forward_view_refuses_unknown_class_and_bad_seed
 16. negative numbers ................. test_api_refuses_bad_numbers[negative strength|negative t], test_app.py::test_reverse_refuses_bad_settings
 17. huge numbers (n = 1e9, seed = 1e300) .. test_api_refuses_bad_numbers[huge n|huge seed]
 18. steps beyond T ................... test_api_refuses_bad_numbers[steps beyond T], test_app.py::test_reverse_refuses_bad_settings,
                                        test_cli.py::test_sample_bad_input_one_clear_line
-19. unknown class name ............... test_api_refuses_bad_numbers[unknown class], test_app_server.py::...,
+19. unknown class name ............... test_api_refuses_bad_numbers[unknown class], test_bad_numbers_and_classes_get_clear_errors,
                                        test_cli.py::test_sample_bad_input_one_clear_line
 20. unknown sampler .................. test_api_refuses_bad_numbers[unknown sampler], test_app.py::test_generate_refuses_bad_input
-21. a class mix with all-zero weights  test_app_server.py::test_bad_numbers_and_classes_get_clear_errors, test_app.py::test_reverse_mix_of_classes
+21. a class mix with all-zero weights  test_bad_numbers_and_classes_get_clear_errors, test_app.py::test_reverse_mix_of_classes
 22. a string where a number belongs .. test_api_survives_malformed_requests[string t] (refused; the message is Gradio's generic one)
 23. scrubbing / GIF before any step (fresh session) .. test_api_refuses_actions_out_of_order
 24. malformed JSON body / too few inputs .. test_api_survives_malformed_requests[bad json|too few inputs]
@@ -53,6 +55,7 @@ Data and arguments (CLIs, loaders)
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
 import re
@@ -70,6 +73,7 @@ from helpers import CLASSES, PROJECT, png, write_npy_dataset
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
+
 
 def still_serves(client):
     x_t, info, *_ = client.predict(t=3, noise_seed=0, show_model=False, cls="hero", api_name="/forward_view")
@@ -94,6 +98,15 @@ def raw_call(server: str, api_name: str, body: str) -> tuple[str, str]:
 
 
 # --- images through the API ---------------------------------------------------------------------------
+@pytest.mark.parametrize("name,match", [("corrupt", "not a readable image"), ("text", "not a readable image"),
+                                        ("huge", "larger than")])
+def test_bad_uploads_get_clear_errors(client, images, name, match):
+    for api_name, extra in (("/forward_upload", (10, 0, False, "hero")), ("/remix_upload", ())):
+        with pytest.raises(AppError, match=match):
+            client.predict(handle_file(str(images[name])), *extra, api_name=api_name)
+    still_serves(client)
+
+
 @pytest.mark.parametrize("name,match", [("zero-byte", "empty.png: not a readable image"),
                                         ("bomb", "5000x5000, larger than the 16,777,216 pixels")],
                          ids=["zero-byte", "bomb"])
@@ -128,6 +141,13 @@ def test_api_refuses_oversized_upload(server, client, tmp_path):
     still_serves(client)
 
 
+def test_non_image_file_type_is_refused(client, tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(AppError, match="(?i)invalid file type"):
+        client.predict(handle_file(str(tmp_path / "notes.txt")), 10, 0, False, "hero", api_name="/forward_upload")
+    still_serves(client)
+
+
 def test_api_refuses_empty_drawings(client, tmp_path):
     with pytest.raises(AppError, match="draw something on the canvas first"):
         client.predict(dict(background=None, layers=[], composite=None, id=None), api_name="/remix_draw")
@@ -152,6 +172,29 @@ def test_api_refuses_empty_drawings(client, tmp_path):
 def test_api_refuses_bad_numbers(client, api_name, values, match):
     with pytest.raises(AppError, match=match):
         client.predict(**values, api_name=api_name)
+    still_serves(client)
+
+
+@pytest.mark.parametrize("args,api_name,match", [
+    ((None, float("nan"), 0, False, "hero"), "/forward_view", "t must be a finite"),
+    ((None, 10_000, 0, False, "hero"), "/forward_view", "(?i)t|range|bound"),
+    ((None, 10, 0, True, "dragon"), "/forward_view", "dragon"),
+    (("hero", 2, 0, "dpm++", 0, 2.0, 1.0, 0, 0, 0, 0), "/reverse_step", "(?i)steps|bound|minimum"),
+    (("hero", 2, 0, "dpm++", 4, float("nan"), 1.0, 0, 0, 0, 0), "/reverse_step", "guidance must be a finite"),
+    (("mix", 2, 0, "dpm++", 4, 2.0, 0, 0, 0, 0, 0), "/reverse_run", "at least one class"),
+    (("dragon", 2, "dpm++", 5, 2.0, 0, False), "/generate", "dragon"),
+    (("hero", 2, "dpm++", 0, 2.0, 0, False), "/generate", "(?i)steps|bound|minimum"),
+    (("hero", 2, "dpm++", 5, 2.0, float("nan"), False, True), "/generate", "seed must be a finite"),
+    ((None, "food", float("nan"), "dpm++", 10, 2.0, 0, True), "/remix", "strength must be a finite"),
+])
+def test_bad_numbers_and_classes_get_clear_errors(server, client, args, api_name, match):
+    if any(isinstance(a, float) and math.isnan(a) for a in args):
+        # gradio_client refuses to encode NaN, but any HTTP client can send it: post it raw.
+        event, data = raw_call(server, api_name, json.dumps({"data": list(args)}, allow_nan=True))
+        assert event == "error" and re.search(match, json.loads(data)["error"]), data
+    else:
+        with pytest.raises(AppError, match=match):
+            client.predict(*args, api_name=api_name)
     still_serves(client)
 
 
