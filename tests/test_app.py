@@ -116,7 +116,7 @@ def test_forward_upload_needs_a_file(lab):
         lab.forward_upload(None, 100, 0, False, "hero")
 
 
-def test_forward_draw(lab):
+def test_forward_draw_refuses_an_empty_canvas_and_keeps_the_drawn_colours(lab):
     canvas = np.zeros((256, 256, 4), np.uint8)
     with pytest.raises(gr.Error, match="empty"):
         lab.forward_draw({"background": None, "layers": [], "composite": canvas}, 10, 0, False, "hero")
@@ -174,7 +174,7 @@ def test_reverse_changed_settings_start_a_new_run(lab):
     assert out[0] is not run and "Step 1 / 4" in out[5]
 
 
-def test_reverse_mix_of_classes(lab):
+def test_reverse_takes_a_class_mix_and_refuses_zero_or_nan_weights(lab):
     out = rev(lab, None, cls="mix", mix=(0.5, 0, 0.5, 0, 0))
     assert "class mix" in out[5]
     with pytest.raises(gr.Error, match="at least one class"):
@@ -197,7 +197,7 @@ def test_reverse_refuses_bad_settings(lab, kw, match):
         list(rev(lab, None, lab.reverse_run, **kw))
 
 
-def test_reverse_gif(lab):
+def test_reverse_gif_needs_a_step_then_holds_every_frame(lab):
     with pytest.raises(gr.Error, match="no steps taken"):
         lab.reverse_gif(None)
     run = rev(lab, None, lab.reverse_reset)[0]
@@ -296,7 +296,7 @@ def test_remix_low_strength_stays_closer_to_the_source(lab, images):
     assert np.abs(low - src).mean() < np.abs(high - src).mean()
 
 
-def test_remix_outputs_and_sources(lab):
+def test_remix_names_its_outputs_and_takes_a_sprite_or_a_drawing(lab):
     source = lab.remix_sprite("hero", 1)
     assert Path(source).name == "sprite-hero-seed1.png"
     result, strip, info = lab.remix(source, "spell", 0.6, "dpm++", 20, 2.0, 0)
@@ -322,7 +322,7 @@ def test_remix_refuses_bad_input(lab, args, match):
 
 
 # --- model tab, pictures, start-up -------------------------------------------------------------------
-def test_model_info(lab, tiny_model_dir):
+def test_model_info_shows_source_device_classes_and_the_card_without_front_matter(lab, tiny_model_dir):
     info = lab.model_info()
     assert str(tiny_model_dir) in info and "cpu" in info and all(c in info for c in CLASSES)
     assert "Test card" in info and "license:" not in info and "![samples]" not in info

@@ -71,7 +71,7 @@ def test_page_open_shows_every_tabs_pictures(page):
     tab(page, "Forward")
 
 
-def test_forward_tab(page, images):
+def test_forward_follows_every_input_and_keeps_pictures_on_a_bad_upload(page, images):
     shot(page, "1-forward-on-load")
     assert "t = 125" in page.locator("#f-info").inner_text()
     before_src, before = src(page, "f-xt"), pixels(page, "f-xt")
@@ -114,7 +114,7 @@ def status_after(page, seconds: float) -> str:
     return page.locator("#r-status").inner_text()
 
 
-def test_reverse_tab_step_run_stop_reset(page):
+def test_reverse_steps_runs_scrubs_and_stop_or_reset_end_a_run(page):
     tab(page, "Reverse")
     wait_text(page, "r-status", rf"Step 0 / {DEFAULT_STEPS}\b")
     shot(page, "2-reverse-on-load")
@@ -156,7 +156,7 @@ def test_reverse_tab_step_run_stop_reset(page):
     steps.press("Enter")
 
 
-def test_generate_tab(page):
+def test_generate_with_a_new_seed_shows_a_new_grid(page):
     tab(page, "Generate")
     old_src, old = src(page, "g-grid"), pixels(page, "g-grid")
     assert "row 5" in page.locator("#g-caption").inner_text()
@@ -172,7 +172,7 @@ def test_generate_tab(page):
     shot(page, "3-generate")
 
 
-def test_remix_tab_uses_the_source_on_screen(page, images):
+def test_remix_uses_the_source_on_screen(page, images):
     tab(page, "Remix")
     old_result_src, old_result = src(page, "m-result"), pixels(page, "m-result")
     src_before = src(page, "m-src")
@@ -191,7 +191,7 @@ def test_remix_tab_uses_the_source_on_screen(page, images):
     shot(page, "4-remix")
 
 
-def test_model_tab_and_no_page_errors(page):
+def test_model_info_names_device_and_classes_and_the_page_logs_no_errors(page):
     tab(page, "Model")
     text = wait_text(page, "model-info", "Loaded from")
     assert "cpu" in text and "hero" in text

@@ -21,7 +21,7 @@ def open_compare(browser, server, width: int, height: int):
     return pg
 
 
-def test_race_step_run_stop(browser, server):
+def test_race_steps_runs_to_the_end_with_downloads_and_stops(browser, server):
     pg = open_compare(browser, server, 1400, 1000)
     wait_text(pg, "c-status", r"Tick 0 / 50\b")
     start_src, start = src(pg, "c-race"), pixels(pg, "c-race")
@@ -50,7 +50,7 @@ def test_race_step_run_stop(browser, server):
     pg.close()
 
 
-def test_sweep_and_morph(browser, server):
+def test_sweep_and_morph_buttons_draw_new_pictures(browser, server):
     pg = open_compare(browser, server, 1400, 1000)
     pg.get_by_role("tab", name="Guidance").click()
     old = src(pg, "s-sweep")

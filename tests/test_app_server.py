@@ -37,7 +37,7 @@ def test_api_fields_have_names_and_types(client):
     assert [r["label"] for r in api["/reverse_step"]["returns"]][-1] == "status"
 
 
-def test_forward_endpoints(client, images, tmp_path):
+def test_forward_calls_give_named_pictures_and_keep_no_hidden_state(client, images, tmp_path):
     x0, x_t, info, chart, eps, x0p = client.predict("creature", 4, 250, 0, True, api_name="/forward_sprite")
     assert png(x0).shape == png(x_t).shape == png(eps).shape == (256, 256, 3) and "t = 250" in info
     assert x_t.endswith("x_t-creature-t250.png") and "&nbsp;" not in info
@@ -54,7 +54,7 @@ def test_forward_endpoints(client, images, tmp_path):
     assert (png(again[0]) == png(out[0])).all()
 
 
-def test_reverse_endpoints(client):
+def test_reverse_calls_step_stream_scrub_and_export_a_gif(client):
     client.predict(*REV, api_name="/reverse_reset")
     xt, x0, eps, timeline, status = client.predict(*REV, api_name="/reverse_step")
     assert "Step 1 / 4" in status and timeline == 1 and isinstance(timeline, int)
@@ -67,7 +67,7 @@ def test_reverse_endpoints(client):
     assert Image.open(gif).format == "GIF" and gif.endswith("reverse-hero-trajectory.gif")
 
 
-def test_generate_and_remix_endpoints(client, images):
+def test_generate_gives_a_sheet_row_per_class_and_remix_a_new_sprite(client, images):
     shown, sheet, caption = client.predict("all classes", 2, "ddim", 5, 1.0, 3, True, api_name="/generate")
     assert Image.open(sheet).size == (32, 16 * len(CLASSES)) and Image.open(sheet).mode == "RGBA"
     assert png(shown).shape[1] > 100 and sheet.endswith("sprite-sheet-all.png") and "row 5: item" in caption

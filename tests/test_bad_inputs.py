@@ -8,49 +8,59 @@ person sees after a bad upload: the message, and the pictures on screen kept.
 Images (upload, draw, data loaders)
  1. corrupt PNG (cut short) .......... test_bad_uploads_get_clear_errors[corrupt],
                                        test_app.py::test_forward_upload_refuses_bad_files_with_a_clear_message[corrupt],
-                                       test_app_browser.py::test_remix_tab_uses_the_source_on_screen (in the page),
+                                       test_app_browser.py::test_remix_uses_the_source_on_screen (in the page),
                                        test_data.py::test_image_folder_bad_image[truncated.png|corrupt.png]
  2. text file named .png ............. test_bad_uploads_get_clear_errors[text], test_app.py::...[text],
-                                       test_app_browser.py::test_forward_tab (in the page)
+                                       test_app_browser.py::test_forward_follows_every_input_and_keeps_pictures_on_a_bad_upload
  3. PNG header claiming 10000x10000 .. test_bad_uploads_get_clear_errors[huge], test_app.py::...[huge],
                                        test_data.py::test_image_folder_bad_image[bomb.png|huge_bomb.png]
  4. zero-byte file ................... test_api_rejects_bad_files[zero-byte] (HTTP), test_data.py::...[zero.png],
-                                       test_cli_bad_data[zero-byte image] (train CLI)
+                                       test_cli_refuses_bad_data_in_one_line[zero-byte image] (train CLI)
  5. real decompression bomb (a valid 5000x5000 PNG of a few KB) .. test_api_rejects_bad_files[bomb]
  6. 1x1 image (accepted, enlarged) ... test_api_accepts_awkward_images[1x1]
  7. 4000x4000 image (accepted, shrunk) test_api_accepts_awkward_images[4000x4000]
- 8. 16-bit greyscale PNG ............. test_api_accepts_awkward_images[16-bit], test_data.py::test_image_folder_good
- 9. palette PNG with transparency .... test_api_accepts_awkward_images[palette], test_data.py::test_image_folder_good
+ 8. 16-bit greyscale PNG ............. test_api_accepts_awkward_images[16-bit],
+                                       test_data.py::test_image_folder_turns_every_kind_of_image_into_a_sprite
+ 9. palette PNG with transparency .... test_api_accepts_awkward_images[palette],
+                                       test_data.py::test_image_folder_turns_every_kind_of_image_into_a_sprite
 10. file above max_file_size (11 MB) . test_api_refuses_oversized_upload
 11. non-image file type (.txt) ....... test_non_image_file_type_is_refused
-12. a server file outside the upload folder named as an input .. test_safety.py::test_api_refuses_a_server_path_as_an_upload,
+12. a server file outside the upload folder named as an input ..
+                                       test_safety.py::test_api_refuses_a_server_path_as_an_upload,
                                        test_safety.py::test_api_cannot_read_server_files
-13. empty or missing drawing ......... test_api_refuses_empty_drawings, test_app.py::test_forward_draw
+13. empty or missing drawing ......... test_api_refuses_empty_drawings,
+                                       test_app.py::test_forward_draw_refuses_an_empty_canvas_and_keeps_the_drawn_colours
 Numbers and choices (API and handlers)
 14. NaN ............................. test_bad_numbers_and_classes_get_clear_errors (raw HTTP)
-15. +inf / -inf ...................... test_api_refuses_infinite_numbers (raw HTTP), test_app.py::test_forward_view_refuses_unknown_class_and_bad_seed
-16. negative numbers ................. test_api_refuses_bad_numbers[negative strength|negative t], test_app.py::test_reverse_refuses_bad_settings
+15. +inf / -inf ...................... test_api_refuses_infinite_numbers (raw HTTP),
+                                       test_app.py::test_forward_view_refuses_unknown_class_and_bad_seed
+16. negative numbers ................. test_api_refuses_bad_numbers[negative strength|negative t],
+                                       test_app.py::test_reverse_refuses_bad_settings
 17. huge numbers (n = 1e9, seed = 1e300) .. test_api_refuses_bad_numbers[huge n|huge seed]
 18. steps beyond T ................... test_api_refuses_bad_numbers[steps beyond T], test_app.py::test_reverse_refuses_bad_settings,
                                        test_cli.py::test_sample_bad_input_one_clear_line
 19. unknown class name ............... test_api_refuses_bad_numbers[unknown class], test_bad_numbers_and_classes_get_clear_errors,
                                        test_cli.py::test_sample_bad_input_one_clear_line
 20. unknown sampler .................. test_api_refuses_bad_numbers[unknown sampler], test_app.py::test_generate_refuses_bad_input
-21. a class mix with all-zero weights  test_bad_numbers_and_classes_get_clear_errors, test_app.py::test_reverse_mix_of_classes
+21. a class mix with all-zero weights  test_bad_numbers_and_classes_get_clear_errors,
+                                       test_app.py::test_reverse_takes_a_class_mix_and_refuses_zero_or_nan_weights
 22. a string where a number belongs .. test_api_survives_malformed_requests[string t] (refused; the message is Gradio's generic one)
 23. scrubbing / GIF before any step (fresh session) .. test_api_refuses_actions_out_of_order
 24. malformed JSON body / too few inputs .. test_api_survives_malformed_requests[bad json|too few inputs]
 Checkpoints (app start-up, CLIs, loaders)
-25. truncated safetensors ............ test_cli_bad_checkpoint[truncated] (python -m ddpm.sample, subprocess),
+25. truncated safetensors ............ test_cli_refuses_bad_checkpoints_in_one_line[truncated] (python -m ddpm.sample, subprocess),
                                        test_app_main_refuses_truncated_weights, test_checkpoint.py::test_truncated_safetensors
-26. config not matching the weights .. test_cli_bad_checkpoint[config mismatch] (ddpm.evaluate), test_checkpoint.py::test_config_not_matching_weights
-27. pickle checkpoint (code execution attempt) .. test_cli_bad_checkpoint[pickle] (ddpm.sample), test_checkpoint.py::test_pickle_checkpoint_refused_never_unpickled
-28. unknown device name .............. test_cli_bad_checkpoint[unknown device]
+26. config not matching the weights .. test_cli_refuses_bad_checkpoints_in_one_line[config mismatch] (ddpm.evaluate),
+                                       test_checkpoint.py::test_config_not_matching_weights
+27. pickle checkpoint (code execution attempt) .. test_cli_refuses_bad_checkpoints_in_one_line[pickle] (ddpm.sample),
+                                       test_checkpoint.py::test_pickle_checkpoint_refused_never_unpickled
+28. unknown device name .............. test_cli_refuses_bad_checkpoints_in_one_line[unknown device]
 Data and arguments (CLIs, loaders)
-29. labels file of the wrong length .. test_cli_bad_data[labels length] (ddpm.train), test_data.py::test_npy_label_count_mismatch
-30. data classes not matching the model .. test_cli_bad_data[class mismatch] (ddpm.evaluate)
-31. empty --classes .................. test_cli_bad_arguments[empty classes]
-32. infinite --lr / --guidance, --n 1 for evaluate .. test_cli_bad_arguments[...]
+29. labels file of the wrong length .. test_cli_refuses_bad_data_in_one_line[labels length] (ddpm.train),
+                                       test_data.py::test_npy_label_count_mismatch
+30. data classes not matching the model .. test_cli_refuses_bad_data_in_one_line[class mismatch] (ddpm.evaluate)
+31. empty --classes .................. test_cli_refuses_bad_arguments_with_exit_2[empty classes]
+32. infinite --lr / --guidance, --n 1 for evaluate .. test_cli_refuses_bad_arguments_with_exit_2[...]
 """
 from __future__ import annotations
 
@@ -252,7 +262,7 @@ def one_line_error(err: str, *fragments) -> str:
 
 
 @pytest.mark.parametrize("case", ["truncated", "config mismatch", "pickle", "unknown device"])
-def test_cli_bad_checkpoint(tiny_model_dir, model_copy, tmp_path, capsys, case):
+def test_cli_refuses_bad_checkpoints_in_one_line(tiny_model_dir, model_copy, tmp_path, capsys, case):
     import ddpm.evaluate as ev
     import ddpm.sample as sample
 
@@ -296,7 +306,7 @@ def test_app_main_refuses_truncated_weights(model_copy, capsys):
 
 
 @pytest.mark.parametrize("case", ["labels length", "zero-byte image", "class mismatch"])
-def test_cli_bad_data(tiny_model_dir, tmp_path, capsys, case):
+def test_cli_refuses_bad_data_in_one_line(tiny_model_dir, tmp_path, capsys, case):
     import ddpm.evaluate as ev
     import ddpm.train as train
 
@@ -328,7 +338,7 @@ def test_cli_bad_data(tiny_model_dir, tmp_path, capsys, case):
     ("train", ["--lr", "inf"], "--lr"),
     ("evaluate", ["--n", "1"], "--n must be at least 2"),
 ], ids=["empty classes", "infinite guidance", "infinite lr", "evaluate n 1"])
-def test_cli_bad_arguments(tiny_model_dir, tmp_path, capsys, module, argv, match):
+def test_cli_refuses_bad_arguments_with_exit_2(tiny_model_dir, tmp_path, capsys, module, argv, match):
     import importlib
 
     main = importlib.import_module(f"ddpm.{module}").main

@@ -25,7 +25,7 @@ def expect_data_error(fn, *args, names, **kwargs):
 
 
 # --- the .npy format ------------------------------------------------------------------------------------
-def test_npy_good(npy_dataset):
+def test_npy_loads_sprites_labels_and_class_names(npy_dataset):
     data = load_npy(npy_dataset)
     sprites = np.load(npy_dataset / "sprites.npy")
     assert data.images.shape == (64, 16, 16, 3) and data.images.dtype == np.uint8
@@ -106,7 +106,7 @@ def test_npy_missing_or_unreadable_file(npy_dataset, name):
     expect_data_error(load_npy, npy_dataset, names=npy_dataset / name)
 
 
-def test_sprite_data_checks():
+def test_sprite_data_refuses_empty_sets_and_mismatched_labels():
     with pytest.raises(DataError, match="empty"):
         SpriteData(np.zeros((0, 16, 16, 3), np.uint8), np.zeros(0, np.int64), ["a"])
     with pytest.raises(DataError, match="labels"):
@@ -172,7 +172,7 @@ def make_image_folder(root: Path) -> dict[str, np.ndarray]:
     return expected
 
 
-def test_image_folder_good(tmp_path):
+def test_image_folder_turns_every_kind_of_image_into_a_sprite(tmp_path):
     expected = make_image_folder(tmp_path)
     data = load_image_folder(tmp_path, height=16)
     assert data.class_names == ["alpha", "plain"]
@@ -233,7 +233,7 @@ def test_image_folder_bad_image(tmp_path, name):
 
 
 # --- dispatch ----------------------------------------------------------------------------------------
-def test_load_data_dispatch(tmp_path, npy_dataset):
+def test_load_data_picks_the_loader_from_its_argument(tmp_path, npy_dataset):
     assert len(load_data(npy_dataset).images) == 64
     make_image_folder(tmp_path / "folder")
     assert load_data(tmp_path / "folder").class_names == ["alpha", "plain"]
@@ -248,7 +248,7 @@ needs_dawnlike = pytest.mark.skipif(not DAWNLIKE_DIR.is_dir(),
 
 
 @needs_dawnlike
-def test_dawnlike(dawnlike):
+def test_dawnlike_has_every_class_without_duplicates_or_empty_cells(dawnlike):
     data = dawnlike
     assert data.class_names == DAWNLIKE_CLASSES
     assert data.images.shape[1:] == (16, 16, 3)
