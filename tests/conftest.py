@@ -47,14 +47,16 @@ def back_to_one_torch_thread(one_torch_thread):
 # --- models, schedules and data -------------------------------------------------------------------------
 @pytest.fixture
 def tiny_unet():
+    """A fresh make_tiny_unet() (seed 0) for each test, which may change it."""
     return make_tiny_unet()
 
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """make_tiny_unet(seed=1) saved in Hub format (config.json, model.safetensors, scheduler_config.json,
-    README.md): the model of the app's tests and of the library's. Its card has front matter and a
-    picture line, which the app's Model tab must leave out."""
+    README.md): the one saved model of the app's tests and the library's. Its BatchNorm statistics are
+    random, so outputs depend on their being saved and loaded; its card has front matter and a picture line,
+    which the app's Model tab must leave out."""
     from ddpm.checkpoint import save_model
     from ddpm.schedule import NoiseSchedule
 
