@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ddpm.model import ContextUnet, fold_batchnorm
-from ddpm.model import inference_model
+from ddpm.model import ContextUnet, fold_batchnorm, inference_model
 from ddpm.sampling import predict_noise, sample
 from ddpm.schedule import NoiseSchedule
 
