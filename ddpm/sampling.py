@@ -26,13 +26,12 @@ from .schedule import NoiseSchedule
 SAMPLER_ALIASES = {"ddpm": "ddpm", "ddpm-beta": "ddpm-beta", "ddim": "ddim", "dpm++": "dpm++", "dpmpp": "dpm++",
                    "dpm-solver++": "dpm++", "dpm++sde": "dpm++sde", "dpmpp-sde": "dpm++sde",
                    "sde-dpm-solver++": "dpm++sde", "sde-dpmsolver++": "dpm++sde"}
-# Chosen with benchmarks/run_all.py (docs/benchmarks.md) and ddpm.evaluate at 100 samples per class on two
-# seeds (README, "Speed and quality"): ancestral DDPM with 50 strided steps and the posterior variance, at a
-# tenth of DDPM-500's time, leaves as few isolated pixels (speckle) as DDPM-500 (16%); every deterministic
-# setting (DDIM, DPM-Solver++, 8 to 100 steps) leaves 19-20%, and the course's variance beta about 19% with
-# lower accuracy: with 50 strided steps it adds more noise than the remaining steps remove (see DDPMSampler).
-# Guidance 1.5 for the shipped n_feat 128 model: at 2 its sprites vary less than the real ones (higher
-# FD); at 1.5 it beats the course-sized model at 2 on FD and speckle on two seeds (README, "The shipped model").
+# Chosen with ddpm.evaluate at 100 samples per class on two seeds in two feature spaces
+# (docs/experiments.md, docs/benchmarks.md): ancestral DDPM with 50 trailing steps and the posterior
+# variance. Fewer steps, other spacings, guidance on an interval of t and the SDE and deterministic
+# solvers were all measured worse than it in at least one feature space by more than the spread
+# between seeds. Guidance 1.5 for the shipped n_feat 128 model: at 2 its sprites vary less than the
+# real ones (higher FD).
 DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_GUIDANCE = "ddpm", 50, 1.5
 
 
