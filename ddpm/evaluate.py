@@ -20,7 +20,8 @@ seeds, with the real-vs-real floors in its last row.
 With --noise-error it samples nothing and reports instead the network's noise-prediction error per
 range of t and per class, on the same noised sprites for any model given the same --seed: a cheap,
 paired way to compare two checkpoints, far steadier than training losses.
-The classifiers are trained once per data set and cached outside git (~/.cache/ddpm-sprite-lab).
+The classifiers for the DawnLike build ship in ddpm/classifiers, so figures compare across machines;
+for other data they are trained once per data set and cached outside git (~/.cache/ddpm-sprite-lab).
 """
 from __future__ import annotations
 
@@ -49,6 +50,9 @@ from .losses import noise_error
 from .sampling import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_SPACING, SAMPLER_ALIASES, SPACINGS, sample
 
 CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ddpm-sprite-lab"
+# The classifiers for the DawnLike build, shipped so that every machine judges in the same feature
+# spaces: trained on another CPU they round differently and give other floors and FDs.
+SHIPPED_DIR = Path(__file__).resolve().parent / "classifiers"
 CLASSIFIER_VERSION = 1
 NEAR_COPY_RMS = 0.05  # RMS pixel distance in [0, 1] units below which a sprite counts as a copy
 FEATURES = 64
@@ -162,14 +166,18 @@ def train_classifier(data: SpriteData, epochs: int = 60, seed: int = 0, verbose:
 
 
 def cached_classifier(data: SpriteData, kind: str = "A") -> tuple[nn.Module, float]:
-    """The classifier of feature space `kind` for this data, trained on first use and cached."""
+    """The classifier of feature space `kind` for this data: the shipped one (ddpm/classifiers) for
+    the DawnLike build, else trained on first use and cached."""
     from safetensors.torch import load_file, save_file
 
     architecture, seed = _classifier_kind(kind)
-    path = CACHE_DIR / f"{data_key(data, kind)}.safetensors"
-    if path.exists():
+    name = f"{data_key(data, kind)}.safetensors"
+    path = CACHE_DIR / name
+    for found in (SHIPPED_DIR / name, path):
+        if not found.exists():
+            continue
         try:
-            state = load_file(str(path))
+            state = load_file(str(found))
             acc = float(state.pop("heldout_accuracy").item())
             model = architecture(len(data.class_names), data.height)
             model.load_state_dict(state)

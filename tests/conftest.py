@@ -126,8 +126,10 @@ def small_train_data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def dawnlike():
     """The DawnLike sprites from ../shared/data/dawnlike (tests that use it skip when it is absent)."""
-    from ddpm.data import load_dawnlike
+    from ddpm.data import DAWNLIKE_DIR, load_dawnlike
 
+    if not DAWNLIKE_DIR.is_dir():
+        pytest.skip(f"needs the DawnLike sheets at {DAWNLIKE_DIR} (../shared/data/dawnlike)")
     return load_dawnlike()
 
 

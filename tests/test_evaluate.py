@@ -210,3 +210,24 @@ def test_settings_carry_spacing_and_guidance_interval():
     for bad in ("ddpm:8::spiral", "ddpm:8::quadratic:57", "ddpm:8::quadratic:a-b"):
         with pytest.raises(ValueError, match="spacing|interval"):
             ev.parse_settings(bad)
+
+
+def test_dawnlike_is_judged_by_the_shipped_classifiers_without_training(dawnlike, tmp_path, monkeypatch):
+    """Every machine uses the same feature spaces for DawnLike: the shipped files match the data
+    build's cache names, load as they are, and nothing is trained."""
+    from safetensors.torch import load_file
+
+    monkeypatch.setattr(ev, "CACHE_DIR", tmp_path / "cache")
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a shipped classifier was trained again")
+
+    monkeypatch.setattr(ev, "train_classifier", no_training)
+    for kind in ev.CLASSIFIERS:
+        shipped = ev.SHIPPED_DIR / f"{ev.data_key(dawnlike, kind)}.safetensors"
+        assert shipped.exists(), f"no shipped classifier {kind} for this DawnLike build ({shipped.name})"
+        model, acc = ev.cached_classifier(dawnlike, kind)
+        state = load_file(str(shipped))
+        assert acc == pytest.approx(float(state.pop("heldout_accuracy")))
+        assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    assert not (tmp_path / "cache").exists()
