@@ -61,11 +61,13 @@ from ddpm.model import inference_model  # noqa: E402
 from ddpm.sampling import (DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_SPACING, DEFAULT_STEPS,  # noqa: E402
                            check_guidance_interval, guidance_at, make_sampler, make_timesteps, predict_noise, sample)
 
-# Ancestral DDPM (posterior variance) from 500 down to 5 steps, evenly spaced and "quadratic"
-# (denser at low t, where the colours are decided) with guidance only for t in 57..320; the SDE
-# DPM-Solver++ on a log-SNR grid; one deterministic DDIM and DPM-Solver++ each for comparison.
-SETTINGS = ("ddpm:500,ddpm:50,ddpm:25,ddpm:15,ddpm:10,ddpm:8,ddpm:5,ddpm:10::quadratic:57-320,"
-            "ddpm:8::quadratic:57-320,ddpm:5::quadratic:57-320,dpm++sde:8::logsnr:57-320,"
+# Ancestral DDPM (posterior variance) from 500 down to 5 steps, evenly spaced ("trailing"); each
+# lever apart at 10 steps: "quadratic" spacing (denser at low t, where the colours are decided),
+# guidance only on an interval of t (low 57..320, high 150..500), and both; the SDE DPM-Solver++ on a
+# log-SNR grid; one deterministic DDIM and DPM-Solver++ each for comparison.
+SETTINGS = ("ddpm:500,ddpm:50,ddpm:25,ddpm:15,ddpm:10,ddpm:8,ddpm:5,ddpm:15::quadratic,ddpm:10::quadratic,"
+            "ddpm:10::trailing:150-500,ddpm:10::trailing:57-320,ddpm:10::quadratic:57-320,"
+            "ddpm:8::quadratic:57-320,ddpm:5::quadratic:57-320,dpm++sde:10::logsnr,dpm++sde:8::logsnr:57-320,"
             "dpm++sde:5::logsnr:57-320,ddim:10,dpm++:10")
 # Seconds for 16 sprites of one class that a default setting should meet, per precision.
 TIME_TARGETS = {"bf16": 0.25, "fp32": 0.5}
