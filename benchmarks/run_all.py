@@ -34,7 +34,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import socket
 import statistics
 import subprocess
@@ -53,7 +52,7 @@ import torch  # noqa: E402
 
 from ddpm.checkpoint import load_model, load_palette, load_schedule  # noqa: E402
 from ddpm.data import load_data  # noqa: E402
-from ddpm.device import PRECISIONS, bf16_is_fast, precision_autocast, resolve_precision  # noqa: E402
+from ddpm.device import PRECISIONS, bf16_is_fast, cpu_description, precision_autocast, resolve_precision  # noqa: E402
 from ddpm.evaluate import (Reference, Setting, Spread, feature_spaces, measure, parse_seeds,  # noqa: E402
                            parse_settings, results_json)
 from ddpm.limits import check_steps  # noqa: E402
@@ -750,7 +749,7 @@ def main(argv: list[str] | None = None) -> int:
                date=time.strftime("%Y-%m-%d"),
                args=dict(vars(args), samples_per_class=n, seeds=seeds, precision=precision),
                params=sum(q.numel() for q in model.parameters()), threads=torch.get_num_threads(),
-               cpus=os.cpu_count(), cpu=platform.processor() or platform.machine(), torch=torch.__version__,
+               cpus=os.cpu_count(), cpu=cpu_description(), torch=torch.__version__,
                load_before=os.getloadavg()[0], model_steps=trained_steps(args.model),
                settings=[setting_dict(s, args.guidance) for s in settings])
 

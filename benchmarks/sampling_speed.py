@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ import torch  # noqa: E402
 
 from ddpm.checkpoint import load_model, load_schedule  # noqa: E402
 from ddpm.conditioning import class_weights  # noqa: E402
+from ddpm.device import cpu_description  # noqa: E402
 from ddpm.evaluate import Setting, parse_settings  # noqa: E402
 from ddpm.limits import check_steps  # noqa: E402
 from ddpm.sampling import DEFAULT_GUIDANCE, sample, sample_steps  # noqa: E402
@@ -74,10 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"error: {e}") from None
     precisions = [s.strip() for s in args.precisions.split(",") if s.strip()]
     context = torch.stack([class_weights(model.class_names, 0)] * 16)
-    flags = [f for f in ("avx512_bf16", "amx_bf16") if f in Path("/proc/cpuinfo").read_text()] \
-        if Path("/proc/cpuinfo").exists() else []
     print(f"# {args.model}, 16 sprites, guidance {args.guidance:g}, {args.threads} threads, "
-          f"{platform.processor() or platform.machine()} ({', '.join(flags) or 'no bf16 flags'}), "
+          f"{cpu_description()}, "
           f"load average {os.getloadavg()[0]:.2f}, torch {torch.__version__}")
     best: dict[tuple[str, str], float] = {}
     for precision in precisions:  # warm-up: the folded inference copy, autocast's caches

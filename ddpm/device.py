@@ -8,6 +8,9 @@ as fp32 (precision_label).
 """
 from __future__ import annotations
 
+import platform
+from pathlib import Path
+
 import torch
 
 PRECISIONS = ("fp32", "bf16")                      # what the network can run in while sampling
@@ -46,6 +49,23 @@ def bf16_is_fast(device: torch.device | str = "cpu") -> bool:
         return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
+
+
+def cpu_description() -> str:
+    """The CPU's model name and its bf16 features, e.g. 'AMD EPYC (avx512_bf16)': speed figures
+    compare only between machines with the same ones."""
+    name, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                name = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+    except OSError:
+        pass
+    features = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
+    return f"{name} ({', '.join(features) or 'no bf16 features'})"
 
 
 def check_precision(precision: str) -> str:
