@@ -40,9 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .folder import CheckpointError
-
 from .checkpoint import load_model, load_palette, load_schedule
+from .folder import CheckpointError
 from .data import DataError, SpriteData, load_data
 from .device import PRECISIONS
 from .images import from_uint8, snap_to_palette, to_uint8
@@ -392,10 +391,14 @@ class Setting:
 
     @property
     def label(self) -> str:
-        extra = [self.options.get("spacing", "")]
+        """The setting as --settings spells it; the guidance is left out only where it is the default
+        and nothing follows it, so two settings never share a label."""
+        parts = [self.sampler, str(self.steps), f"{self.guidance:g}", self.options.get("spacing", "")]
         if "guidance_interval" in self.options:
-            extra.append("-".join(map(str, self.options["guidance_interval"])))
-        return ":".join([self.sampler, str(self.steps)] + ([f"{self.guidance:g}"] + extra if any(extra) else []))
+            parts.append("-".join(map(str, self.options["guidance_interval"])))
+        while len(parts) > 2 and (not parts[-1] or (len(parts) == 3 and self.guidance == DEFAULT_GUIDANCE)):
+            parts.pop()
+        return ":".join(parts)
 
 
 def parse_settings(text: str, guidance: float = DEFAULT_GUIDANCE) -> list[Setting]:

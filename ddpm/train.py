@@ -28,14 +28,13 @@ from pathlib import Path
 
 import torch
 
-from .folder import CheckpointError
-
 from .checkpoint import load_model, save_model
 from .data import DataError, SpriteData, load_data
 from .device import TRAINING_PRECISIONS, to_accelerate, training_precision
+from .folder import CheckpointError
 from .history import TOTALS, stage_since, training_stages
-from .losses import LOW_T_MAX, diffusion_loss, noise_error, training_batch
 from .images import to_uint8
+from .losses import LOW_T_MAX, diffusion_loss, noise_error, training_batch
 from .model import DEFAULT_N_FEAT, NORMS, TIME_EMBEDDINGS, ContextUnet, widen
 from .sampling import sample
 from .schedule import SCHEDULES, NoiseSchedule
@@ -330,6 +329,9 @@ def build_model(args: argparse.Namespace, data: SpriteData, checkpoint: tuple[di
     if checkpoint is not None:
         meta = checkpoint[1]
         model, schedule = ContextUnet(**meta["config"]), NoiseSchedule(**meta["schedule"])
+        if args.dropout is not None and args.dropout != model.dropout:
+            raise TrainingError(f"--dropout {args.dropout:g} with --resume: the checkpoint trains with dropout "
+                                f"{model.dropout:g}; resume without --dropout, or start a stage with --init-from")
     elif args.init_from:
         # a bad scheduler_config.json or training.json is one clear CheckpointError
         model = load_model(args.init_from)

@@ -231,3 +231,15 @@ def test_dawnlike_is_judged_by_the_shipped_classifiers_without_training(dawnlike
         assert acc == pytest.approx(float(state.pop("heldout_accuracy")))
         assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
     assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("text", ["ddpm:50", "ddpm:50:2", "ddpm:10::quadratic", "ddpm:10:1.5::57-320",
+                                  "dpm++sde:8:3:logsnr:57-320"])
+def test_a_setting_label_reads_back_as_the_same_setting(text):
+    setting = ev.parse_settings(text)[0]
+    assert ev.parse_settings(setting.label)[0] == setting
+
+
+def test_settings_that_differ_only_in_guidance_have_different_labels():
+    a, b = ev.parse_settings("ddpm:50,ddpm:50:2")
+    assert a.label != b.label

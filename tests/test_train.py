@@ -423,7 +423,7 @@ def test_diffusion_loss_is_the_noise_error_weighted_by_min_snr(tiny_unet):
 
 
 # --- regularisation -------------------------------------------------------------------------------------
-def test_dropout_and_weight_decay_train_and_are_recorded(train_data, tmp_path, restore_signals):
+def test_dropout_and_weight_decay_train_and_are_recorded(train_data, tmp_path, capsys, restore_signals):
     first = tmp_path / "first"
     assert train.main(train_args(train_data, first, 2)) == 0
     second = tmp_path / "second"  # grown from a model trained without dropout
@@ -436,7 +436,11 @@ def test_dropout_and_weight_decay_train_and_are_recorded(train_data, tmp_path, r
     card = (second / "model" / "README.md").read_text()
     assert "dropout 0.1" in card and "weight_decay 0.01" in card
     assert "dropout" not in (first / "model" / "README.md").read_text()  # listed only when used
-    # a resumed run keeps the dropout of its checkpoint
+    # a resumed run keeps the dropout of its checkpoint, and refuses another one in one line
+    capsys.readouterr()
+    assert train.main(train_args(train_data, second, 4, "--resume", "--dropout", 0.2)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "--dropout" in err and "\n" not in err, err
     assert train.main(train_args(train_data, second, 3, "--resume")) == 0
     assert load_model(second / "model").dropout == 0.1
 
