@@ -272,8 +272,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dropout", type=float, default=None, metavar="P",
                    help="dropout in the residual blocks (Ho et al. 2020); default 0 for a new network, "
                         "the model's own with --init-from")
-    p.add_argument("--weight-decay", type=float, default=0, metavar="W",
-                   help="decoupled weight decay (AdamW); 0 is plain Adam")
+    p.add_argument("--weight-decay", type=float, default=None, metavar="W",
+                   help="decoupled weight decay (AdamW) of the kernels and matrices; 0 is plain Adam; default 0, "
+                        "the checkpoint's own with --resume")
     p.add_argument("--schedule", choices=SCHEDULES, default="linear")
     p.add_argument("--T", type=int, default=500)
     p.add_argument("--precision", choices=["auto", *TRAINING_PRECISIONS], default="auto",
@@ -305,7 +306,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--low-t-max must be at least 1")
     if args.dropout is not None and not 0 <= args.dropout < 1:
         p.error("--dropout must lie in [0, 1)")
-    if not (math.isfinite(args.weight_decay) and args.weight_decay >= 0):
+    if args.weight_decay is not None and not (math.isfinite(args.weight_decay) and args.weight_decay >= 0):
         p.error("--weight-decay must be 0 (off) or a positive number")
     if not (math.isfinite(args.min_snr) and args.min_snr >= 0):
         p.error("--min-snr must be 0 (off) or a positive number such as 5")
@@ -383,6 +384,15 @@ class Trainer:
             if not (self.out / CHECKPOINT).exists():
                 raise TrainingError(f"{self.out / CHECKPOINT}: no checkpoint to resume from")
             checkpoint = load_checkpoint(self.out / CHECKPOINT)
+            # the optimizer's state belongs to its weight decay: another one would be a different run
+            trained = checkpoint[1]["args"].get("weight_decay") or 0.0
+            if args.weight_decay is not None and args.weight_decay != trained:
+                raise TrainingError(f"--weight-decay {args.weight_decay:g} with --resume: the checkpoint trains with "
+                                    f"weight decay {trained:g}; resume without --weight-decay, or start a stage "
+                                    "with --init-from")
+            args.weight_decay = trained
+        elif args.weight_decay is None:
+            args.weight_decay = 0.0
         torch.manual_seed(args.seed)  # the initial weights too: the same --seed gives the same run
         self.model, self.schedule, self.history = build_model(args, self.data, checkpoint)
         self.model.train()
@@ -390,7 +400,12 @@ class Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         if args.weight_decay:
-            self.opt = torch.optim.AdamW(self.model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+            # As nanoGPT does: decay the conv kernels and linear matrices, not the biases and norm
+            # scales, which set the level and the gain of each channel rather than fit the data.
+            params = [p for p in self.model.parameters() if p.requires_grad]
+            groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": args.weight_decay},
+                      {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+            self.opt = torch.optim.AdamW(groups, lr=args.lr)
         else:
             self.opt = torch.optim.Adam(self.model.parameters(), lr=args.lr)
         self.generator = torch.Generator().manual_seed(args.seed + self.accelerator.process_index)

@@ -441,8 +441,12 @@ def test_dropout_and_weight_decay_train_and_are_recorded(train_data, tmp_path, c
     assert train.main(train_args(train_data, second, 4, "--resume", "--dropout", 0.2)) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "--dropout" in err and "\n" not in err, err
+    assert train.main(train_args(train_data, second, 4, "--resume", "--weight-decay", 0.1)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "--weight-decay" in err and "\n" not in err, err
     assert train.main(train_args(train_data, second, 3, "--resume")) == 0
     assert load_model(second / "model").dropout == 0.1
+    assert json.loads((second / "model" / "training.json").read_text())["stages"][-1]["recipe"]["weight_decay"] == 0.01
 
 
 def test_weight_decay_selects_adamw(train_data, tmp_path):
@@ -450,7 +454,14 @@ def test_weight_decay_selects_adamw(train_data, tmp_path):
     decayed = train.Trainer(train.parse_args(train_args(train_data, tmp_path / "b", 1, "--weight-decay", 0.05)))
     assert type(plain.opt.optimizer if hasattr(plain.opt, "optimizer") else plain.opt) is torch.optim.Adam
     inner = decayed.opt.optimizer if hasattr(decayed.opt, "optimizer") else decayed.opt
-    assert type(inner) is torch.optim.AdamW and inner.param_groups[0]["weight_decay"] == 0.05
+    assert type(inner) is torch.optim.AdamW
+    decay, keep = inner.param_groups
+    # kernels and matrices decay; biases and norm scales do not; every trainable weight is in one group
+    assert decay["weight_decay"] == 0.05 and keep["weight_decay"] == 0
+    assert decay["params"] and all(p.dim() >= 2 for p in decay["params"])
+    assert keep["params"] and all(p.dim() == 1 for p in keep["params"])
+    trainable = {id(p) for p in decayed.model.parameters() if p.requires_grad}
+    assert {id(p) for p in decay["params"] + keep["params"]} == trainable
 
 
 def test_batchnorm_recalibration_gives_the_statistics_without_dropout():
