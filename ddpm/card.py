@@ -37,7 +37,7 @@ scheduler_config.json holds the noise schedule in diffusers' format (`DDPMSchedu
 - Data: the [DawnLike 16x16 tileset]({dawnlike}) by **DragonDePlatino**, palette by **DawnBringer**
   (CC-BY 4.0), sliced into 16x16 cells, empty cells and exact duplicates dropped, transparency on
   white. Sprites per class: {counts}.
-- Architecture: n_feat {n_feat}, norm {norm}, time embedding {time_embedding}.
+- Architecture: n_feat {n_feat}, norm {norm}, time embedding {time_embedding}{attention}.
 - Recipe: Adam, MSE on the noise, t ~ U{{1..T}}, horizontal flips, EMA weights shipped.
 - Trained for {steps:,} steps ({images:,} images) in {hours:.2f} hours ({precision}), in stages
   (each later stage continued from the weights the one before it exported):
@@ -102,6 +102,7 @@ def model_card(config: dict, n_params: int, info: dict | None, evaluation: str |
         classes=", ".join(config["class_names"]), dawnlike=DAWNLIKE_URL,
         counts=", ".join(f"{k} {v}" for k, v in info.get("data_counts", {}).items()) or "unknown",
         n_feat=config["n_feat"], norm=config["norm"], time_embedding=config["time_embedding"],
+        attention=", self-attention on the 8x8 and smaller feature maps" if config.get("attention") else "",
         stages=stage_lines(info) if info else "  (no training history recorded)",
         steps=info.get("steps", 0), images=info.get("images", 0), hours=info.get("seconds", 0) / 3600,
         precision=overall_precision(info),

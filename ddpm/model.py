@@ -37,6 +37,7 @@ from .schedule import NoiseSchedule
 NORMS = ("batch", "group")
 TIME_EMBEDDINGS = ("scalar", "sinusoidal")
 MIN_HEIGHT, BOTTLENECK = 16, 4
+ATTENTION_SIZE = 8  # the widest feature map the attention option attends over (64 positions)
 DEFAULT_N_FEAT = 64  # the course's width
 
 
@@ -112,6 +113,33 @@ class EmbedFC(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x.reshape(-1, self.input_dim))
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention over the pixels of a feature map, added back to its input.
+
+    As in the DDPM U-Net (Ho et al. 2020, at 16x16 there): GroupNorm, one 1x1 conv to queries, keys
+    and values, attention over all H*W positions, a 1x1 output conv. The output conv starts at zero,
+    so a block added to a trained network leaves its function unchanged until training moves it.
+    """
+
+    HEAD_CHANNELS = 32
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.heads = max(1, channels // self.HEAD_CHANNELS)
+        self.norm = nn.GroupNorm(min(8, channels), channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj = nn.Conv2d(channels, channels, 1)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        # (B, 3, heads, H*W, C/heads): one sequence of H*W tokens per head
+        qkv = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, h * w).transpose(-1, -2)
+        out = nn.functional.scaled_dot_product_attention(qkv[:, 0], qkv[:, 1], qkv[:, 2])
+        return x + self.proj(out.transpose(-1, -2).reshape(b, c, h, w))
 
 
 class SinusoidalTime(nn.Module):
@@ -192,6 +220,9 @@ def widen(model: "ContextUnet", n_feat: int, generator: torch.Generator | None =
     weight, so the output is unchanged but the copies get different gradients and grow apart in
     training instead of staying twins. Used to continue a trained model with more capacity.
     """
+    if model.attention:
+        # repeated query and key channels would scale every attention logit by the factor
+        raise ValueError("a network with self-attention cannot be widened this way")
     factor, rest = divmod(n_feat, model.n_feat)
     if rest or factor < 1:
         raise ValueError(f"n_feat {n_feat} is not a whole multiple of the model's {model.n_feat}")
@@ -265,6 +296,7 @@ class ContextUnet(
         norm: str = "batch",
         time_embedding: str = "scalar",
         dropout: float = 0.0,
+        attention: bool = False,
     ):
         super().__init__()
         if height < MIN_HEIGHT or height & (height - 1):
@@ -280,13 +312,21 @@ class ContextUnet(
             raise ValueError(f"{len(class_names)} class names for {n_classes} classes")
         self.in_channels, self.n_feat, self.n_classes, self.height = in_channels, n_feat, n_classes, height
         self.class_names, self.norm, self.time_embedding = class_names, norm, time_embedding
-        self.dropout = float(dropout)
+        self.dropout, self.attention = float(dropout), bool(attention)
         self.noise_schedule, self.palette, self.training_info, self.evaluation = None, None, None, None
 
         channels = level_channels(n_feat, height)
         self.init_conv = ResidualConvBlock(in_channels, n_feat, is_res=True, norm=norm, dropout=dropout)
         self.downs = nn.ModuleList(UnetDown(c_in, c_out, norm, dropout)
                                    for c_in, c_out in zip([n_feat] + channels, channels))
+        if self.attention:
+            # after every down and up level whose maps are at most ATTENTION_SIZE wide, where attending
+            # over all positions costs little (at 16 px: 8x8 and 4x4 down, 8x8 up)
+            def attend(c: int, size: int) -> nn.Module:
+                return SelfAttention(c) if size <= ATTENTION_SIZE else nn.Identity()
+            self.down_attention = nn.ModuleList(attend(c, height >> (i + 1)) for i, c in enumerate(channels))
+            self.up_attention = nn.ModuleList(attend(c, height >> i)
+                                              for i, c in enumerate([n_feat] + channels[:-1]))
         self.to_vec = nn.Sequential(nn.AvgPool2d(BOTTLENECK), nn.GELU())
         top = channels[-1]
         self.up0 = nn.Sequential(
@@ -317,8 +357,10 @@ class ContextUnet(
         x = self.init_conv(x)
         skips = []
         h = x
-        for down in self.downs:
+        for i, down in enumerate(self.downs):
             h = down(h)
+            if self.attention:
+                h = self.down_attention[i](h)
             skips.append(h)
         h = self.up0(self.to_vec(h))
         t_feat = self.time_features(t.to(x.dtype).reshape(-1, 1))
@@ -334,6 +376,8 @@ class ContextUnet(
             t_emb = self.time_embeds[i](t_feat).view(-1, channels, 1, 1)
             # As in the course: the context scales the features, the time shifts them.
             h = self.ups[i](c_emb * h + t_emb, skips[i])
+            if self.attention:
+                h = self.up_attention[i](h)
         return self.out(torch.cat((h, x), 1))
 
     def forward_guided(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor, guidance: float) -> torch.Tensor:
@@ -357,7 +401,7 @@ class ContextUnet(
         return dict(
             in_channels=self.in_channels, n_feat=self.n_feat, n_classes=self.n_classes, height=self.height,
             class_names=self.class_names, norm=self.norm, time_embedding=self.time_embedding,
-            dropout=self.dropout,
+            dropout=self.dropout, attention=self.attention,
         )
 
     # --- the Hub mixin, on the folder format of ddpm.folder ------------------------------------------

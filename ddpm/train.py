@@ -272,6 +272,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dropout", type=float, default=None, metavar="P",
                    help="dropout in the residual blocks (Ho et al. 2020); default 0 for a new network, "
                         "the model's own with --init-from")
+    p.add_argument("--attention", action="store_true",
+                   help="self-attention on the 8x8 and smaller feature maps; with --init-from, added to the "
+                        "model's network, where it starts as the identity")
     p.add_argument("--weight-decay", type=float, default=None, metavar="W",
                    help="decoupled weight decay (AdamW) of the kernels and matrices; 0 is plain Adam; default 0, "
                         "the checkpoint's own with --resume")
@@ -333,6 +336,9 @@ def build_model(args: argparse.Namespace, data: SpriteData, checkpoint: tuple[di
         if args.dropout is not None and args.dropout != model.dropout:
             raise TrainingError(f"--dropout {args.dropout:g} with --resume: the checkpoint trains with dropout "
                                 f"{model.dropout:g}; resume without --dropout, or start a stage with --init-from")
+        if args.attention and not model.attention:
+            raise TrainingError("--attention with --resume: the checkpoint's network has none; start a stage "
+                                "with --init-from to add it")
     elif args.init_from:
         # a bad scheduler_config.json or training.json is one clear CheckpointError
         model = load_model(args.init_from)
@@ -345,14 +351,17 @@ def build_model(args: argparse.Namespace, data: SpriteData, checkpoint: tuple[di
                 model = widen(model, args.n_feat, torch.Generator().manual_seed(args.seed))
             except ValueError as e:
                 raise TrainingError(f"--n-feat with --init-from: {e}") from None
-        if args.dropout is not None and args.dropout != model.dropout:
-            # dropout has no weights: the same state_dict in a network that drops activations
-            with_dropout = ContextUnet(**dict(model.config_dict, dropout=args.dropout))
-            with_dropout.load_state_dict(model.state_dict())
-            model = with_dropout
+        if args.dropout is not None and args.dropout != model.dropout or args.attention and not model.attention:
+            # dropout has no weights, and new attention blocks start as the identity: the same function
+            # in a network that drops activations or attends
+            grown = ContextUnet(**dict(model.config_dict, dropout=model.dropout if args.dropout is None else args.dropout,
+                                       attention=model.attention or args.attention))
+            keys = grown.load_state_dict(model.state_dict(), strict=False)
+            assert not keys.unexpected_keys and all("attention" in k for k in keys.missing_keys), keys
+            model = grown
     else:
         model = ContextUnet(3, args.n_feat or DEFAULT_N_FEAT, len(data.class_names), args.height,
-                            data.class_names, args.norm, args.time_embedding, args.dropout or 0.0)
+                            data.class_names, args.norm, args.time_embedding, args.dropout or 0.0, args.attention)
         schedule = NoiseSchedule(args.T, args.schedule)
     if model.class_names != data.class_names:
         raise TrainingError(f"the model's classes {model.class_names} differ from the data's {data.class_names}")

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ddpm.model import ContextUnet, EmbedFC, ResidualConvBlock, level_channels, widen
+from ddpm.model import ContextUnet, EmbedFC, ResidualConvBlock, SelfAttention, inference_model, level_channels, widen
 
 from helpers import CLASSES
 
@@ -219,3 +219,50 @@ def test_dropout_adds_no_weights_and_acts_only_in_training():
 def test_dropout_outside_zero_to_one_raises(p):
     with pytest.raises(ValueError, match="dropout"):
         ContextUnet(n_feat=16, class_names=CLASSES, dropout=p)
+
+
+# --- self-attention -------------------------------------------------------------------------------
+@pytest.mark.parametrize("height, attended", [(16, [8, 4, 8]), (32, [8, 4, 8])])
+def test_attention_sits_on_the_8x8_and_smaller_maps(height, attended):
+    model = ContextUnet(n_feat=8, height=height, class_names=CLASSES, attention=True)
+    sizes = []
+    for block in [*model.down_attention, *model.up_attention]:
+        if isinstance(block, SelfAttention):
+            block.register_forward_hook(lambda m, args, out: sizes.append(out.shape[-1]))
+    x, out = run_forward_backward(model)
+    assert out.shape == x.shape and sorted(sizes) == sorted(attended)
+    assert ContextUnet(**model.config_dict).attention is True
+    assert not any("attention" in k for k in ContextUnet(n_feat=8, class_names=CLASSES).state_dict())
+
+
+def test_attention_starts_as_the_identity_and_then_changes_the_output():
+    """Blocks added to a trained network leave its function as it was; once their output conv has
+    weights they do act, and the BatchNorm-folded inference copy computes the same as the model."""
+    torch.manual_seed(0)
+    plain = ContextUnet(n_feat=16, class_names=CLASSES).eval()
+    attending = ContextUnet(n_feat=16, class_names=CLASSES, attention=True).eval()
+    keys = attending.load_state_dict(plain.state_dict(), strict=False)
+    assert not keys.unexpected_keys and keys.missing_keys and all("attention" in k for k in keys.missing_keys)
+    x, t, c = torch.randn(4, 3, 16, 16), torch.rand(4), torch.eye(5)[:4]
+    with torch.no_grad():
+        assert torch.equal(plain(x, t, c), attending(x, t, c))
+        for block in attending.down_attention:
+            torch.nn.init.normal_(block.proj.weight, std=0.1)
+        out = attending(x, t, c)
+        assert not torch.allclose(out, plain(x, t, c), atol=1e-3)
+        assert torch.allclose(inference_model(attending)(x, t, c), out, atol=1e-5)
+
+
+def test_attention_mixes_positions():
+    """Each output pixel depends on pixels far from it (a 3x3 conv alone reaches one pixel away)."""
+    torch.manual_seed(0)
+    block = SelfAttention(32)
+    torch.nn.init.normal_(block.proj.weight, std=0.1)
+    x = torch.randn(1, 32, 8, 8, requires_grad=True)
+    block(x)[0, :, 0, 0].sum().backward()
+    assert x.grad[0, :, 7, 7].abs().sum() > 0 and block.heads == 1
+
+
+def test_a_network_with_attention_is_not_widened():
+    with pytest.raises(ValueError, match="attention"):
+        widen(ContextUnet(n_feat=8, class_names=CLASSES, attention=True), 16)

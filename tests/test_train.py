@@ -464,6 +464,29 @@ def test_weight_decay_selects_adamw(train_data, tmp_path):
     assert {id(p) for p in decay["params"] + keep["params"]} == trainable
 
 
+def test_init_from_with_attention_grows_the_network_and_resume_keeps_it(train_data, tmp_path, capsys,
+                                                                        restore_signals):
+    # GroupNorm: a training step moves BatchNorm's running statistics even at a zero learning rate
+    first = tmp_path / "first"
+    assert train.main(train_args(train_data, first, 2, "--norm", "group")) == 0
+    capsys.readouterr()
+    assert train.main(train_args(train_data, first, 3, "--resume", "--attention")) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "--attention" in err and "\n" not in err, err
+    second = tmp_path / "second"
+    assert train.main(train_args(train_data, second, 1, "--init-from", first / "model", "--attention",
+                                 "--lr", "1e-12")) == 0
+    small, grown = load_model(first / "model"), load_model(second / "model")
+    assert grown.attention and not small.attention
+    # one step at a negligible learning rate: the new blocks still start as the identity
+    x, t, c = torch.randn(4, 3, 16, 16), torch.rand(4), torch.eye(5)[:4]
+    with torch.no_grad():
+        assert torch.allclose(grown(x, t, c), small(x, t, c), atol=1e-4)
+    assert "self-attention" in (second / "model" / "README.md").read_text()
+    assert train.main(train_args(train_data, second, 2, "--resume", "--lr", "1e-12")) == 0  # keeps its attention
+    assert load_model(second / "model").attention
+
+
 def test_batchnorm_recalibration_gives_the_statistics_without_dropout():
     """After recalibration each BatchNorm holds the mean and variance of what reaches it when
     nothing is dropped; the statistics gathered in training (with dropout) are replaced."""
