@@ -37,7 +37,7 @@ scheduler_config.json holds the noise schedule in diffusers' format (`DDPMSchedu
 - Data: the [DawnLike 16x16 tileset]({dawnlike}) by **DragonDePlatino**, palette by **DawnBringer**
   (CC-BY 4.0), sliced into 16x16 cells, empty cells and exact duplicates dropped, transparency on
   white. Sprites per class: {counts}.
-- Architecture: n_feat {n_feat}, norm {norm}, time embedding {time_embedding}{attention}.
+- Architecture: n_feat {n_feat}, norm {norm}, time embedding {time_embedding}{attention}{guidance}.
 - Recipe: Adam, MSE on the noise, t ~ U{{1..T}}, horizontal flips, EMA weights shipped.
 - Trained for {steps:,} steps ({images:,} images) in {hours:.2f} hours ({precision}), in stages
   (each later stage continued from the weights the one before it exported):
@@ -54,11 +54,11 @@ DragonDePlatino, DawnBringer palette by DawnBringer.
 """
 NO_EVALUATION = "Run `python -m ddpm.evaluate --model <folder> --write-card` for the table."
 
-RECIPE_KEYS = ["n_feat", "batch_size", "lr", "warmup", "ema", "p_uncond", "dropout", "weight_decay", "min_snr",
-               "low_t_share", "low_t_max", "schedule", "T", "seed"]
+RECIPE_KEYS = ["n_feat", "distill_guidance", "batch_size", "lr", "warmup", "ema", "p_uncond", "dropout",
+               "weight_decay", "min_snr", "low_t_share", "low_t_max", "schedule", "T", "seed"]
 # Options listed only when a stage used them: the course's uniform loss and no regularisation are the
 # unstated defaults.
-UNLESS_OFF = {"dropout": "dropout", "weight_decay": "weight_decay", "min_snr": "min_snr",
+UNLESS_OFF = {"distill_guidance": "distill_guidance", "dropout": "dropout", "weight_decay": "weight_decay", "min_snr": "min_snr",
               "low_t_share": "low_t_share", "low_t_max": "low_t_share"}
 
 
@@ -103,6 +103,9 @@ def model_card(config: dict, n_params: int, info: dict | None, evaluation: str |
         counts=", ".join(f"{k} {v}" for k, v in info.get("data_counts", {}).items()) or "unknown",
         n_feat=config["n_feat"], norm=config["norm"], time_embedding=config["time_embedding"],
         attention=", self-attention on the 8x8 and smaller feature maps" if config.get("attention") else "",
+        guidance=(f"; the guidance scale is an input, distilled from a teacher's classifier-free guidance for "
+                  f"scales 0 to {config['distilled_guidance']:g} (one pass a step)")
+                 if config.get("distilled_guidance") else "",
         stages=stage_lines(info) if info else "  (no training history recorded)",
         steps=info.get("steps", 0), images=info.get("images", 0), hours=info.get("seconds", 0) / 3600,
         precision=overall_precision(info),

@@ -5,6 +5,7 @@ network, given x_t, t / T and the class context, predicts eps; the loss is the m
 that prediction. The trainer minimises it over random batches (training_batch); ddpm.evaluate reports the
 same error per range of t. Two recipe options change what training averages, both off by default,
 as in the course: min-SNR weights (min_snr_weights) and a share of low times (training_batch's low_t_share).
+A student distilled for guidance learns instead from a teacher's guided prediction (guidance_distillation_error).
 """
 from __future__ import annotations
 
@@ -34,6 +35,28 @@ def noise_error(model: torch.nn.Module, schedule: NoiseSchedule, x0: torch.Tenso
     with autocast():
         predicted = model(x_t, (t.float() / schedule.T).to(x_t.device), context)
     return (predicted.float() - noise).pow(2).mean((1, 2, 3))
+
+
+def guidance_distillation_error(student: torch.nn.Module, teacher: torch.nn.Module, schedule: NoiseSchedule,
+                                x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
+                                guidance: torch.Tensor, channels_last: bool = False,
+                                autocast: Callable[[], ContextManager] = contextlib.nullcontext) -> torch.Tensor:
+    """The squared error of the student's one-pass prediction at guidance w against the teacher's
+    classifier-free guided noise at w, one mean per sprite (B,), in fp32.
+
+    Stage one of Meng et al. 2023 ("On Distillation of Guided Diffusion Models", eq. 4): x_t from
+    training sprites as in noise_error, w (B,) one guidance scale per sprite; the teacher (in eval
+    mode, not trained) computes eps_c + w (eps_c - eps_0) with its two passes.
+    """
+    x_t = schedule.add_noise(x0, noise, t)
+    if channels_last:
+        x_t = x_t.contiguous(memory_format=torch.channels_last)
+    time = (t.float() / schedule.T).to(x_t.device)
+    with autocast():
+        with torch.no_grad():
+            target = teacher.forward_guided(x_t, time, context, guidance)
+        predicted = student(x_t, time, context, guidance)
+    return (predicted.float() - target.float()).pow(2).mean((1, 2, 3))
 
 
 def min_snr_weights(snr: torch.Tensor, gamma: float) -> torch.Tensor:

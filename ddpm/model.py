@@ -9,6 +9,10 @@ Changes from the course's notebook, and why:
 - norm ("batch" as in the course, or "group") and the time embedding ("scalar" t/T through
   EmbedFC as in the course, or "sinusoidal") are config options; the course's choice is the default.
 
+A network distilled for guidance (distilled_guidance > 0, Meng et al. 2023, "On Distillation of
+Guided Diffusion Models", stage one) also takes the guidance scale w and gives, in one pass, what
+classifier-free guidance gives with two.
+
 The network knows nothing about the noise schedule: it takes x_t, the normalised time t/T in
 [0, 1] and a context vector (one-hot class, a mix of classes, or zeros for unconditional).
 
@@ -223,6 +227,8 @@ def widen(model: "ContextUnet", n_feat: int, generator: torch.Generator | None =
     if model.attention:
         # repeated query and key channels would scale every attention logit by the factor
         raise ValueError("a network with self-attention cannot be widened this way")
+    if model.distilled_guidance:
+        raise ValueError("a network distilled for guidance cannot be widened: widen its teacher")
     factor, rest = divmod(n_feat, model.n_feat)
     if rest or factor < 1:
         raise ValueError(f"n_feat {n_feat} is not a whole multiple of the model's {model.n_feat}")
@@ -297,6 +303,7 @@ class ContextUnet(
         time_embedding: str = "scalar",
         dropout: float = 0.0,
         attention: bool = False,
+        distilled_guidance: float = 0.0,
     ):
         super().__init__()
         if height < MIN_HEIGHT or height & (height - 1):
@@ -307,12 +314,16 @@ class ContextUnet(
             raise ValueError(f"time_embedding must be one of {TIME_EMBEDDINGS}, got {time_embedding!r}")
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must lie in [0, 1), got {dropout!r}")
+        if not (math.isfinite(distilled_guidance) and distilled_guidance >= 0):
+            raise ValueError(f"distilled_guidance must be 0 (none) or a positive guidance scale, "
+                             f"got {distilled_guidance!r}")
         class_names = list(class_names) if class_names else [f"class_{i}" for i in range(n_classes)]
         if len(class_names) != n_classes:
             raise ValueError(f"{len(class_names)} class names for {n_classes} classes")
         self.in_channels, self.n_feat, self.n_classes, self.height = in_channels, n_feat, n_classes, height
         self.class_names, self.norm, self.time_embedding = class_names, norm, time_embedding
         self.dropout, self.attention = float(dropout), bool(attention)
+        self.distilled_guidance = float(distilled_guidance)
         self.noise_schedule, self.palette, self.training_info, self.evaluation = None, None, None, None
 
         channels = level_channels(n_feat, height)
@@ -344,13 +355,25 @@ class ContextUnet(
             t_dim = 1
         self.time_embeds = nn.ModuleList(EmbedFC(t_dim, c) for c in channels)
         self.context_embeds = nn.ModuleList(EmbedFC(n_classes, c) for c in channels)
+        if self.distilled_guidance:
+            # The guided context w * c adds to the scale the context gives the features and to the
+            # shift the time gives them. Its embedding starts at zero, so a student grown from a
+            # teacher begins as the teacher's conditional network; a zero context (unconditional)
+            # gives the same input for every w, as guidance of it would.
+            self.guidance_embeds = nn.ModuleList(EmbedFC(n_classes, 2 * c) for c in channels)
+            for embed in self.guidance_embeds:
+                nn.init.zeros_(embed.model[-1].weight)
+                nn.init.zeros_(embed.model[-1].bias)
         self.out = nn.Sequential(
             nn.Conv2d(2 * n_feat, n_feat, 3, 1, 1), nn.GroupNorm(8, n_feat), nn.ReLU(),
             nn.Conv2d(n_feat, in_channels, 3, 1, 1),
         )
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        return self.decode(self.encode(x, t), c)
+    def forward(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor,
+                guidance: float | torch.Tensor = 0.0) -> torch.Tensor:
+        """The noise in x. `guidance` (a scale, or one per sprite (B,)) is an input of a network with
+        distilled_guidance only; forward_guided is what samplers call."""
+        return self.decode(self.encode(x, t), c, guidance)
 
     def encode(self, x: torch.Tensor, t: torch.Tensor) -> tuple:
         """The part of forward that never sees the context: the down path, up0 and the time features."""
@@ -366,42 +389,53 @@ class ContextUnet(
         t_feat = self.time_features(t.to(x.dtype).reshape(-1, 1))
         return x, skips, h, t_feat
 
-    def decode(self, encoded: tuple, c: torch.Tensor) -> torch.Tensor:
+    def decode(self, encoded: tuple, c: torch.Tensor, guidance: float | torch.Tensor = 0.0) -> torch.Tensor:
         """The context-dependent rest of forward, from what encode() returned."""
         x, skips, h, t_feat = encoded
         c = c.to(x.dtype)
+        if self.distilled_guidance:
+            guided_c = c * torch.as_tensor(guidance, dtype=c.dtype, device=c.device).reshape(-1, 1)
         for i in reversed(range(len(self.ups))):
             channels = h.shape[1]
             c_emb = self.context_embeds[i](c).view(-1, channels, 1, 1)
             t_emb = self.time_embeds[i](t_feat).view(-1, channels, 1, 1)
+            if self.distilled_guidance:
+                scale, shift = self.guidance_embeds[i](guided_c).view(-1, 2 * channels, 1, 1).chunk(2, 1)
+                c_emb, t_emb = c_emb + scale, t_emb + shift
             # As in the course: the context scales the features, the time shifts them.
             h = self.ups[i](c_emb * h + t_emb, skips[i])
             if self.attention:
                 h = self.up_attention[i](h)
         return self.out(torch.cat((h, x), 1))
 
-    def forward_guided(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor, guidance: float) -> torch.Tensor:
-        """Classifier-free guidance, eps_c + guidance (eps_c - eps_0), with the encoder run once.
+    def forward_guided(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor,
+                       guidance: float | torch.Tensor) -> torch.Tensor:
+        """Classifier-free guidance, eps_c + guidance (eps_c - eps_0), in fp32, with the encoder run once.
 
         The context enters only on the up path, so the conditional and the unconditional (zero
         context) passes share encode(); only decode() runs on the doubled batch. Equal to two
         forward() calls up to float rounding, at about 3/4 of their cost for the course network
-        (BatchNorm in eval mode treats every sample on its own).
+        (BatchNorm in eval mode treats every sample on its own). `guidance` is a scale or one per
+        sprite (B,). A network with distilled_guidance gives guidance up to that scale in one pass;
+        beyond it, it guides itself as a teacher would, from its passes at guidance 0.
         """
+        if self.distilled_guidance and bool((torch.as_tensor(guidance) <= self.distilled_guidance).all()):
+            return self(x, t, c, guidance).float()
         x, skips, h, t_feat = self.encode(x, t)
         b = x.shape[0]
         two = lambda v: torch.cat((v, v))  # noqa: E731
         eps = self.decode((two(x), [two(s) for s in skips], two(h), two(t_feat)),
                           torch.cat((c, torch.zeros_like(c)))).float()
         eps_cond, eps_uncond = eps[:b], eps[b:]
-        return eps_cond + guidance * (eps_cond - eps_uncond)
+        scale = torch.as_tensor(guidance, dtype=eps.dtype, device=eps.device).reshape(-1, 1, 1, 1)
+        return eps_cond + scale * (eps_cond - eps_uncond)
 
     @property
     def config_dict(self) -> dict:
         return dict(
             in_channels=self.in_channels, n_feat=self.n_feat, n_classes=self.n_classes, height=self.height,
             class_names=self.class_names, norm=self.norm, time_embedding=self.time_embedding,
-            dropout=self.dropout, attention=self.attention,
+            dropout=self.dropout, attention=self.attention, distilled_guidance=self.distilled_guidance,
         )
 
     # --- the Hub mixin, on the folder format of ddpm.folder ------------------------------------------

@@ -34,8 +34,8 @@ from .device import TRAINING_PRECISIONS, to_accelerate, training_precision
 from .folder import CheckpointError
 from .history import TOTALS, stage_since, training_stages
 from .images import to_uint8
-from .losses import LOW_T_MAX, diffusion_loss, noise_error, training_batch
-from .model import DEFAULT_N_FEAT, NORMS, TIME_EMBEDDINGS, ContextUnet, widen
+from .losses import LOW_T_MAX, diffusion_loss, guidance_distillation_error, noise_error, training_batch
+from .model import DEFAULT_N_FEAT, NORMS, TIME_EMBEDDINGS, ContextUnet, inference_model, widen
 from .sampling import sample
 from .schedule import SCHEDULES, NoiseSchedule
 
@@ -149,12 +149,16 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], groups: list) -> dict
     return {"state": state, "param_groups": groups}
 
 
-def save_checkpoint(path: Path, model, ema, opt, step: int, generator: torch.Generator, meta: dict) -> None:
-    """Everything needed to continue exactly, in one safetensors file, replaced atomically."""
+def save_checkpoint(path: Path, model, ema, opt, step: int, generator: torch.Generator, meta: dict,
+                    teacher: torch.nn.Module | None = None) -> None:
+    """Everything needed to continue exactly, in one safetensors file, replaced atomically (with the
+    teacher of a distillation, so that resuming needs nothing but this file)."""
     from safetensors.torch import save_file
 
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     tensors.update({f"ema.{k}": v.detach().cpu().contiguous() for k, v in ema.state_dict().items()})
+    if teacher is not None:
+        tensors.update({f"teacher.{k}": v.detach().cpu().contiguous() for k, v in teacher.state_dict().items()})
     opt_tensors, groups = _flatten_optimizer(opt)
     tensors.update({k: v.cpu() for k, v in opt_tensors.items()})
     tensors["rng.data"] = generator.get_state()
@@ -278,6 +282,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--weight-decay", type=float, default=None, metavar="W",
                    help="decoupled weight decay (AdamW) of the kernels and matrices; 0 is plain Adam; default 0, "
                         "the checkpoint's own with --resume")
+    p.add_argument("--distill-guidance", type=float, default=None, metavar="W_MAX",
+                   help="with --init-from: train a student of that model that takes the guidance scale as an "
+                        "input and gives classifier-free guidance's prediction for any scale in [0, W_MAX] in one "
+                        "pass (Meng et al. 2023), instead of training on the data's noise")
     p.add_argument("--schedule", choices=SCHEDULES, default="linear")
     p.add_argument("--T", type=int, default=500)
     p.add_argument("--precision", choices=["auto", *TRAINING_PRECISIONS], default="auto",
@@ -311,6 +319,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--dropout must lie in [0, 1)")
     if args.weight_decay is not None and not (math.isfinite(args.weight_decay) and args.weight_decay >= 0):
         p.error("--weight-decay must be 0 (off) or a positive number")
+    if args.distill_guidance is not None and not (math.isfinite(args.distill_guidance) and args.distill_guidance > 0):
+        p.error("--distill-guidance must be a positive guidance scale such as 4")
+    if args.distill_guidance is not None and not (args.init_from or args.resume):
+        p.error("--distill-guidance needs a teacher: --init-from a trained model (or --resume a distillation)")
     if not (math.isfinite(args.min_snr) and args.min_snr >= 0):
         p.error("--min-snr must be 0 (off) or a positive number such as 5")
     return args
@@ -318,21 +330,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 # --- building or restoring the model --------------------------------------------------------------
 def build_model(args: argparse.Namespace, data: SpriteData, checkpoint: tuple[dict, dict] | None = None
-                ) -> tuple[ContextUnet, NoiseSchedule, dict]:
-    """The model a run trains, its noise schedule, and the history behind it, in one of three ways:
+                ) -> tuple[ContextUnet, NoiseSchedule, dict, ContextUnet | None]:
+    """The model a run trains, its noise schedule, the history behind it and, when it distils
+    guidance, its teacher, in one of three ways:
 
-    - --resume (`checkpoint` given): the checkpoint's network and schedule; its weights, EMA,
+    - --resume (`checkpoint` given): the checkpoint's network, schedule and teacher; its weights, EMA,
       optimizer, step, history and RNG state come back with Trainer.resume;
     - --init-from: exported weights (a local folder or a Hub repo id) with their schedule and
-      training history, widened when --n-feat asks for a whole multiple of their width;
+      training history, widened when --n-feat asks for a whole multiple of their width; with
+      --distill-guidance they are the teacher, and the student starts as their copy;
     - otherwise a new network of --n-feat, --norm and --time-embedding, with the --schedule asked for.
 
     Call after torch.manual_seed(args.seed): a new network's initial weights come from it.
     """
     history: dict = {"steps": 0, "images": 0, "seconds": 0.0, "prior_stages": []}
+    teacher = None
     if checkpoint is not None:
-        meta = checkpoint[1]
+        tensors, meta = checkpoint
         model, schedule = ContextUnet(**meta["config"]), NoiseSchedule(**meta["schedule"])
+        if args.distill_guidance is not None and args.distill_guidance != model.distilled_guidance:
+            raise TrainingError(f"--distill-guidance {args.distill_guidance:g} with --resume: the checkpoint "
+                                + (f"distils guidance up to {model.distilled_guidance:g}" if model.distilled_guidance
+                                   else "does not distil guidance") + "; resume without --distill-guidance")
+        if model.distilled_guidance:
+            teacher = ContextUnet(**meta["teacher_config"])
+            teacher.load_state_dict(_sub(tensors, "teacher."))
         if args.dropout is not None and args.dropout != model.dropout:
             raise TrainingError(f"--dropout {args.dropout:g} with --resume: the checkpoint trains with dropout "
                                 f"{model.dropout:g}; resume without --dropout, or start a stage with --init-from")
@@ -343,6 +365,10 @@ def build_model(args: argparse.Namespace, data: SpriteData, checkpoint: tuple[di
         # a bad scheduler_config.json or training.json is one clear CheckpointError
         model = load_model(args.init_from)
         schedule = model.noise_schedule
+        if model.distilled_guidance:
+            # its guidance input learnt from a teacher that its folder does not hold
+            raise TrainingError(f"{args.init_from} is a student distilled for guidance and cannot be trained "
+                                "further; train or distil its teacher instead")
         before = model.training_info
         if before is not None:
             history = dict({k: before[k] for k in TOTALS}, prior_stages=training_stages(before))
@@ -351,13 +377,18 @@ def build_model(args: argparse.Namespace, data: SpriteData, checkpoint: tuple[di
                 model = widen(model, args.n_feat, torch.Generator().manual_seed(args.seed))
             except ValueError as e:
                 raise TrainingError(f"--n-feat with --init-from: {e}") from None
-        if args.dropout is not None and args.dropout != model.dropout or args.attention and not model.attention:
-            # dropout has no weights, and new attention blocks start as the identity: the same function
-            # in a network that drops activations or attends
+        if args.distill_guidance:
+            teacher = model
+        if (args.dropout is not None and args.dropout != model.dropout or args.attention and not model.attention
+                or args.distill_guidance):
+            # dropout has no weights, and new attention blocks and guidance embeddings start as the
+            # identity: the same function in a network that drops activations, attends or takes guidance
             grown = ContextUnet(**dict(model.config_dict, dropout=model.dropout if args.dropout is None else args.dropout,
-                                       attention=model.attention or args.attention))
+                                       attention=model.attention or args.attention,
+                                       distilled_guidance=args.distill_guidance or 0.0))
             keys = grown.load_state_dict(model.state_dict(), strict=False)
-            assert not keys.unexpected_keys and all("attention" in k for k in keys.missing_keys), keys
+            assert not keys.unexpected_keys and all("attention" in k or k.startswith("guidance_embeds")
+                                                    for k in keys.missing_keys), keys
             model = grown
     else:
         model = ContextUnet(3, args.n_feat or DEFAULT_N_FEAT, len(data.class_names), args.height,
@@ -365,7 +396,28 @@ def build_model(args: argparse.Namespace, data: SpriteData, checkpoint: tuple[di
         schedule = NoiseSchedule(args.T, args.schedule)
     if model.class_names != data.class_names:
         raise TrainingError(f"the model's classes {model.class_names} differ from the data's {data.class_names}")
-    return model, schedule, history
+    return model, schedule, history, teacher
+
+
+# --- the optimizer --------------------------------------------------------------------------------
+NEW_WEIGHTS_LR_SCALE = 10.0  # the learning rate of a distillation's guidance embeddings, against the rest's
+
+
+def make_optimizer(model: ContextUnet, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """Adam, or AdamW with decoupled weight decay > 0; each group's learning rate is lr times its "lr_scale".
+
+    As nanoGPT does, the decay applies to the conv kernels and linear matrices, not to the biases and
+    norm scales, which set the level and the gain of each channel rather than fit the data. A
+    student's guidance embeddings start at zero and have all of their function to learn, while the
+    rest starts as the teacher and needs only to adapt: they learn NEW_WEIGHTS_LR_SCALE times faster.
+    """
+    groups = []
+    for new in (False, True):
+        params = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("guidance_embeds") == new]
+        parts = ([[p for p in params if p.dim() >= 2], weight_decay], [[p for p in params if p.dim() < 2], 0.0])
+        groups += [{"params": ps, "weight_decay": decay, "lr_scale": NEW_WEIGHTS_LR_SCALE if new else 1.0}
+                   for ps, decay in (parts if weight_decay else ([params, 0.0],)) if ps]
+    return torch.optim.AdamW(groups, lr=lr) if weight_decay else torch.optim.Adam(groups, lr=lr)
 
 
 # --- the trainer ----------------------------------------------------------------------------------
@@ -403,20 +455,14 @@ class Trainer:
         elif args.weight_decay is None:
             args.weight_decay = 0.0
         torch.manual_seed(args.seed)  # the initial weights too: the same --seed gives the same run
-        self.model, self.schedule, self.history = build_model(args, self.data, checkpoint)
+        self.model, self.schedule, self.history, self.teacher = build_model(args, self.data, checkpoint)
         self.model.train()
+        # what the distillation runs: the teacher's eval-mode network, folded (as the samplers run it)
+        self.teacher_net = None if self.teacher is None else inference_model(self.teacher.eval()).to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
-        if args.weight_decay:
-            # As nanoGPT does: decay the conv kernels and linear matrices, not the biases and norm
-            # scales, which set the level and the gain of each channel rather than fit the data.
-            params = [p for p in self.model.parameters() if p.requires_grad]
-            groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": args.weight_decay},
-                      {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-            self.opt = torch.optim.AdamW(groups, lr=args.lr)
-        else:
-            self.opt = torch.optim.Adam(self.model.parameters(), lr=args.lr)
+        self.opt = make_optimizer(self.model, args.lr, args.weight_decay)
         self.generator = torch.Generator().manual_seed(args.seed + self.accelerator.process_index)
         self.step = 0
         self.lr_start: tuple[int, float] | None = None  # see learning_rate
@@ -454,7 +500,7 @@ class Trainer:
     def set_learning_rate(self) -> float:
         lr = learning_rate(self.step, self.args.lr, self.args.warmup, self.args.steps, start=self.lr_start)
         for group in self.opt.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         return lr
 
     def train_step(self) -> float:
@@ -465,7 +511,13 @@ class Trainer:
         x0, t, noise, context = training_batch(self.images, self.labels, len(self.data.class_names), batch,
                                                self.schedule.T, args.p_uncond, self.generator, args.low_t_share,
                                                args.low_t_max)
-        per_sprite = noise_error(self.model, self.schedule, x0, noise, t, context, self.channels_last, acc.autocast)
+        if self.teacher_net is not None:
+            guidance = torch.rand(batch, generator=self.generator).to(self.device) * self.ema.distilled_guidance
+            per_sprite = guidance_distillation_error(self.model, self.teacher_net, self.schedule, x0, noise, t, context,
+                                                     guidance, self.channels_last, acc.autocast)
+        else:
+            per_sprite = noise_error(self.model, self.schedule, x0, noise, t, context, self.channels_last,
+                                     acc.autocast)
         loss = diffusion_loss(per_sprite, t, self.schedule, args.min_snr)
         # the mean over processes: what is logged is the whole batch's loss, and a NaN on any
         # process stops them all at the same step
@@ -484,8 +536,11 @@ class Trainer:
     # -- outputs --
     def meta(self) -> dict:
         m = self.accelerator.unwrap_model(self.model)
-        return {"config": m.config_dict, "schedule": self.schedule.config(), "args": vars(self.args),
+        meta = {"config": m.config_dict, "schedule": self.schedule.config(), "args": vars(self.args),
                 "history": self.current_history(), "lr_start": self.lr_start}
+        if self.teacher is not None:
+            meta["teacher_config"] = self.teacher.config_dict
+        return meta
 
     def current_history(self) -> dict:
         h = dict(self.history)
@@ -496,7 +551,7 @@ class Trainer:
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             save_checkpoint(self.out / CHECKPOINT, self.accelerator.unwrap_model(self.model), self.ema, self.opt,
-                            self.step, self.generator, self.meta())
+                            self.step, self.generator, self.meta(), self.teacher)
 
     def export(self, folder: Path) -> None:
         if not self.is_main:

@@ -266,3 +266,68 @@ def test_attention_mixes_positions():
 def test_a_network_with_attention_is_not_widened():
     with pytest.raises(ValueError, match="attention"):
         widen(ContextUnet(n_feat=8, class_names=CLASSES, attention=True), 16)
+
+
+# --- guidance as an input (a student distilled for guidance) ----------------------------------------------
+def distilled_student(plain: ContextUnet, scale: float = 4.0, std: float = 0.0) -> ContextUnet:
+    """plain grown to take guidance up to `scale`; std > 0 gives its guidance embeddings weights."""
+    student = ContextUnet(**dict(plain.config_dict, distilled_guidance=scale)).eval()
+    keys = student.load_state_dict(plain.state_dict(), strict=False)
+    assert not keys.unexpected_keys and all(k.startswith("guidance_embeds") for k in keys.missing_keys)
+    if std:
+        with torch.no_grad():
+            for embed in student.guidance_embeds:
+                torch.nn.init.normal_(embed.model[-1].weight, std=std)
+    return student
+
+
+def test_a_distilled_student_starts_as_its_teachers_conditional_network():
+    torch.manual_seed(0)
+    plain = ContextUnet(n_feat=16, class_names=CLASSES).eval()
+    student = distilled_student(plain)
+    assert ContextUnet(**student.config_dict).distilled_guidance == 4.0
+    assert not any("guidance" in k for k in plain.state_dict())
+    x, t, c = torch.randn(4, 3, 16, 16), torch.rand(4), torch.eye(5)[:4]
+    with torch.no_grad():
+        for w in (0.0, 1.5, 4.0):
+            assert torch.equal(student(x, t, c, w), plain(x, t, c))
+
+
+def test_a_distilled_student_guides_in_one_pass_within_its_range_and_as_a_teacher_beyond():
+    torch.manual_seed(0)
+    plain = ContextUnet(n_feat=16, class_names=CLASSES).eval()
+    student = distilled_student(plain, scale=4.0, std=0.5)
+    x, t, c = torch.randn(4, 3, 16, 16), torch.rand(4), torch.eye(5)[:4]
+    with torch.no_grad():
+        one_pass = student(x, t, c, 1.5)
+        assert not torch.allclose(one_pass, student(x, t, c, 0.0), atol=1e-3)  # the input acts
+        assert torch.equal(student.forward_guided(x, t, c, 1.5), one_pass)
+        # per-sprite scales: each row as if guided alone
+        w = torch.tensor([0.0, 1.0, 2.5, 4.0])
+        rows = torch.cat([student(x[i:i + 1], t[i:i + 1], c[i:i + 1], float(w[i])) for i in range(4)])
+        assert torch.allclose(student.forward_guided(x, t, c, w), rows, atol=1e-5)
+        # beyond its range: eps_c + w (eps_c - eps_0) from its own passes at guidance 0
+        cond, uncond = student(x, t, c, 0.0), student(x, t, torch.zeros_like(c), 0.0)
+        assert torch.allclose(student.forward_guided(x, t, c, 6.0), cond + 6.0 * (cond - uncond), atol=1e-4)
+        # a zero context sees the same input whatever the scale, as guidance of it would
+        zero = torch.zeros_like(c)
+        assert torch.equal(student(x, t, zero, 3.0), student(x, t, zero, 0.0))
+        assert torch.allclose(inference_model(student).forward_guided(x, t, c, 1.5), one_pass, atol=1e-5)
+
+
+def test_a_teacher_guides_with_one_scale_per_sprite():
+    torch.manual_seed(0)
+    model = ContextUnet(n_feat=16, class_names=CLASSES).eval()
+    x, t, c = torch.randn(3, 3, 16, 16), torch.rand(3), torch.eye(5)[:3]
+    w = torch.tensor([0.0, 1.5, 4.0])
+    with torch.no_grad():
+        rows = torch.cat([model.forward_guided(x[i:i + 1], t[i:i + 1], c[i:i + 1], float(w[i])) for i in range(3)])
+        assert torch.allclose(model.forward_guided(x, t, c, w), rows, atol=1e-5)
+
+
+def test_bad_distilled_guidance_and_widening_a_student_are_refused():
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="distilled_guidance"):
+            ContextUnet(n_feat=8, class_names=CLASSES, distilled_guidance=bad)
+    with pytest.raises(ValueError, match="teacher"):
+        widen(ContextUnet(n_feat=8, class_names=CLASSES, distilled_guidance=4.0), 16)

@@ -537,3 +537,31 @@ def test_bf16_sampling_runs_the_network_in_bf16_and_keeps_steps_fp32(tiny_unet):
 def test_unknown_precision_refused(tiny_unet):
     with pytest.raises(ValueError, match="precision must be one of fp32, bf16"):
         sample(tiny_unet, NoiseSchedule(T), torch.eye(5)[:1], steps=2, precision="fp16")
+
+
+def test_a_student_distilled_for_guidance_samples_in_one_pass_a_step(tiny_unet, monkeypatch):
+    from ddpm.model import ContextUnet
+
+    student = ContextUnet(**dict(tiny_unet.config_dict, distilled_guidance=4.0)).eval()
+    student.load_state_dict(tiny_unet.state_dict(), strict=False)
+    with torch.no_grad():
+        for embed in student.guidance_embeds:
+            torch.nn.init.normal_(embed.model[-1].weight, std=0.5)
+    batches = []
+    decode = ContextUnet.decode
+    monkeypatch.setattr(ContextUnet, "decode", lambda self, encoded, c, *a: batches.append(len(c)) or decode(
+        self, encoded, c, *a))
+    schedule, c = NoiseSchedule(T), torch.eye(5)[[0, 3]]
+    out = sample(student, schedule, c, sampler="ddim", steps=4, guidance=1.5, seed=11)
+    assert batches == [2] * 4  # the teacher decodes 4: the conditional and unconditional rows
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn((2, 3, 16, 16), generator=g)
+    ddim = DDIMSampler(schedule)
+    ts = make_timesteps(T, 4)
+    with torch.no_grad():
+        for t, t_prev in zip(ts[:-1], ts[1:]):
+            x, _ = ddim.step(student(x, torch.full((2,), t / T), c, 1.5), t, t_prev, x)
+    torch.testing.assert_close(out, x, rtol=1e-4, atol=1e-4)
+    batches.clear()
+    sample(tiny_unet, schedule, c, sampler="ddim", steps=4, guidance=1.5, seed=11)
+    assert batches == [4] * 4

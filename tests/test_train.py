@@ -16,8 +16,8 @@ import pytest
 import torch
 
 import ddpm.train as train
-from ddpm.checkpoint import load_model, load_schedule
-from ddpm.losses import min_snr_weights, training_batch
+from ddpm.checkpoint import load_model, load_schedule, save_model
+from ddpm.losses import guidance_distillation_error, min_snr_weights, training_batch
 from ddpm.model import ContextUnet
 from ddpm.schedule import NoiseSchedule
 
@@ -335,6 +335,8 @@ def test_training_stages_of_a_history_written_before_stages():
     (["--dropout", "-0.1"], "--dropout"),
     (["--weight-decay", "-1"], "--weight-decay"),
     (["--weight-decay", "nan"], "--weight-decay"),
+    (["--distill-guidance", "0"], "--distill-guidance"),
+    (["--distill-guidance", "4"], "--init-from"),
 ])
 def test_bad_arguments_exit_with_a_message(train_data, tmp_path, capsys, extra, match):
     with pytest.raises(SystemExit) as info:
@@ -510,3 +512,70 @@ def test_batchnorm_recalibration_gives_the_statistics_without_dropout():
     out = seen[0]
     assert torch.allclose(first_bn.running_mean, out.mean((0, 2, 3)), atol=1e-3)
     assert torch.allclose(first_bn.running_var, out.var((0, 2, 3), unbiased=True), rtol=1e-2)
+
+
+# --- distilling guidance ---------------------------------------------------------------------------------
+def test_guidance_distillation_error_is_the_distance_to_the_teachers_guided_noise(tiny_unet):
+    schedule = NoiseSchedule(100)
+    student = ContextUnet(**dict(tiny_unet.config_dict, distilled_guidance=4.0)).eval()
+    student.load_state_dict(tiny_unet.state_dict(), strict=False)  # starts as the conditional network
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.rand(4, 3, 16, 16, generator=g) * 2 - 1, torch.randn(4, 3, 16, 16, generator=g)
+    t, c, w = torch.tensor([5, 30, 60, 99]), torch.eye(5)[:4], torch.tensor([0.0, 1.0, 2.0, 4.0])
+    error = guidance_distillation_error(student, tiny_unet, schedule, x0, noise, t, c, w)
+    with torch.no_grad():
+        x_t, time = schedule.add_noise(x0, noise, t), t.float() / 100
+        gap = tiny_unet(x_t, time, c) - tiny_unet(x_t, time, torch.zeros_like(c))
+    assert error[0] == 0
+    assert torch.allclose(error, (w.view(-1, 1, 1, 1) * gap).pow(2).mean((1, 2, 3)), rtol=1e-4, atol=1e-7)
+
+
+def distillation_gap(student: ContextUnet, teacher: ContextUnet) -> float:
+    """The mean distillation error over a fixed set of x_t, times and scales from 0 to 4."""
+    g = torch.Generator().manual_seed(1)
+    x0, noise = torch.rand(64, 3, 16, 16, generator=g) * 2 - 1, torch.randn(64, 3, 16, 16, generator=g)
+    t, c = torch.randint(1, 501, (64,), generator=g), torch.eye(5)[torch.arange(64) % 5]
+    w = torch.linspace(0, 4, 64)
+    with torch.no_grad():
+        return float(guidance_distillation_error(student, teacher, NoiseSchedule(), x0, noise, t, c, w).mean())
+
+
+def test_distill_guidance_trains_a_one_pass_student_and_resumes_exactly(train_data, tmp_path, capsys, monkeypatch,
+                                                                        restore_signals):
+    # A random GroupNorm teacher: its conditional and unconditional predictions differ clearly (a tiny
+    # network trained for a few steps ignores the context, and a random BatchNorm one in eval mode
+    # lets the up path's input fade out block by block).
+    torch.manual_seed(0)
+    save_model(ContextUnet(n_feat=16, class_names=list(CLASSES), norm="group"), NoiseSchedule(), tmp_path / "teacher")
+    teacher = load_model(tmp_path / "teacher")
+    student_run = tmp_path / "student"
+    args = ("--init-from", tmp_path / "teacher", "--distill-guidance", 4, "--lr", 3e-4, "--ema", 0.5,
+            "--checkpoint-every", 6)
+    assert train.main(train_args(train_data, student_run, 60, *args)) == 0
+    student = load_model(student_run / "model")
+    assert student.distilled_guidance == 4.0 and not teacher.distilled_guidance
+    start = ContextUnet(**student.config_dict).eval()
+    start.load_state_dict(teacher.state_dict(), strict=False)
+    # the student's one pass is nearer the teacher's two than the teacher's conditional pass is
+    assert distillation_gap(student, teacher) < 0.85 * distillation_gap(start, teacher)
+    card = (student_run / "model" / "README.md").read_text()
+    assert "distill_guidance 4.0" in card and "the guidance scale is an input" in card
+    # the checkpoint holds the teacher: resuming needs no --init-from, and goes on exactly
+    stopped = tmp_path / "stopped"
+    stop_after(monkeypatch, 9)
+    assert train.main(train_args(train_data, stopped, 60, *args)) == 0
+    monkeypatch.undo()
+    assert train.main(train_args(train_data, stopped, 60, "--resume", "--lr", 3e-4, "--ema", 0.5,
+                                 "--checkpoint-every", 6)) == 0
+    assert_same_run(student_run, stopped)
+    assert train.main(train_args(train_data, tmp_path / "plain", 1)) == 0
+    capsys.readouterr()
+    # a student cannot be trained on (its teacher is not in its folder), nor resumed as another distillation
+    for argv, match in [(train_args(train_data, tmp_path / "more", 2, "--init-from", student_run / "model"),
+                         "distilled"),
+                        (train_args(train_data, stopped, 70, "--resume", "--distill-guidance", 2), "--distill-guidance"),
+                        (train_args(train_data, tmp_path / "plain", 2, "--resume", "--distill-guidance", 4),
+                         "does not distil")]:
+        assert train.main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error:") and match in err and "\n" not in err, err
