@@ -3,6 +3,7 @@
 
     python benchmarks/sampling_speed.py                          # shipped weights/, bf16 and fp32, 2 threads
     python benchmarks/sampling_speed.py --precisions bf16 --rounds 5 --settings ddpm:50,ddpm:8::quadratic:57-320
+    python benchmarks/sampling_speed.py --model weights runs/student/model   # a guidance-distilled student beside it
 
 A setting is written as for `python -m ddpm.evaluate --settings` (sampler:steps[:guidance[:spacing
 [:t_lo-t_hi]]], the last part a guidance interval), so the settings timed here can be measured for
@@ -57,7 +58,8 @@ def one_step(model, schedule, context, guidance: float, precision: str, repeats:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=str(ROOT / "weights"))
+    p.add_argument("--model", nargs="+", default=[str(ROOT / "weights")], help="one or more model folders, "
+                   "timed side by side (the ratios are within each model)")
     p.add_argument("--settings", default=SETTINGS)
     p.add_argument("--precisions", default="bf16,fp32")
     p.add_argument("--rounds", type=int, default=3)
@@ -65,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    model, schedule = load_model(args.model), load_schedule(args.model)
+    models = {name: (load_model(name), load_schedule(name)) for name in args.model}
+    model, schedule = next(iter(models.values()))
     try:
         settings = parse_settings(args.settings, args.guidance)
         for setting in settings:
@@ -74,29 +77,35 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"error: {e}") from None
     precisions = [s.strip() for s in args.precisions.split(",") if s.strip()]
     context = torch.stack([class_weights(model.class_names, 0)] * 16)
-    print(f"# {args.model}, 16 sprites, guidance {args.guidance:g}, {args.threads} threads, "
+    print(f"# {', '.join(args.model)}, 16 sprites, guidance {args.guidance:g}, {args.threads} threads, "
           f"{cpu_description()}, "
           f"load average {os.getloadavg()[0]:.2f}, torch {torch.__version__}")
-    best: dict[tuple[str, str], float] = {}
-    for precision in precisions:  # warm-up: the folded inference copy, autocast's caches
-        run_once(model, schedule, context, Setting("ddpm", 2, args.guidance), precision)
+    best: dict[tuple[str, str, str], float] = {}
+    for model, schedule in models.values():
+        for precision in precisions:  # warm-up: the folded inference copy, autocast's caches
+            run_once(model, schedule, context, Setting("ddpm", 2, args.guidance), precision)
     for _ in range(args.rounds):
         for setting in settings:
-            for precision in precisions:
-                key = (setting.label, precision)
-                best[key] = min(best.get(key, float("inf")), run_once(model, schedule, context, setting, precision))
-    steps_ms = {pr: one_step(model, schedule, context, args.guidance, pr) for pr in precisions}
+            for name, (model, schedule) in models.items():
+                for precision in precisions:
+                    key = (name, setting.label, precision)
+                    best[key] = min(best.get(key, float("inf")),
+                                    run_once(model, schedule, context, setting, precision))
+    steps_ms = {(name, pr): one_step(model, schedule, context, args.guidance, pr)
+                for name, (model, schedule) in models.items() for pr in precisions}
     header = " | ".join(f"{pr} (s) | vs DDPM-500 | vs DDPM-50" for pr in precisions)
-    print(f"\n| setting | {header} |\n|---|" + "---|---|---|" * len(precisions))
-    for setting in settings:
-        cells = []
-        for pr in precisions:
-            s = best[(setting.label, pr)]
-            ref500, ref50 = best.get(("ddpm:500", pr)), best.get(("ddpm:50", pr))
-            cells.append(f"{s:.3f} | " + (f"{ref500 / s:.1f}x" if ref500 else "-") + " | "
-                         + (f"{ref50 / s:.1f}x" if ref50 else "-"))
-        print(f"| {setting.label} | " + " | ".join(cells) + " |")
-    print("\none guided reverse step, 16 sprites: " + ", ".join(f"{pr} {ms:.1f} ms" for pr, ms in steps_ms.items())
+    print(f"\n| model | setting | {header} |\n|---|---|" + "---|---|---|" * len(precisions))
+    for name in models:
+        for setting in settings:
+            cells = []
+            for pr in precisions:
+                s = best[(name, setting.label, pr)]
+                ref500, ref50 = best.get((name, "ddpm:500", pr)), best.get((name, "ddpm:50", pr))
+                cells.append(f"{s:.3f} | " + (f"{ref500 / s:.1f}x" if ref500 else "-") + " | "
+                             + (f"{ref50 / s:.1f}x" if ref50 else "-"))
+            print(f"| {name} | {setting.label} | " + " | ".join(cells) + " |")
+    print("\none guided reverse step, 16 sprites: "
+          + ", ".join(f"{name} {pr} {ms:.1f} ms" for (name, pr), ms in steps_ms.items())
           + f"; load average {os.getloadavg()[0]:.2f} at the end")
     return 0
 
