@@ -58,8 +58,8 @@ RECIPE_KEYS = ["n_feat", "distill_guidance", "batch_size", "lr", "warmup", "ema"
                "weight_decay", "min_snr", "low_t_share", "low_t_max", "schedule", "T", "seed"]
 # Options listed only when a stage used them: the course's uniform loss and no regularisation are the
 # unstated defaults.
-UNLESS_OFF = {"distill_guidance": "distill_guidance", "dropout": "dropout", "weight_decay": "weight_decay", "min_snr": "min_snr",
-              "low_t_share": "low_t_share", "low_t_max": "low_t_share"}
+UNLESS_OFF = {"distill_guidance": "distill_guidance", "dropout": "dropout", "weight_decay": "weight_decay",
+              "min_snr": "min_snr", "low_t_share": "low_t_share", "low_t_max": "low_t_share"}
 
 
 def recipe_text(recipe: dict) -> str:

@@ -414,9 +414,12 @@ def make_optimizer(model: ContextUnet, lr: float, weight_decay: float) -> torch.
     groups = []
     for new in (False, True):
         params = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("guidance_embeds") == new]
-        parts = ([[p for p in params if p.dim() >= 2], weight_decay], [[p for p in params if p.dim() < 2], 0.0])
-        groups += [{"params": ps, "weight_decay": decay, "lr_scale": NEW_WEIGHTS_LR_SCALE if new else 1.0}
-                   for ps, decay in (parts if weight_decay else ([params, 0.0],)) if ps]
+        if weight_decay:
+            parts = [([p for p in params if p.dim() >= 2], weight_decay), ([p for p in params if p.dim() < 2], 0.0)]
+        else:
+            parts = [(params, 0.0)]
+        scale = NEW_WEIGHTS_LR_SCALE if new else 1.0
+        groups += [{"params": ps, "weight_decay": decay, "lr_scale": scale} for ps, decay in parts if ps]
     return torch.optim.AdamW(groups, lr=lr) if weight_decay else torch.optim.Adam(groups, lr=lr)
 
 

@@ -265,14 +265,19 @@ def test_sampling_with_guidance_zero_equals_a_manual_loop(tiny_unet):
     schedule = NoiseSchedule(T)
     c = torch.eye(5)[[0, 3]]
     out = sample(tiny_unet, schedule, c, sampler="ddim", steps=4, guidance=0, seed=11)
-    g = torch.Generator().manual_seed(11)
-    x = torch.randn((2, 3, 16, 16), generator=g)
+    torch.testing.assert_close(out, manual_ddim(lambda x, t: tiny_unet(x, t, c), schedule, 2, 4, 11),
+                               rtol=1e-5, atol=1e-5)
+
+
+def manual_ddim(eps_of, schedule: NoiseSchedule, n: int, steps: int, seed: int) -> torch.Tensor:
+    """DDIM written out step by step from the noise of `seed`, with eps_of(x_t, t / T) the noise prediction."""
+    x = torch.randn((n, 3, 16, 16), generator=torch.Generator().manual_seed(seed))
     ddim = DDIMSampler(schedule)
-    ts = make_timesteps(T, 4)
+    ts = make_timesteps(schedule.T, steps)
     with torch.no_grad():
         for t, t_prev in zip(ts[:-1], ts[1:]):
-            x, _ = ddim.step(tiny_unet(x, torch.full((2,), t / T), c), t, t_prev, x)
-    torch.testing.assert_close(out, x, rtol=1e-5, atol=1e-5)
+            x, _ = ddim.step(eps_of(x, torch.full((n,), t / schedule.T)), t, t_prev, x)
+    return x
 
 
 def test_guidance_interval_guides_only_inside_it(tiny_unet):
@@ -554,14 +559,8 @@ def test_a_student_distilled_for_guidance_samples_in_one_pass_a_step(tiny_unet, 
     schedule, c = NoiseSchedule(T), torch.eye(5)[[0, 3]]
     out = sample(student, schedule, c, sampler="ddim", steps=4, guidance=1.5, seed=11)
     assert batches == [2] * 4  # the teacher decodes 4: the conditional and unconditional rows
-    g = torch.Generator().manual_seed(11)
-    x = torch.randn((2, 3, 16, 16), generator=g)
-    ddim = DDIMSampler(schedule)
-    ts = make_timesteps(T, 4)
-    with torch.no_grad():
-        for t, t_prev in zip(ts[:-1], ts[1:]):
-            x, _ = ddim.step(student(x, torch.full((2,), t / T), c, 1.5), t, t_prev, x)
-    torch.testing.assert_close(out, x, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(out, manual_ddim(lambda x, t: student(x, t, c, 1.5), schedule, 2, 4, 11),
+                               rtol=1e-4, atol=1e-4)
     batches.clear()
     sample(tiny_unet, schedule, c, sampler="ddim", steps=4, guidance=1.5, seed=11)
     assert batches == [4] * 4
