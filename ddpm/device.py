@@ -52,8 +52,8 @@ def bf16_is_fast(device: torch.device | str = "cpu") -> bool:
 
 
 def cpu_description() -> str:
-    """The CPU's model name and its bf16 features, e.g. 'AMD EPYC (avx512_bf16)': speed figures
-    compare only between machines with the same ones."""
+    """The CPU's model name and its bf16 and int8 dot-product features, e.g. 'AMD EPYC (avx512_bf16,
+    avx512_vnni)': speed figures compare only between machines with the same ones."""
     name, flags = platform.processor() or platform.machine(), set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -64,8 +64,8 @@ def cpu_description() -> str:
                 flags = set(value.split())
     except OSError:
         pass
-    features = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
-    return f"{name} ({', '.join(features) or 'no bf16 features'})"
+    features = [f for f in ("avx512_bf16", "amx_bf16", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
+    return f"{name} ({', '.join(features) or 'no bf16 or int8 features'})"
 
 
 def check_precision(precision: str) -> str:
