@@ -162,6 +162,10 @@ class DDPMSampler(Sampler):
     def name(self) -> str:
         return "ddpm" if self.variance == "posterior" else "ddpm-beta"
 
+    def step_variance(self, t: int, abar_t: torch.Tensor, abar_prev: torch.Tensor) -> torch.Tensor:
+        """sigma^2 of the step from t (abar_t) to t_prev (abar_prev)."""
+        return 1 - abar_t / abar_prev if self.variance == "beta" else posterior_variance(abar_t, abar_prev)
+
     def step(self, eps, t, t_prev, x_t, generator=None):
         abar_t, abar_prev = self._abar(t, x_t), self._abar(t_prev, x_t)
         x0 = self.schedule.predict_x0(x_t, eps, t)
@@ -169,8 +173,7 @@ class DDPMSampler(Sampler):
         mean = coef_x0 * x0 + coef_xt * x_t
         if t_prev == 0:
             return mean, x0
-        var = 1 - abar_t / abar_prev if self.variance == "beta" else posterior_variance(abar_t, abar_prev)
-        return mean + var.sqrt() * _noise_like(x_t, generator), x0
+        return mean + self.step_variance(t, abar_t, abar_prev).sqrt() * _noise_like(x_t, generator), x0
 
 
 class DDIMSampler(Sampler):

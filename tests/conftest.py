@@ -107,6 +107,25 @@ def npy_dataset(tmp_path):
     return folder
 
 
+@pytest.fixture
+def benchmark_inputs(tmp_path, monkeypatch) -> tuple[Path, Path]:
+    """(model folder, data folder) for a benchmark's end-to-end smoke run: an n_feat 8 model and 40 sprites,
+    with ddpm.evaluate's classifiers trained for 3 epochs into a cache inside tmp_path."""
+    import ddpm.evaluate
+    from ddpm.checkpoint import save_model
+    from ddpm.model import ContextUnet
+    from ddpm.schedule import NoiseSchedule
+    from helpers import CLASSES
+
+    monkeypatch.setattr(ddpm.evaluate, "CACHE_DIR", tmp_path / "cache")
+    train = ddpm.evaluate.train_classifier
+    monkeypatch.setattr(ddpm.evaluate, "train_classifier", lambda data, **kw: train(data, epochs=3, **kw))
+    torch.manual_seed(0)
+    save_model(ContextUnet(n_feat=8, class_names=CLASSES), NoiseSchedule(500), tmp_path / "model")
+    write_npy_dataset(tmp_path / "data", n=40)
+    return tmp_path / "model", tmp_path / "data"
+
+
 @pytest.fixture(scope="module")
 def train_data(tmp_path_factory):
     """48 sprites to train tiny models on; the tests only read it."""

@@ -120,30 +120,27 @@ def test_sampling_with_the_fast_paths_equals_the_plain_model(sampler, steps):
     assert isinstance(model, ContextUnet) and model.out[-1].weight.is_contiguous(), "the model itself stays as it was"
 
 
-def test_benchmark_suite_quick_smoke(tmp_path, monkeypatch):
-    """benchmarks/run_all.py end to end on a tiny model and data (app and training sections skipped)."""
+def load_benchmark(name: str):
+    """benchmarks/<name>.py as a module (the scripts are not a package)."""
     import importlib.util
-    import json
     from pathlib import Path
 
-    import ddpm.evaluate
-    from helpers import CLASSES, write_npy_dataset
-    from ddpm.checkpoint import save_model
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
-    root = Path(__file__).resolve().parent.parent
-    spec = importlib.util.spec_from_file_location("run_all", root / "benchmarks" / "run_all.py")
-    run_all = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(run_all)
-    monkeypatch.setattr(ddpm.evaluate, "CACHE_DIR", tmp_path / "cache")  # the classifier cache stays in tmp
-    train = ddpm.evaluate.train_classifier
-    monkeypatch.setattr(ddpm.evaluate, "train_classifier", lambda data, **kw: train(data, epochs=3, **kw))
-    torch.manual_seed(0)
-    save_model(ContextUnet(n_feat=8, class_names=CLASSES), NoiseSchedule(T), tmp_path / "model")
-    write_npy_dataset(tmp_path / "data", n=40)
+
+def test_benchmark_suite_quick_smoke(tmp_path, benchmark_inputs):
+    """benchmarks/run_all.py end to end on a tiny model and data (app and training sections skipped)."""
+    import json
+
+    model, data = benchmark_inputs
     out = tmp_path / "out"
-    assert run_all.main(["--model", str(tmp_path / "model"), "--data", str(tmp_path / "data"), "--out", str(out),
-                         "--quick", "--samples-per-class", "3", "--settings", "ddpm:6,ddim:3,dpm++:3,ddpm-beta:3",
-                         "--skip", "app,train"]) == 0
+    assert load_benchmark("run_all").main(["--model", str(model), "--data", str(data), "--out", str(out), "--quick",
+                                           "--samples-per-class", "3", "--settings", "ddpm:6,ddim:3,dpm++:3,ddpm-beta:3",
+                                           "--skip", "app,train"]) == 0
     res = json.loads((out / "benchmarks.json").read_text())
     assert [r["setting"] for r in res["quality"]] == ["DDPM-6", "DDIM-3", "DPM-Solver++-3", "DDPM (the course's variance)-3"]
     assert all(0 <= r["isolated"] <= 1 for r in res["quality"])
@@ -152,3 +149,70 @@ def test_benchmark_suite_quick_smoke(tmp_path, monkeypatch):
     text = (out / "benchmarks.md").read_text()
     assert "| DDIM-3 |" in text and "| 64 |" in text and "| isolated pixels |" in text
     assert (out / "quality_vs_time.png").stat().st_size > 1000
+
+
+def test_cpu_description_names_the_bf16_and_int8_features(monkeypatch):
+    import ddpm.device
+
+    class FakeCpuinfo:
+        def __init__(self, path):
+            pass
+
+        def read_text(self):
+            return "model name\t: Some CPU\nflags\t\t: fpu avx2 avx512_bf16 avx512_vnni sse2\n"
+
+    monkeypatch.setattr(ddpm.device, "Path", FakeCpuinfo)
+    assert ddpm.device.cpu_description() == "Some CPU (avx512_bf16, avx512_vnni)"
+    monkeypatch.setattr(FakeCpuinfo, "read_text", lambda self: "model name : Old CPU\nflags : fpu avx2\n")
+    assert ddpm.device.cpu_description() == "Old CPU (no bf16 or int8 features)"
+
+
+@pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor:UserWarning")  # torch's eager int8 API is deprecated
+def test_int8_conv_benchmark_computes_the_same_conv_and_reports_each_kernel(capsys, monkeypatch):
+    import sys
+
+    bench = load_benchmark("int8_conv")
+    conv = torch.nn.Conv2d(8, 8, 3, padding=1).eval()
+    x = torch.randn(2, 8, 16, 16, generator=torch.Generator().manual_seed(0))
+    q, qx = bench.quantized_copy(conv, x)
+    with torch.no_grad():
+        want, got = conv(x), q(qx).dequantize()
+    assert (got - want).abs().max() < 0.05 * want.abs().max(), "the int8 conv computes what the fp32 one does"
+    monkeypatch.setattr(sys, "argv", ["int8_conv.py", "--width", "8", "--batch", "2", "--rounds", "1", "--threads", "1"])
+    assert bench.main() == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert rows[1].startswith("| fp32 |") and rows[1].endswith("| 1.00x |"), rows
+    assert any(row.startswith("| int8 (") for row in rows[2:]), rows
+
+
+def test_analytic_candidate_adds_the_x0_error_to_the_posterior_variance():
+    from ddpm.sampling import make_sampler, posterior_mean_coefficients, posterior_variance
+
+    bench = load_benchmark("sampler_candidates")
+    schedule = NoiseSchedule(T)
+    x, eps = torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8)
+
+    def step(sampler):
+        return sampler.step(eps, 300, 250, x, torch.Generator().manual_seed(0))[0]
+
+    plain = step(make_sampler("ddpm", schedule))
+    assert torch.equal(step(bench.AnalyticDDPM(schedule, [1, T], [0.0, 0.0])), plain), "no error: the posterior variance"
+    # an error of 0.05 widens the noise by the x0 error carried through the mean's x0 coefficient
+    a_t, a_s = schedule.alpha_bar(300, x), schedule.alpha_bar(250, x)
+    c, _ = posterior_mean_coefficients(a_t, a_s)
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+    widened = (posterior_variance(a_t, a_s) + c ** 2 * (1 - a_t) / a_t * 0.05).sqrt() - posterior_variance(a_t, a_s).sqrt()
+    torch.testing.assert_close(step(bench.AnalyticDDPM(schedule, [1, T], [0.05, 0.05])) - plain, widened * noise)
+
+
+def test_sampler_candidates_benchmark_measures_every_candidate(benchmark_inputs, capsys):
+    pytest.importorskip("diffusers")
+    model, data = benchmark_inputs
+    bench = load_benchmark("sampler_candidates")
+    assert bench.main(["--model", str(model), "--data", str(data), "--steps", "3", "--n", "3", "--seeds", "0",
+                       "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    for name in bench.CANDIDATES:
+        assert f"| {name} | ddpm | 3 |" in out, out
+    with pytest.raises(SystemExit):
+        bench.main(["--candidates", "ddpm,euler"])
