@@ -55,6 +55,7 @@ def main() -> int:
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(args.width, args.width, 3, padding=1).eval().to(memory_format=torch.channels_last)
     x = torch.randn(args.batch, args.width, 16, 16).contiguous(memory_format=torch.channels_last)
+    engine_before = torch.backends.quantized.engine
     runs = {"fp32": (conv, x)}
     for engine in torch.backends.quantized.supported_engines:
         if engine == "qnnpack":  # ARM's engine; on x86 it runs a slow reference path
@@ -70,6 +71,7 @@ def main() -> int:
                 start = time.perf_counter()
                 f(inp)
                 best[name] = min(best[name], time.perf_counter() - start)
+    torch.backends.quantized.engine = engine_before
     flops = 2 * args.batch * args.width * 256 * args.width * 9
     print(f"# {args.batch} x {args.width} x 16 x 16 by {args.width} x 3 x 3, {args.threads} threads, "
           f"{cpu_description()}, torch {torch.__version__}\n")

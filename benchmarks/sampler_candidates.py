@@ -31,7 +31,9 @@ from ddpm.checkpoint import load_model, load_palette, load_schedule  # noqa: E40
 from ddpm.data import load_data  # noqa: E402
 from ddpm.evaluate import Reference, Setting, decision_table, feature_spaces, measure, per_seed_table  # noqa: E402
 from ddpm.losses import noise_error  # noqa: E402
-from ddpm.sampling import DDPMSampler, Sampler, posterior_mean_coefficients, posterior_variance  # noqa: E402
+from ddpm.sampling import (DDPMSampler, Sampler, make_timesteps, posterior_mean_coefficients,  # noqa: E402
+                           posterior_variance)
+from ddpm.schedule import to_diffusers_timestep  # noqa: E402
 
 CANDIDATES = ("ddpm", "analytic", "sa-sde", "sa-mid")
 # Where the noise MSE is measured; it changes fast at low t and slowly above, and is interpolated between.
@@ -72,24 +74,32 @@ class AnalyticDDPM(DDPMSampler):
 
 
 class DiffusersSASolver(Sampler):
-    """diffusers' SASolverScheduler behind the library's step(); its timesteps are ours shifted by one
-    (trailing spacing), and it ends at diffusers' timestep 0 (our t = 1, noise level 0.01), not at t = 0."""
+    """diffusers' SASolverScheduler behind the library's step(), built from the model's own scheduler config.
+
+    It steps on diffusers' trailing grid, which for most step counts is make_timesteps' shifted by one
+    (to_diffusers_timestep); where the two round differently the candidate refuses the step count rather
+    than sample at other noise levels than the library's loop asks for. It ends at diffusers' timestep 0
+    (our t = 1, noise level 0.01), not at t = 0.
+    """
 
     def __init__(self, schedule, steps: int, tau):
         import diffusers
 
         super().__init__(schedule)
         self.name, self.steps = "sa-solver", steps
-        self.scheduler = diffusers.SASolverScheduler(
-            num_train_timesteps=schedule.T, trained_betas=schedule.betas[1:].tolist(), predictor_order=2,
-            corrector_order=2, algorithm_type="data_prediction", timestep_spacing="trailing", tau_func=tau)
+        self.scheduler = diffusers.SASolverScheduler.from_config(
+            schedule.scheduler_config(), predictor_order=2, corrector_order=2, algorithm_type="data_prediction",
+            tau_func=tau)
         self.reset()
 
     def reset(self) -> None:
         self.scheduler.set_timesteps(self.steps)
+        ours = [to_diffusers_timestep(t) for t in make_timesteps(self.schedule.T, self.steps)[:-1]]
+        if self.scheduler.timesteps.tolist() != ours:
+            raise ValueError(f"diffusers' SA-Solver steps on other times than make_timesteps at {self.steps} steps")
 
     def step(self, eps, t, t_prev, x_t, generator=None):
-        x_prev = self.scheduler.step(eps, t - 1, x_t, generator=generator).prev_sample
+        x_prev = self.scheduler.step(eps, to_diffusers_timestep(t), x_t, generator=generator).prev_sample
         return x_prev, self.schedule.predict_x0(x_t, eps, t)
 
 
@@ -130,12 +140,12 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         sampler = make_candidate(name, schedule, args.steps, model, data)
         result = measure(model, schedule, reference, Setting(sampler, args.steps, args.guidance), args.n, seeds,
-                         load_palette(args.model), "fp32", model_name=name)
-        result.setting = Setting("ddpm", args.steps, args.guidance)  # for the tables: steps and guidance
+                         load_palette(args.model), "fp32", model_name=args.model)
+        result.setting = Setting(name, args.steps, args.guidance)  # the tables print the candidate's name
         results.append(result)
         print(f"measured {name} ({sum(result.seconds):.0f} s)", file=sys.stderr, flush=True)
     print(f"{args.model}, {args.steps} steps, guidance {args.guidance:g}, {args.n} per class, seeds {args.seeds}, fp32; "
-          "the model column names the candidate\n")
+          "the sampler column names the candidate\n")
     print(decision_table(results, reference))
     print()
     print(per_seed_table(results, reference))

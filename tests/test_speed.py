@@ -172,17 +172,20 @@ def test_int8_conv_benchmark_computes_the_same_conv_and_reports_each_kernel(caps
     import sys
 
     bench = load_benchmark("int8_conv")
+    torch.manual_seed(0)
     conv = torch.nn.Conv2d(8, 8, 3, padding=1).eval()
     x = torch.randn(2, 8, 16, 16, generator=torch.Generator().manual_seed(0))
     q, qx = bench.quantized_copy(conv, x)
     with torch.no_grad():
         want, got = conv(x), q(qx).dequantize()
     assert (got - want).abs().max() < 0.05 * want.abs().max(), "the int8 conv computes what the fp32 one does"
+    engine = torch.backends.quantized.engine
     monkeypatch.setattr(sys, "argv", ["int8_conv.py", "--width", "8", "--batch", "2", "--rounds", "1", "--threads", "1"])
     assert bench.main() == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
     assert rows[1].startswith("| fp32 |") and rows[1].endswith("| 1.00x |"), rows
     assert any(row.startswith("| int8 (") for row in rows[2:]), rows
+    assert torch.backends.quantized.engine == engine, "the benchmark leaves the quantized engine as it found it"
 
 
 def test_analytic_candidate_adds_the_x0_error_to_the_posterior_variance():
@@ -213,6 +216,18 @@ def test_sampler_candidates_benchmark_measures_every_candidate(benchmark_inputs,
                        "--threads", "1"]) == 0
     out = capsys.readouterr().out
     for name in bench.CANDIDATES:
-        assert f"| {name} | ddpm | 3 |" in out, out
+        assert f"| {model} | {name} | 3 |" in out, out
     with pytest.raises(SystemExit):
         bench.main(["--candidates", "ddpm,euler"])
+
+
+def test_sa_solver_candidate_steps_on_the_library_grid_or_refuses():
+    pytest.importorskip("diffusers")
+    from ddpm.sampling import make_timesteps
+
+    bench = load_benchmark("sampler_candidates")
+    schedule = NoiseSchedule(T)
+    sampler = bench.DiffusersSASolver(schedule, 10, lambda t: 1.0)
+    assert sampler.scheduler.timesteps.tolist() == [t - 1 for t in make_timesteps(T, 10)[:-1]]
+    with pytest.raises(ValueError, match="other times"):  # diffusers rounds the 24-step grid differently
+        bench.DiffusersSASolver(schedule, 24, lambda t: 1.0)
