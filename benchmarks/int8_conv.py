@@ -38,7 +38,8 @@ def quantized_copy(conv: torch.nn.Conv2d, x: torch.Tensor) -> tuple[nnq.Conv2d, 
                                                  torch.qint8), conv.bias.detach())
     with torch.no_grad():
         y = conv(x)
-    q.scale, q.zero_point = float((y.max() - y.min()) / 255), int((-y.min() / ((y.max() - y.min()) / 255)).round())
+    y_scale = float((y.max() - y.min()) / 255)
+    q.scale, q.zero_point = y_scale, int((-y.min() / y_scale).round())
     x_scale = float((x.max() - x.min()) / 127)
     qx = torch.quantize_per_tensor(x, x_scale, int((-x.min() / x_scale).round()), torch.quint8)
     return q, qx
@@ -56,18 +57,17 @@ def main() -> int:
     conv = torch.nn.Conv2d(args.width, args.width, 3, padding=1).eval().to(memory_format=torch.channels_last)
     x = torch.randn(args.batch, args.width, 16, 16).contiguous(memory_format=torch.channels_last)
     engine_before = torch.backends.quantized.engine
-    runs = {"fp32": (conv, x)}
+    runs = {"fp32": (conv, x, engine_before)}
     for engine in torch.backends.quantized.supported_engines:
         if engine == "qnnpack":  # ARM's engine; on x86 it runs a slow reference path
             continue
         torch.backends.quantized.engine = engine
-        runs[f"int8 ({engine})"] = quantized_copy(conv, x)
+        runs[f"int8 ({engine})"] = (*quantized_copy(conv, x), engine)
     best = {name: float("inf") for name in runs}
     with torch.no_grad():
         for _ in range(args.rounds):
-            for name, (f, inp) in runs.items():
-                if name != "fp32":
-                    torch.backends.quantized.engine = name[6:-1]
+            for name, (f, inp, engine) in runs.items():
+                torch.backends.quantized.engine = engine
                 start = time.perf_counter()
                 f(inp)
                 best[name] = min(best[name], time.perf_counter() - start)

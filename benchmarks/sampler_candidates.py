@@ -29,10 +29,11 @@ import torch.nn.functional as F  # noqa: E402
 
 from ddpm.checkpoint import load_model, load_palette, load_schedule  # noqa: E402
 from ddpm.data import load_data  # noqa: E402
-from ddpm.evaluate import Reference, Setting, decision_table, feature_spaces, measure, per_seed_table  # noqa: E402
+from ddpm.evaluate import (Reference, Setting, decision_table, feature_spaces, measure, parse_seeds,  # noqa: E402
+                           per_seed_table)
 from ddpm.losses import noise_error  # noqa: E402
-from ddpm.sampling import (DDPMSampler, Sampler, make_timesteps, posterior_mean_coefficients,  # noqa: E402
-                           posterior_variance)
+from ddpm.sampling import (DEFAULT_GUIDANCE, DDPMSampler, Sampler, make_timesteps,  # noqa: E402
+                           posterior_mean_coefficients, posterior_variance)
 from ddpm.schedule import to_diffusers_timestep  # noqa: E402
 
 CANDIDATES = ("ddpm", "analytic", "sa-sde", "sa-mid")
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="weights")
     p.add_argument("--data", default="dawnlike")
     p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--guidance", type=float, default=1.5)
+    p.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
     p.add_argument("--candidates", default=",".join(CANDIDATES))
     p.add_argument("--n", type=int, default=100, help="samples per class")
     p.add_argument("--seeds", default="0,1")
@@ -131,11 +132,14 @@ def main(argv: list[str] | None = None) -> int:
     names = args.candidates.split(",")
     if not set(names) <= set(CANDIDATES):
         p.error(f"--candidates: choose from {', '.join(CANDIDATES)}")
+    try:
+        seeds = parse_seeds(args.seeds)
+    except ValueError as e:
+        p.error(str(e))
     torch.set_num_threads(args.threads)
     model, schedule = load_model(args.model), load_schedule(args.model)
     data = load_data(args.data, model.height)
     reference = Reference(data, feature_spaces(data), args.n)
-    seeds = [int(s) for s in args.seeds.split(",")]
     results = []
     for name in names:
         sampler = make_candidate(name, schedule, args.steps, model, data)

@@ -217,17 +217,19 @@ def test_sampler_candidates_benchmark_measures_every_candidate(benchmark_inputs,
     out = capsys.readouterr().out
     for name in bench.CANDIDATES:
         assert f"| {model} | {name} | 3 |" in out, out
-    with pytest.raises(SystemExit):
-        bench.main(["--candidates", "ddpm,euler"])
+    for bad in (["--candidates", "ddpm,euler"], ["--seeds", "0,0"]):
+        with pytest.raises(SystemExit):
+            bench.main(bad)
 
 
 def test_sa_solver_candidate_steps_on_the_library_grid_or_refuses():
     pytest.importorskip("diffusers")
     from ddpm.sampling import make_timesteps
+    from ddpm.schedule import to_diffusers_timestep
 
     bench = load_benchmark("sampler_candidates")
     schedule = NoiseSchedule(T)
     sampler = bench.DiffusersSASolver(schedule, 10, lambda t: 1.0)
-    assert sampler.scheduler.timesteps.tolist() == [t - 1 for t in make_timesteps(T, 10)[:-1]]
+    assert sampler.scheduler.timesteps.tolist() == [to_diffusers_timestep(t) for t in make_timesteps(T, 10)[:-1]]
     with pytest.raises(ValueError, match="other times"):  # diffusers rounds the 24-step grid differently
         bench.DiffusersSASolver(schedule, 24, lambda t: 1.0)
