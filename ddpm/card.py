@@ -54,7 +54,7 @@ DragonDePlatino, DawnBringer palette by DawnBringer.
 """
 NO_EVALUATION = "Run `python -m ddpm.evaluate --model <folder> --write-card` for the table."
 
-RECIPE_KEYS = ["n_feat", "distill_guidance", "batch_size", "lr", "warmup", "ema", "p_uncond", "dropout",
+RECIPE_KEYS = ["n_feat", "distill_guidance", "teacher", "batch_size", "lr", "warmup", "ema", "p_uncond", "dropout",
                "weight_decay", "min_snr", "low_t_share", "low_t_max", "schedule", "T", "seed"]
 # Options listed only when a stage used them: the course's uniform loss and no regularisation are the
 # unstated defaults.

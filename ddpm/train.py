@@ -286,6 +286,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="with --init-from: train a student of that model that takes the guidance scale as an "
                         "input and gives classifier-free guidance's prediction for any scale in [0, W_MAX] in one "
                         "pass (Meng et al. 2023), instead of training on the data's noise")
+    p.add_argument("--teacher", metavar="MODEL",
+                   help="with --distill-guidance and --init-from: distil this model (a local folder or a Hub repo "
+                        "id) into the --init-from one, e.g. a wide teacher into a narrower, faster student")
     p.add_argument("--schedule", choices=SCHEDULES, default="linear")
     p.add_argument("--T", type=int, default=500)
     p.add_argument("--precision", choices=["auto", *TRAINING_PRECISIONS], default="auto",
@@ -323,6 +326,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--distill-guidance must be a positive guidance scale such as 4")
     if args.distill_guidance is not None and not (args.init_from or args.resume):
         p.error("--distill-guidance needs a teacher: --init-from a trained model (or --resume a distillation)")
+    if args.teacher is not None and (args.distill_guidance is None or not args.init_from or args.resume):
+        p.error("--teacher goes with --distill-guidance and --init-from (a resumed distillation keeps its teacher)")
     if not (math.isfinite(args.min_snr) and args.min_snr >= 0):
         p.error("--min-snr must be 0 (off) or a positive number such as 5")
     return args
@@ -338,7 +343,8 @@ def build_model(args: argparse.Namespace, data: SpriteData, checkpoint: tuple[di
       optimizer, step, history and RNG state come back with Trainer.resume;
     - --init-from: exported weights (a local folder or a Hub repo id) with their schedule and
       training history, widened when --n-feat asks for a whole multiple of their width; with
-      --distill-guidance they are the teacher, and the student starts as their copy;
+      --distill-guidance they are the teacher, and the student starts as their copy, or --teacher
+      names the teacher and the student starts from them;
     - otherwise a new network of --n-feat, --norm and --time-embedding, with the --schedule asked for.
 
     Call after torch.manual_seed(args.seed): a new network's initial weights come from it.
@@ -377,7 +383,14 @@ def build_model(args: argparse.Namespace, data: SpriteData, checkpoint: tuple[di
                 model = widen(model, args.n_feat, torch.Generator().manual_seed(args.seed))
             except ValueError as e:
                 raise TrainingError(f"--n-feat with --init-from: {e}") from None
-        if args.distill_guidance:
+        if args.teacher:
+            teacher = load_model(args.teacher)
+            if teacher.distilled_guidance:
+                raise TrainingError(f"--teacher {args.teacher} is itself a distilled student; distil its teacher")
+            if teacher.noise_schedule.config() != schedule.config() or teacher.class_names != model.class_names:
+                raise TrainingError(f"--teacher {args.teacher} has another noise schedule or other classes than "
+                                    f"{args.init_from}: a student learns on its teacher's schedule and classes")
+        elif args.distill_guidance:
             teacher = model
         if (args.dropout is not None and args.dropout != model.dropout or args.attention and not model.attention
                 or args.distill_guidance):

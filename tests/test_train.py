@@ -337,6 +337,7 @@ def test_training_stages_of_a_history_written_before_stages():
     (["--weight-decay", "nan"], "--weight-decay"),
     (["--distill-guidance", "0"], "--distill-guidance"),
     (["--distill-guidance", "4"], "--init-from"),
+    (["--teacher", "weights"], "--teacher"),
 ])
 def test_bad_arguments_exit_with_a_message(train_data, tmp_path, capsys, extra, match):
     with pytest.raises(SystemExit) as info:
@@ -576,6 +577,35 @@ def test_distill_guidance_trains_a_one_pass_student_and_resumes_exactly(train_da
                         (train_args(train_data, stopped, 70, "--resume", "--distill-guidance", 2), "--distill-guidance"),
                         (train_args(train_data, tmp_path / "plain", 2, "--resume", "--distill-guidance", 4),
                          "does not distil")]:
+        assert train.main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error:") and match in err and "\n" not in err, err
+
+
+def test_distill_guidance_into_a_narrower_student_of_another_teacher(train_data, tmp_path, capsys):
+    torch.manual_seed(0)
+    save_model(ContextUnet(n_feat=32, class_names=list(CLASSES), norm="group"), NoiseSchedule(), tmp_path / "teacher")
+    save_model(ContextUnet(n_feat=16, class_names=list(CLASSES), norm="group"), NoiseSchedule(), tmp_path / "narrow")
+    teacher, narrow = load_model(tmp_path / "teacher"), load_model(tmp_path / "narrow")
+    run = tmp_path / "student"
+    args = ("--init-from", tmp_path / "narrow", "--teacher", tmp_path / "teacher", "--distill-guidance", 4,
+            "--lr", 3e-4, "--ema", 0.5)
+    assert train.main(train_args(train_data, run, 60, *args)) == 0
+    student = load_model(run / "model")
+    assert (student.n_feat, student.distilled_guidance) == (16, 4.0)
+    start = ContextUnet(**student.config_dict).eval()
+    start.load_state_dict(narrow.state_dict(), strict=False)
+    assert distillation_gap(student, teacher) < 0.85 * distillation_gap(start, teacher)
+    # the checkpoint keeps the wide teacher, so the run resumes without naming it again
+    _, meta = train.load_checkpoint(run / train.CHECKPOINT)
+    assert meta["teacher_config"]["n_feat"] == 32 and meta["config"]["n_feat"] == 16
+    assert train.main(train_args(train_data, run, 62, "--resume", "--lr", 3e-4, "--ema", 0.5)) == 0
+    capsys.readouterr()
+    # a teacher on another schedule or with other classes, or one that is itself a student, is refused
+    save_model(ContextUnet(n_feat=16, class_names=list(CLASSES), norm="group"), NoiseSchedule(200), tmp_path / "T200")
+    for bad, match in [(tmp_path / "T200", "schedule"), (run / "model", "distilled")]:
+        argv = train_args(train_data, tmp_path / "bad", 2, "--init-from", tmp_path / "narrow", "--teacher", bad,
+                          "--distill-guidance", 4)
         assert train.main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error:") and match in err and "\n" not in err, err
