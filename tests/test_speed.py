@@ -188,6 +188,36 @@ def test_int8_conv_benchmark_computes_the_same_conv_and_reports_each_kernel(caps
     assert torch.backends.quantized.engine == engine, "the benchmark leaves the quantized engine as it found it"
 
 
+def test_winograd_conv_computes_the_3x3_conv_and_the_benchmark_compares_whole_steps(capsys, monkeypatch, tiny_model_dir):
+    import sys
+
+    bench = load_benchmark("winograd_conv")
+    g = torch.Generator().manual_seed(0)
+    conv = torch.nn.Conv2d(8, 5, 3, padding=1)
+    for side in (16, 8, 4):
+        x = torch.randn(3, 8, side, side, generator=g)
+        with torch.no_grad():
+            want, got = conv(x), bench.WinogradConv3x3(conv)(x)
+        assert got.shape == want.shape and torch.allclose(got, want, atol=1e-4), side
+    with pytest.raises(ValueError, match="multiples of 4"):
+        bench.WinogradConv3x3(conv)(torch.randn(1, 8, 6, 6))
+    with pytest.raises(ValueError, match="3x3"):
+        bench.WinogradConv3x3(torch.nn.Conv2d(8, 8, 3, stride=2, padding=1))
+    net = inference_model(make_tiny_unet().eval())
+    fast = bench.winograd_copy(net)
+    assert any(isinstance(m, bench.WinogradConv3x3) for m in fast.modules())
+    assert not any(isinstance(m, bench.WinogradConv3x3) for m in net.modules()), "the copy leaves the net alone"
+    x, t, c = torch.randn(4, 3, 16, 16, generator=g), torch.full((4,), 0.3), torch.eye(5)[:4]
+    with torch.no_grad():
+        assert torch.allclose(fast.forward_guided(x, t, c, 1.5), net.forward_guided(x, t, c, 1.5), atol=1e-4)
+    monkeypatch.setattr(sys, "argv", ["winograd_conv.py", "--model", str(tiny_model_dir), "--n", "2", "--rounds", "1",
+                                      "--threads", "1"])
+    assert bench.main() == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert rows[1].startswith("| direct (oneDNN) |") and "| 1.00x | 0.0e+00 |" in rows[1], rows
+    assert rows[2].startswith("| Winograd F(4x4, 3x3) |"), rows
+
+
 def test_analytic_candidate_adds_the_x0_error_to_the_posterior_variance():
     from ddpm.sampling import make_sampler, posterior_mean_coefficients, posterior_variance
 
