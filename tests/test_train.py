@@ -593,6 +593,7 @@ def test_distill_guidance_into_a_narrower_student_of_another_teacher(train_data,
     assert train.main(train_args(train_data, run, 60, *args)) == 0
     student = load_model(run / "model")
     assert (student.n_feat, student.distilled_guidance) == (16, 4.0)
+    assert f"teacher {tmp_path / 'teacher'}" in (run / "model" / "README.md").read_text()
     start = ContextUnet(**student.config_dict).eval()
     start.load_state_dict(narrow.state_dict(), strict=False)
     assert distillation_gap(student, teacher) < 0.85 * distillation_gap(start, teacher)
