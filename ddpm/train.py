@@ -468,6 +468,10 @@ class Trainer:
                                     f"weight decay {trained:g}; resume without --weight-decay, or start a stage "
                                     "with --init-from")
             args.weight_decay = trained
+            # a resumed distillation goes on distilling the same teacher: the recipe it exports says so
+            for key in ("distill_guidance", "teacher"):
+                if getattr(args, key) is None:
+                    setattr(args, key, checkpoint[1]["args"].get(key))
         elif args.weight_decay is None:
             args.weight_decay = 0.0
         torch.manual_seed(args.seed)  # the initial weights too: the same --seed gives the same run

@@ -601,6 +601,8 @@ def test_distill_guidance_into_a_narrower_student_of_another_teacher(train_data,
     _, meta = train.load_checkpoint(run / train.CHECKPOINT)
     assert meta["teacher_config"]["n_feat"] == 32 and meta["config"]["n_feat"] == 16
     assert train.main(train_args(train_data, run, 62, "--resume", "--lr", 3e-4, "--ema", 0.5)) == 0
+    card = (run / "model" / "README.md").read_text()
+    assert f"distill_guidance 4.0, teacher {tmp_path / 'teacher'}" in card, "the resumed stage's recipe keeps them"
     capsys.readouterr()
     # a teacher on another schedule or with other classes, or one that is itself a student, is refused
     save_model(ContextUnet(n_feat=16, class_names=list(CLASSES), norm="group"), NoiseSchedule(200), tmp_path / "T200")
