@@ -37,14 +37,20 @@ A_T = [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 
 M, TILE = 4, 6  # output block and input tile sizes
 
 
+def is_plain_3x3(conv: torch.nn.Module) -> bool:
+    """A 3x3 conv with stride 1, zero padding 1 and one group: what F(4x4, 3x3) here computes."""
+    return (type(conv) is torch.nn.Conv2d and conv.padding_mode == "zeros"
+            and (conv.kernel_size, conv.stride, conv.padding, conv.dilation, conv.groups)
+            == ((3, 3), (1, 1), (1, 1), (1, 1), 1))
+
+
 class WinogradConv3x3(torch.nn.Module):
     """conv (3x3, stride 1, padding 1, one group) computed as F(4x4, 3x3) on maps whose sides are multiples of 4."""
 
     def __init__(self, conv: torch.nn.Conv2d):
         super().__init__()
-        if (conv.kernel_size, conv.stride, conv.padding, conv.dilation, conv.groups) != ((3, 3), (1, 1), (1, 1),
-                                                                                         (1, 1), 1):
-            raise ValueError(f"not a plain 3x3 conv with padding 1: {conv}")
+        if not is_plain_3x3(conv):
+            raise ValueError(f"not a plain 3x3 conv with zero padding 1: {conv}")
         b_t, g, a_t = (torch.tensor(m, dtype=torch.float64) for m in (B_T, G, A_T))
         # the 2-D transforms as one matrix each, over a tile flattened row by row: (x kron y) vec(D) = vec(x D y^T)
         self.register_buffer("tile_transform", torch.kron(b_t, b_t).float())    # (36, 36)
@@ -75,8 +81,7 @@ def winograd_copy(net: torch.nn.Module) -> torch.nn.Module:
     net = copy.deepcopy(net)
     for parent in list(net.modules()):
         for name, child in parent.named_children():
-            if type(child) is torch.nn.Conv2d and child.kernel_size == (3, 3) and child.padding == (1, 1) \
-                    and child.stride == (1, 1) and child.groups == 1:
+            if is_plain_3x3(child):
                 setattr(parent, name, WinogradConv3x3(child))
     return net
 

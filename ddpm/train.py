@@ -324,10 +324,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--weight-decay must be 0 (off) or a positive number")
     if args.distill_guidance is not None and not (math.isfinite(args.distill_guidance) and args.distill_guidance > 0):
         p.error("--distill-guidance must be a positive guidance scale such as 4")
+    if args.teacher is not None and (args.distill_guidance is None or not args.init_from or args.resume):
+        p.error("--teacher goes with --distill-guidance and --init-from, the student's starting weights "
+                "(a resumed distillation keeps its teacher)")
     if args.distill_guidance is not None and not (args.init_from or args.resume):
         p.error("--distill-guidance needs a teacher: --init-from a trained model (or --resume a distillation)")
-    if args.teacher is not None and (args.distill_guidance is None or not args.init_from or args.resume):
-        p.error("--teacher goes with --distill-guidance and --init-from (a resumed distillation keeps its teacher)")
     if not (math.isfinite(args.min_snr) and args.min_snr >= 0):
         p.error("--min-snr must be 0 (off) or a positive number such as 5")
     return args
@@ -387,9 +388,10 @@ def build_model(args: argparse.Namespace, data: SpriteData, checkpoint: tuple[di
             teacher = load_model(args.teacher)
             if teacher.distilled_guidance:
                 raise TrainingError(f"--teacher {args.teacher} is itself a distilled student; distil its teacher")
-            if teacher.noise_schedule.config() != schedule.config() or teacher.class_names != model.class_names:
-                raise TrainingError(f"--teacher {args.teacher} has another noise schedule or other classes than "
-                                    f"{args.init_from}: a student learns on its teacher's schedule and classes")
+            if (teacher.noise_schedule.config() != schedule.config() or teacher.class_names != model.class_names
+                    or (teacher.height, teacher.in_channels) != (model.height, model.in_channels)):
+                raise TrainingError(f"--teacher {args.teacher} has another noise schedule, other classes or another "
+                                    f"sprite size than {args.init_from}: a student learns its teacher's task")
         elif args.distill_guidance:
             teacher = model
         if (args.dropout is not None and args.dropout != model.dropout or args.attention and not model.attention
@@ -468,8 +470,9 @@ class Trainer:
                                     f"weight decay {trained:g}; resume without --weight-decay, or start a stage "
                                     "with --init-from")
             args.weight_decay = trained
-            # a resumed distillation goes on distilling the same teacher: the recipe it exports says so
-            for key in ("distill_guidance", "teacher"):
+            # a resumed run keeps its dropout and goes on distilling the same teacher: the recipe it
+            # exports says so, though the resuming command names none of them
+            for key in ("distill_guidance", "teacher", "dropout"):
                 if getattr(args, key) is None:
                     setattr(args, key, checkpoint[1]["args"].get(key))
         elif args.weight_decay is None:

@@ -201,11 +201,13 @@ def test_winograd_conv_computes_the_3x3_conv_and_the_benchmark_compares_whole_st
         assert got.shape == want.shape and torch.allclose(got, want, atol=1e-4), side
     with pytest.raises(ValueError, match="multiples of 4"):
         bench.WinogradConv3x3(conv)(torch.randn(1, 8, 6, 6))
-    with pytest.raises(ValueError, match="3x3"):
-        bench.WinogradConv3x3(torch.nn.Conv2d(8, 8, 3, stride=2, padding=1))
+    for other in (torch.nn.Conv2d(8, 8, 3, stride=2, padding=1), torch.nn.Conv2d(8, 8, 3, padding=1, padding_mode="reflect")):
+        with pytest.raises(ValueError, match="3x3"):
+            bench.WinogradConv3x3(other)
     net = inference_model(make_tiny_unet().eval())
     fast = bench.winograd_copy(net)
     assert any(isinstance(m, bench.WinogradConv3x3) for m in fast.modules())
+    assert not any(bench.is_plain_3x3(m) for m in fast.modules()), "every plain 3x3 conv is replaced"
     assert not any(isinstance(m, bench.WinogradConv3x3) for m in net.modules()), "the copy leaves the net alone"
     x, t, c = torch.randn(4, 3, 16, 16, generator=g), torch.full((4,), 0.3), torch.eye(5)[:4]
     with torch.no_grad():

@@ -606,7 +606,10 @@ def test_distill_guidance_into_a_narrower_student_of_another_teacher(train_data,
     capsys.readouterr()
     # a teacher on another schedule or with other classes, or one that is itself a student, is refused
     save_model(ContextUnet(n_feat=16, class_names=list(CLASSES), norm="group"), NoiseSchedule(200), tmp_path / "T200")
-    for bad, match in [(tmp_path / "T200", "schedule"), (run / "model", "distilled")]:
+    save_model(ContextUnet(n_feat=16, class_names=["a", "b", "c", "d", "e"], norm="group"), NoiseSchedule(),
+               tmp_path / "other_classes")
+    for bad, match in [(tmp_path / "T200", "schedule"), (tmp_path / "other_classes", "classes"),
+                       (run / "model", "distilled")]:
         argv = train_args(train_data, tmp_path / "bad", 2, "--init-from", tmp_path / "narrow", "--teacher", bad,
                           "--distill-guidance", 4)
         assert train.main(argv) == 2
