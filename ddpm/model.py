@@ -214,55 +214,6 @@ def inference_model(model: torch.nn.Module) -> torch.nn.Module:
     return fast
 
 
-def widen(model: "ContextUnet", n_feat: int, generator: torch.Generator | None = None) -> "ContextUnet":
-    """A copy of model with n_feat multiplied by a whole factor that computes the same function.
-
-    Net2WiderNet (Chen et al., 2016) for this U-Net: every channel that scales with n_feat is
-    repeated factor times in place (old channel i becomes new channels factor*i ... factor*i +
-    factor - 1, so concatenations and GroupNorm groups line up), and every weight reading such
-    channels is split among the copies. The split fractions are random and sum to 1 for each
-    weight, so the output is unchanged but the copies get different gradients and grow apart in
-    training instead of staying twins. Used to continue a trained model with more capacity.
-    """
-    if model.attention:
-        # repeated query and key channels would scale every attention logit by the factor
-        raise ValueError("a network with self-attention cannot be widened this way")
-    if model.distilled_guidance:
-        raise ValueError("a network distilled for guidance cannot be widened: widen its teacher")
-    factor, rest = divmod(n_feat, model.n_feat)
-    if rest or factor < 1:
-        raise ValueError(f"n_feat {n_feat} is not a whole multiple of the model's {model.n_feat}")
-    wide = ContextUnet(**dict(model.config_dict, n_feat=n_feat)).to(next(model.parameters()).device)
-    old_modules = dict(model.named_modules())
-
-    def split(w: torch.Tensor, dim: int) -> torch.Tensor:
-        # each input channel's weight spread over its copies with random fractions summing to 1
-        w = w.repeat_interleave(factor, dim)
-        shape = list(w.shape)
-        shape[dim] //= factor
-        shape.insert(dim + 1, factor)
-        fractions = torch.rand(shape, generator=generator).to(w) + 0.5  # within 1:3 of each other
-        fractions = fractions / fractions.sum(dim + 1, keepdim=True)
-        return w * fractions.flatten(dim, dim + 1)
-
-    with torch.no_grad():
-        for name, new in wide.named_modules():
-            old = old_modules[name]
-            for key, target in list(new.named_parameters(recurse=False)) + list(new.named_buffers(recurse=False)):
-                value = getattr(old, key)
-                # (out, in, ...) for Conv2d and Linear; ConvTranspose2d stores (in, out, ...)
-                in_dim = 0 if isinstance(new, nn.ConvTranspose2d) else 1
-                for dim in range(value.dim()):
-                    if target.shape[dim] == value.shape[dim]:
-                        continue
-                    if target.shape[dim] != factor * value.shape[dim]:
-                        raise ValueError(f"{name}.{key}: cannot widen {tuple(value.shape)} to {tuple(target.shape)}")
-                    is_input = key == "weight" and value.dim() >= 2 and dim == in_dim
-                    value = split(value, dim) if is_input else value.repeat_interleave(factor, dim)
-                target.copy_(value)
-    return wide.train(model.training)
-
-
 def level_channels(n_feat: int, height: int) -> list[int]:
     """Channels after each down level: n_feat, 2 n_feat, then capped at 4 n_feat."""
     levels = int(math.log2(height // BOTTLENECK))

@@ -35,7 +35,8 @@ from .folder import CheckpointError
 from .history import TOTALS, stage_since, training_stages
 from .images import to_uint8
 from .losses import LOW_T_MAX, diffusion_loss, guidance_distillation_error, noise_error, training_batch
-from .model import DEFAULT_N_FEAT, NORMS, TIME_EMBEDDINGS, ContextUnet, inference_model, widen
+from .model import DEFAULT_N_FEAT, NORMS, TIME_EMBEDDINGS, ContextUnet, inference_model
+from .resize import narrow, widen
 from .sampling import sample
 from .schedule import SCHEDULES, NoiseSchedule
 
@@ -270,7 +271,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--height", type=int, default=16)
     p.add_argument("--n-feat", type=int, default=None,
                    help="network width (default 64); with --init-from, a whole multiple of the model's width "
-                        "widens it without changing what it computes (Net2WiderNet), to keep training it larger")
+                        "widens it without changing what it computes (Net2WiderNet), to keep training it larger, "
+                        "and a smaller multiple of 8 prunes it to the channels that carry the most, to distil the "
+                        "model into it (with --distill-guidance)")
     p.add_argument("--norm", choices=NORMS, default="batch")
     p.add_argument("--time-embedding", choices=TIME_EMBEDDINGS, default="scalar")
     p.add_argument("--dropout", type=float, default=None, metavar="P",
@@ -335,6 +338,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # --- building or restoring the model --------------------------------------------------------------
+CALIBRATION_SPRITES = 512  # the x_t on which narrowing judges each channel
+
+
+def check_classes(model: ContextUnet, data: SpriteData) -> None:
+    if model.class_names != data.class_names:
+        raise TrainingError(f"the model's classes {model.class_names} differ from the data's {data.class_names}")
+
+
+def narrowed(model: ContextUnet, n_feat: int, data: SpriteData, args: argparse.Namespace) -> ContextUnet:
+    """model pruned to n_feat (ddpm.resize.narrow) on x_t of training sprites, its BatchNorm statistics
+    re-estimated for the channels that are left."""
+    check_classes(model, data)  # the calibration sprites are the data's
+    images, labels = data.to_tensors()
+    generator = torch.Generator().manual_seed(args.seed)
+    schedule = model.noise_schedule
+    x0, t, noise, context = training_batch(images, labels, model.n_classes, CALIBRATION_SPRITES, schedule.T,
+                                           args.p_uncond, generator)
+    small = narrow(model, n_feat, schedule.add_noise(x0, noise, t), t.float() / schedule.T, context)
+    recalibrate_batchnorm(small, images, labels, schedule, generator, batches=16, p_uncond=args.p_uncond)
+    return small
+
+
 def build_model(args: argparse.Namespace, data: SpriteData, checkpoint: tuple[dict, dict] | None = None
                 ) -> tuple[ContextUnet, NoiseSchedule, dict, ContextUnet | None]:
     """The model a run trains, its noise schedule, the history behind it and, when it distils
@@ -343,7 +368,8 @@ def build_model(args: argparse.Namespace, data: SpriteData, checkpoint: tuple[di
     - --resume (`checkpoint` given): the checkpoint's network, schedule and teacher; its weights, EMA,
       optimizer, step, history and RNG state come back with Trainer.resume;
     - --init-from: exported weights (a local folder or a Hub repo id) with their schedule and
-      training history, widened when --n-feat asks for a whole multiple of their width; with
+      training history, widened when --n-feat asks for a whole multiple of their width, pruned
+      (narrowed) when it asks for less; with
       --distill-guidance they are the teacher, and the student starts as their copy, or --teacher
       names the teacher and the student starts from them;
     - otherwise a new network of --n-feat, --norm and --time-embedding, with the --schedule asked for.
@@ -379,9 +405,13 @@ def build_model(args: argparse.Namespace, data: SpriteData, checkpoint: tuple[di
         before = model.training_info
         if before is not None:
             history = dict({k: before[k] for k in TOTALS}, prior_stages=training_stages(before))
+        loaded = model
         if args.n_feat and args.n_feat != model.n_feat:
             try:
-                model = widen(model, args.n_feat, torch.Generator().manual_seed(args.seed))
+                if args.n_feat > model.n_feat:
+                    model = widen(model, args.n_feat, torch.Generator().manual_seed(args.seed))
+                else:
+                    model = narrowed(model, args.n_feat, data, args)
             except ValueError as e:
                 raise TrainingError(f"--n-feat with --init-from: {e}") from None
         if args.teacher:
@@ -393,7 +423,7 @@ def build_model(args: argparse.Namespace, data: SpriteData, checkpoint: tuple[di
                 raise TrainingError(f"--teacher {args.teacher} has another noise schedule, other classes or another "
                                     f"sprite size than {args.init_from}: a student learns its teacher's task")
         elif args.distill_guidance:
-            teacher = model
+            teacher = loaded  # a widened copy computes the same; a narrowed one learns from the whole model
         if (args.dropout is not None and args.dropout != model.dropout or args.attention and not model.attention
                 or args.distill_guidance):
             # dropout has no weights, and new attention blocks and guidance embeddings start as the
@@ -409,8 +439,7 @@ def build_model(args: argparse.Namespace, data: SpriteData, checkpoint: tuple[di
         model = ContextUnet(3, args.n_feat or DEFAULT_N_FEAT, len(data.class_names), args.height,
                             data.class_names, args.norm, args.time_embedding, args.dropout or 0.0, args.attention)
         schedule = NoiseSchedule(args.T, args.schedule)
-    if model.class_names != data.class_names:
-        raise TrainingError(f"the model's classes {model.class_names} differ from the data's {data.class_names}")
+    check_classes(model, data)
     return model, schedule, history, teacher
 
 

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ddpm.model import ContextUnet, EmbedFC, ResidualConvBlock, SelfAttention, inference_model, level_channels, widen
+from ddpm.model import ContextUnet, EmbedFC, ResidualConvBlock, SelfAttention, inference_model, level_channels
+from ddpm.resize import narrow, widen
 
 from helpers import CLASSES
 
@@ -198,6 +199,115 @@ def test_widen_needs_a_whole_multiple_of_the_width():
         with pytest.raises(ValueError, match="whole multiple"):
             widen(model, n_feat)
     assert widen(model, 16).state_dict().keys() == model.state_dict().keys()
+
+
+def twins_read_once(small: ContextUnet, wide: ContextUnet) -> None:
+    """In wide = widen(small, 2 * n_feat), give each channel's first copy the whole of every weight that
+    reads the pair, and the second copy none: the same function, with one copy of each channel unread."""
+    old = dict(small.named_modules())
+    with torch.no_grad():
+        for name, m in wide.named_modules():
+            if not isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d, torch.nn.Linear)):
+                continue
+            dim = 0 if isinstance(m, torch.nn.ConvTranspose2d) else 1
+            if m.weight.shape[dim] == 2 * old[name].weight.shape[dim]:
+                pairs = m.weight.unflatten(dim, (-1, 2))
+                pairs.select(dim + 1, 0).add_(pairs.select(dim + 1, 1))
+                pairs.select(dim + 1, 1).zero_()
+
+
+@pytest.mark.parametrize("norm", ["batch", "group"])
+@pytest.mark.parametrize("time_embedding,height", [("scalar", 16), ("sinusoidal", 32)])
+def test_narrow_keeps_the_channels_that_are_read(norm, time_embedding, height):
+    # A widened network whose second copy of every channel is read by nothing: narrowing it back to the
+    # first width must keep exactly the read copies, in every set of channels, and compute as before.
+    torch.manual_seed(0)
+    small = ContextUnet(n_feat=8, n_classes=3, height=height, norm=norm, time_embedding=time_embedding)
+    x, t, c = torch.randn(32, 3, height, height), torch.rand(32), torch.eye(3)[torch.arange(32) % 3]
+    with torch.no_grad():  # train-mode passes give the BatchNorm running statistics real values
+        for _ in range(3):
+            small(torch.randn_like(x), t, c)
+    wide = widen(small, 16, torch.Generator().manual_seed(1))
+    twins_read_once(small, wide)
+    back = narrow(wide.eval(), 8, x, t, c)
+    assert back.config_dict == small.config_dict and back.state_dict().keys() == small.state_dict().keys()
+    for mode in (False, True):  # running statistics, then batch statistics
+        small.train(mode), back.train(mode)
+        with torch.no_grad():
+            expected, got = small(x, t, c), back(x, t, c)
+        assert torch.allclose(got, expected, atol=1e-5, rtol=1e-4), (got - expected).abs().max()
+
+
+def test_narrow_folds_what_a_removed_constant_channel_gave_into_the_bias():
+    # As above, but the second copy of every hidden channel of the context and time embeddings is a
+    # constant that the next layer reads: removing it must leave what it added, as a bias.
+    torch.manual_seed(0)
+    small = ContextUnet(n_feat=8, n_classes=3).eval()
+    x, t, c = torch.randn(32, 3, 16, 16), torch.rand(32), torch.eye(3)[torch.arange(32) % 3]
+    wide = widen(small, 16, torch.Generator().manual_seed(1)).eval()
+    twins_read_once(small, wide)
+    with torch.no_grad():
+        for embed in [*wide.context_embeds, *wide.time_embeds]:
+            embed.model[0].weight[1::2] = 0
+            embed.model[0].bias[1::2] = 1.0  # GELU(1) whatever the input
+            embed.model[2].weight[:, 1::2] = torch.randn_like(embed.model[2].weight[:, 1::2])
+        expected = wide(x, t, c)
+        assert not torch.allclose(expected, small(x, t, c), atol=1e-3)  # the constants matter
+        got = narrow(wide, 8, x, t, c)(x, t, c)
+    assert torch.allclose(got, expected, atol=1e-5, rtol=1e-4), (got - expected).abs().max()
+
+
+@pytest.mark.parametrize("reader", ["up0", "deepest up level"])
+def test_narrow_keeps_the_mean_a_removed_constant_skip_gave_an_upsampling_layer(reader):
+    # The second copy of every channel of the last down level is a constant, read by up0 (after
+    # pooling and GELU) or by the deepest up level (concatenated after h), both transposed convs with
+    # stride = kernel: the mean over the pixels of each of the reader's kept outputs must stay.
+    torch.manual_seed(0)
+    small = ContextUnet(n_feat=8, n_classes=3).eval()
+    x, t, c = torch.randn(32, 3, 16, 16), torch.rand(32), torch.eye(3)[torch.arange(32) % 3]
+    wide = widen(small, 16, torch.Generator().manual_seed(1)).eval()
+    twins_read_once(small, wide)
+    layer = wide.up0[0] if reader == "up0" else wide.ups[-1].model[0]
+    first = layer.in_channels - wide.up0[0].in_channels  # where the last down level's channels begin
+    with torch.no_grad():
+        last_norm = wide.downs[-1].model[1].conv2[1]
+        last_norm.weight[1::2], last_norm.bias[1::2] = 0, 0.7  # GELU(0.7) at every pixel of every sprite
+        layer.weight[first + 1::2] = torch.randn_like(layer.weight[first + 1::2])
+    name = next(n for n, m in wide.named_modules() if m is layer)
+    pruned = narrow(wide, 8, x, t, c)
+    means = {}
+    for model in (wide, pruned):
+        dict(model.named_modules())[name].register_forward_hook(
+            lambda m, a, out, model=model: means.__setitem__(model, out.mean((2, 3))))
+        with torch.no_grad():
+            model(x, t, c)
+    expected, got = means[wide][:, 0::2], means[pruned]  # the first copies are the kept channels
+    assert torch.allclose(got, expected, atol=1e-5, rtol=1e-4), (got - expected).abs().max()
+
+
+def test_narrow_keeps_the_same_number_of_channels_in_every_group():
+    torch.manual_seed(0)
+    model = ContextUnet(n_feat=16, n_classes=3).eval()
+    x, t, c = torch.randn(32, 3, 16, 16), torch.rand(32), torch.eye(3)[torch.arange(32) % 3]
+    with torch.no_grad():
+        model.out[0].weight[:4] *= 100  # the first two groups of the out conv's GroupNorm(8, 16) carry the most
+        model.out[1].weight.copy_(torch.arange(16.0))  # which channels were kept, readable after pruning
+    kept = narrow(model, 8, x, t, c).out[1].weight.long()
+    assert kept.div(2, rounding_mode="floor").tolist() == list(range(8)), kept  # one of each group's two
+
+
+def test_narrow_refuses_what_it_cannot_prune():
+    x, t, c = torch.randn(4, 3, 16, 16), torch.rand(4), torch.eye(5)[:4]
+    model = ContextUnet(n_feat=32)
+    for n_feat in (12, 32, 64, 4):
+        with pytest.raises(ValueError, match="multiple of 8 smaller"):
+            narrow(model, n_feat, x, t, c)
+    # any multiple of 8 below the width: every GroupNorm keeps the same number of channels a group
+    small = narrow(ContextUnet(n_feat=32, norm="group"), 24, x, t, c)
+    assert small.config_dict == dict(model.config_dict, n_feat=24, norm="group") and small(x, t, c).shape == x.shape
+    for other in (ContextUnet(n_feat=32, attention=True), ContextUnet(n_feat=32, distilled_guidance=4.0)):
+        with pytest.raises(ValueError, match="attention or a guidance input"):
+            narrow(other, 16, x, t, c)
 
 
 # --- dropout --------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ Runs ddpm.train.main in-process on a tiny generated data set (n_feat 16, batch 1
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
@@ -17,6 +18,7 @@ import torch
 
 import ddpm.train as train
 from ddpm.checkpoint import load_model, load_schedule, save_model
+from ddpm.data import load_data
 from ddpm.losses import guidance_distillation_error, min_snr_weights, training_batch
 from ddpm.model import ContextUnet
 from ddpm.schedule import NoiseSchedule
@@ -615,3 +617,32 @@ def test_distill_guidance_into_a_narrower_student_of_another_teacher(train_data,
         assert train.main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error:") and match in err and "\n" not in err, err
+
+
+def test_init_from_with_a_smaller_n_feat_prunes_the_model_and_distils_it_into_what_is_left(train_data, tmp_path,
+                                                                                          capsys):
+    torch.manual_seed(0)
+    save_model(ContextUnet(n_feat=32, class_names=list(CLASSES), norm="group"), NoiseSchedule(), tmp_path / "teacher")
+    teacher = load_model(tmp_path / "teacher")
+    run = tmp_path / "student"
+    argv = train_args(train_data, run, 40, "--init-from", tmp_path / "teacher", "--distill-guidance", 4,
+                      "--lr", 3e-4, "--ema", 0.5)  # --n-feat 16: half the teacher's width
+    assert train.main(argv) == 0
+    student = load_model(run / "model")
+    assert (student.n_feat, student.distilled_guidance) == (16, 4.0)
+    _, meta = train.load_checkpoint(run / train.CHECKPOINT)
+    assert meta["teacher_config"]["n_feat"] == 32, "the student learns from the whole model, not its pruned copy"
+    pruned = train.narrowed(teacher, 16, load_data(train_data), argparse.Namespace(seed=0, p_uncond=0.1))
+    start = ContextUnet(**student.config_dict).eval()
+    start.load_state_dict(pruned.state_dict(), strict=False)
+    fresh = ContextUnet(**student.config_dict).eval()
+    # the pruned start is nearer the teacher than a new network of its width, and training gets nearer still
+    assert distillation_gap(student, teacher) < 0.85 * distillation_gap(start, teacher)
+    assert distillation_gap(start, teacher) < 0.85 * distillation_gap(fresh, teacher)
+    info = json.loads((run / "model" / "training.json").read_text())
+    assert [s["recipe"]["n_feat"] for s in info["stages"]][-1] == 16
+    capsys.readouterr()
+    argv[argv.index("--n-feat") + 1] = "20"  # not a multiple of 8
+    assert train.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --n-feat with --init-from") and "multiple of 8" in err and "\n" not in err, err
