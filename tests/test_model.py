@@ -162,24 +162,37 @@ def test_trains_under_distributed_data_parallel(tmp_path):
         dist.destroy_process_group()
 
 
+def inputs(n: int, height: int = 16) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """x, t and one-hot contexts of 3 classes for n sprites."""
+    return torch.randn(n, 3, height, height), torch.rand(n), torch.eye(3)[torch.arange(n) % 3]
+
+
+def give_running_statistics(model: ContextUnet, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> None:
+    with torch.no_grad():  # train-mode passes give the BatchNorm running statistics real values
+        for _ in range(3):
+            model.train()(torch.randn_like(x), t, c)
+
+
+def assert_computes_the_same(expected_model: ContextUnet, model: ContextUnet, x, t, c) -> None:
+    for mode in (True, False):  # batch statistics, then running statistics
+        expected_model.train(mode), model.train(mode)
+        with torch.no_grad():
+            expected, got = expected_model(x, t, c), model(x, t, c)
+        assert torch.allclose(got, expected, atol=1e-5, rtol=1e-4), (got - expected).abs().max()
+
+
 @pytest.mark.parametrize("norm", ["batch", "group"])
 @pytest.mark.parametrize("time_embedding", ["scalar", "sinusoidal"])
 @pytest.mark.parametrize("height,factor", [(16, 2), (32, 3)])
 def test_widen_computes_the_same_function(norm, time_embedding, height, factor):
     torch.manual_seed(0)
     model = ContextUnet(n_feat=8, n_classes=3, height=height, norm=norm, time_embedding=time_embedding)
-    x, t, c = torch.randn(6, 3, height, height), torch.rand(6), torch.eye(3)[torch.arange(6) % 3]
-    with torch.no_grad():  # train-mode passes give the BatchNorm running statistics real values
-        for _ in range(3):
-            model(torch.randn_like(x), t, c)
+    x, t, c = inputs(6, height)
+    give_running_statistics(model, x, t, c)
     wide = widen(model, 8 * factor, torch.Generator().manual_seed(1))
     assert wide.n_feat == 8 * factor and wide.config_dict == dict(model.config_dict, n_feat=8 * factor)
     assert sum(p.numel() for p in wide.parameters()) > (factor ** 2 - 1) * sum(p.numel() for p in model.parameters())
-    for mode in (True, False):  # batch statistics, then running statistics
-        model.train(mode), wide.train(mode)
-        with torch.no_grad():
-            expected, got = model(x, t, c), wide(x, t, c)
-        assert torch.allclose(got, expected, atol=1e-5, rtol=1e-4), (got - expected).abs().max()
+    assert_computes_the_same(model, wide, x, t, c)
 
 
 def test_widened_copies_of_a_channel_grow_apart_in_training():
@@ -216,36 +229,34 @@ def twins_read_once(small: ContextUnet, wide: ContextUnet) -> None:
                 pairs.select(dim + 1, 1).zero_()
 
 
+def twin_read_once_pair(**config) -> tuple[ContextUnet, ContextUnet, tuple]:
+    """A small network (n_feat 8, 3 classes, with running statistics), its widened copy at 16 whose
+    second copies are unread (twins_read_once), in eval mode, and 32 sprites' inputs."""
+    torch.manual_seed(0)
+    small = ContextUnet(n_feat=8, n_classes=3, **config)
+    x, t, c = inputs(32, small.height)
+    give_running_statistics(small, x, t, c)
+    wide = widen(small.eval(), 16, torch.Generator().manual_seed(1)).eval()
+    twins_read_once(small, wide)
+    return small, wide, (x, t, c)
+
+
 @pytest.mark.parametrize("norm", ["batch", "group"])
 @pytest.mark.parametrize("time_embedding,height", [("scalar", 16), ("sinusoidal", 32)])
 def test_narrow_keeps_the_channels_that_are_read(norm, time_embedding, height):
     # A widened network whose second copy of every channel is read by nothing: narrowing it back to the
     # first width must keep exactly the read copies, in every set of channels, and compute as before.
     torch.manual_seed(0)
-    small = ContextUnet(n_feat=8, n_classes=3, height=height, norm=norm, time_embedding=time_embedding)
-    x, t, c = torch.randn(32, 3, height, height), torch.rand(32), torch.eye(3)[torch.arange(32) % 3]
-    with torch.no_grad():  # train-mode passes give the BatchNorm running statistics real values
-        for _ in range(3):
-            small(torch.randn_like(x), t, c)
-    wide = widen(small, 16, torch.Generator().manual_seed(1))
-    twins_read_once(small, wide)
-    back = narrow(wide.eval(), 8, x, t, c)
+    small, wide, (x, t, c) = twin_read_once_pair(height=height, norm=norm, time_embedding=time_embedding)
+    back = narrow(wide, 8, x, t, c)
     assert back.config_dict == small.config_dict and back.state_dict().keys() == small.state_dict().keys()
-    for mode in (False, True):  # running statistics, then batch statistics
-        small.train(mode), back.train(mode)
-        with torch.no_grad():
-            expected, got = small(x, t, c), back(x, t, c)
-        assert torch.allclose(got, expected, atol=1e-5, rtol=1e-4), (got - expected).abs().max()
+    assert_computes_the_same(small, back, x, t, c)
 
 
 def test_narrow_folds_what_a_removed_constant_channel_gave_into_the_bias():
     # As above, but the second copy of every hidden channel of the context and time embeddings is a
     # constant that the next layer reads: removing it must leave what it added, as a bias.
-    torch.manual_seed(0)
-    small = ContextUnet(n_feat=8, n_classes=3).eval()
-    x, t, c = torch.randn(32, 3, 16, 16), torch.rand(32), torch.eye(3)[torch.arange(32) % 3]
-    wide = widen(small, 16, torch.Generator().manual_seed(1)).eval()
-    twins_read_once(small, wide)
+    small, wide, (x, t, c) = twin_read_once_pair()
     with torch.no_grad():
         for embed in [*wide.context_embeds, *wide.time_embeds]:
             embed.model[0].weight[1::2] = 0
@@ -262,11 +273,7 @@ def test_narrow_keeps_the_mean_a_removed_constant_skip_gave_an_upsampling_layer(
     # The second copy of every channel of the last down level is a constant, read by up0 (after
     # pooling and GELU) or by the deepest up level (concatenated after h), both transposed convs with
     # stride = kernel: the mean over the pixels of each of the reader's kept outputs must stay.
-    torch.manual_seed(0)
-    small = ContextUnet(n_feat=8, n_classes=3).eval()
-    x, t, c = torch.randn(32, 3, 16, 16), torch.rand(32), torch.eye(3)[torch.arange(32) % 3]
-    wide = widen(small, 16, torch.Generator().manual_seed(1)).eval()
-    twins_read_once(small, wide)
+    small, wide, (x, t, c) = twin_read_once_pair()
     layer = wide.up0[0] if reader == "up0" else wide.ups[-1].model[0]
     first = layer.in_channels - wide.up0[0].in_channels  # where the last down level's channels begin
     with torch.no_grad():
@@ -288,7 +295,7 @@ def test_narrow_keeps_the_mean_a_removed_constant_skip_gave_an_upsampling_layer(
 def test_narrow_keeps_the_same_number_of_channels_in_every_group():
     torch.manual_seed(0)
     model = ContextUnet(n_feat=16, n_classes=3).eval()
-    x, t, c = torch.randn(32, 3, 16, 16), torch.rand(32), torch.eye(3)[torch.arange(32) % 3]
+    x, t, c = inputs(32)
     with torch.no_grad():
         model.out[0].weight[:4] *= 100  # the first two groups of the out conv's GroupNorm(8, 16) carry the most
         model.out[1].weight.copy_(torch.arange(16.0))  # which channels were kept, readable after pruning
