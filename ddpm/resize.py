@@ -58,6 +58,7 @@ def widen(model: ContextUnet, n_feat: int, generator: torch.Generator | None = N
                     is_input = key == "weight" and value.dim() >= 2 and dim == in_dim
                     value = split(value, dim) if is_input else value.repeat_interleave(factor, dim)
                 target.copy_(value)
+    wide.noise_schedule, wide.palette, wide.training_info = model.noise_schedule, model.palette, model.training_info
     return wide.train(model.training)
 
 

@@ -369,9 +369,9 @@ def build_model(args: argparse.Namespace, data: SpriteData, checkpoint: tuple[di
       optimizer, step, history and RNG state come back with Trainer.resume;
     - --init-from: exported weights (a local folder or a Hub repo id) with their schedule and
       training history, widened when --n-feat asks for a whole multiple of their width, pruned
-      (narrowed) when it asks for less; with
-      --distill-guidance they are the teacher, and the student starts as their copy, or --teacher
-      names the teacher and the student starts from them;
+      (narrowed) when it asks for less; with --distill-guidance they (whole) are the teacher, and
+      the student starts as their copy, or --teacher names the teacher and the student starts from
+      them;
     - otherwise a new network of --n-feat, --norm and --time-embedding, with the --schedule asked for.
 
     Call after torch.manual_seed(args.seed): a new network's initial weights come from it.
