@@ -12,6 +12,14 @@ from torch import nn
 from .model import ContextUnet, ResidualConvBlock, level_channels
 
 
+def _resized(model: ContextUnet, n_feat: int) -> ContextUnet:
+    """A new network like model at another width, on its device, with the schedule, palette and
+    training history that model's folder holds (what saving it needs)."""
+    new = ContextUnet(**dict(model.config_dict, n_feat=n_feat)).to(next(model.parameters()).device)
+    new.noise_schedule, new.palette, new.training_info = model.noise_schedule, model.palette, model.training_info
+    return new
+
+
 def widen(model: ContextUnet, n_feat: int, generator: torch.Generator | None = None) -> ContextUnet:
     """A copy of model with n_feat multiplied by a whole factor that computes the same function.
 
@@ -30,7 +38,7 @@ def widen(model: ContextUnet, n_feat: int, generator: torch.Generator | None = N
     factor, rest = divmod(n_feat, model.n_feat)
     if rest or factor < 1:
         raise ValueError(f"n_feat {n_feat} is not a whole multiple of the model's {model.n_feat}")
-    wide = ContextUnet(**dict(model.config_dict, n_feat=n_feat)).to(next(model.parameters()).device)
+    wide = _resized(model, n_feat)
     old_modules = dict(model.named_modules())
 
     def split(w: torch.Tensor, dim: int) -> torch.Tensor:
@@ -58,7 +66,6 @@ def widen(model: ContextUnet, n_feat: int, generator: torch.Generator | None = N
                     is_input = key == "weight" and value.dim() >= 2 and dim == in_dim
                     value = split(value, dim) if is_input else value.repeat_interleave(factor, dim)
                 target.copy_(value)
-    wide.noise_schedule, wide.palette, wide.training_info = model.noise_schedule, model.palette, model.training_info
     return wide.train(model.training)
 
 
@@ -206,7 +213,7 @@ def narrow(model: ContextUnet, n_feat: int, x: torch.Tensor, t: torch.Tensor, c:
             removed_mean[keep] = 0
             bias[m] = bias.get(m, m.bias.detach().float()) + _bias_from_mean(m, w, removed_mean)
 
-    small = ContextUnet(**dict(model.config_dict, n_feat=n_feat)).to(next(model.parameters()).device)
+    small = _resized(model, n_feat)
     old = dict(model.named_modules())
     with torch.no_grad():
         for name, new in small.named_modules():
@@ -225,5 +232,4 @@ def narrow(model: ContextUnet, n_feat: int, x: torch.Tensor, t: torch.Tensor, c:
                     raise ValueError(f"{name}.{key}: cannot narrow {tuple(getattr(m, key).shape)} to "
                                      f"{tuple(target.shape)}")
                 target.copy_(value)
-    small.noise_schedule, small.palette, small.training_info = model.noise_schedule, model.palette, model.training_info
     return small.train(was_training)

@@ -214,6 +214,15 @@ def test_widen_needs_a_whole_multiple_of_the_width():
     assert widen(model, 16).state_dict().keys() == model.state_dict().keys()
 
 
+def test_a_resized_network_carries_what_saving_it_needs():
+    from ddpm.schedule import NoiseSchedule
+
+    model = ContextUnet(n_feat=16, n_classes=3)
+    model.noise_schedule, model.palette, model.training_info = NoiseSchedule(), None, {"steps": 5}
+    for resized in (widen(model, 32), narrow(model, 8, *inputs(4))):
+        assert resized.noise_schedule is model.noise_schedule and resized.training_info == {"steps": 5}
+
+
 def twins_read_once(small: ContextUnet, wide: ContextUnet) -> None:
     """In wide = widen(small, 2 * n_feat), give each channel's first copy the whole of every weight that
     reads the pair, and the second copy none: the same function, with one copy of each channel unread."""
