@@ -55,10 +55,11 @@ DragonDePlatino, DawnBringer palette by DawnBringer.
 NO_EVALUATION = "Run `python -m ddpm.evaluate --model <folder> --write-card` for the table."
 
 RECIPE_KEYS = ["n_feat", "distill_guidance", "teacher", "batch_size", "lr", "warmup", "ema", "p_uncond", "dropout",
-               "weight_decay", "min_snr", "low_t_share", "low_t_max", "schedule", "T", "seed"]
+               "weight_decay", "class_balance", "min_snr", "low_t_share", "low_t_max", "schedule", "T", "seed"]
 # Options listed only when a stage used them: the course's uniform loss and no regularisation are the
 # unstated defaults.
 UNLESS_OFF = {"distill_guidance": "distill_guidance", "dropout": "dropout", "weight_decay": "weight_decay",
+              "class_balance": "class_balance",
               "min_snr": "min_snr", "low_t_share": "low_t_share", "low_t_max": "low_t_share"}
 
 

@@ -4,7 +4,8 @@ For a clean sprite x0, a time t and noise eps, x_t = sqrt(abar_t) x0 + sqrt(1 - 
 network, given x_t, t / T and the class context, predicts eps; the loss is the mean squared error of
 that prediction. The trainer minimises it over random batches (training_batch); ddpm.evaluate reports the
 same error per range of t. Two recipe options change what training averages, both off by default,
-as in the course: min-SNR weights (min_snr_weights) and a share of low times (training_batch's low_t_share).
+as in the course: min-SNR weights (min_snr_weights) and a share of low times (training_batch's low_t_share);
+a third changes which sprites it draws: rarer classes more often (class_balanced_weights).
 A student distilled for guidance learns instead from a teacher's guided prediction (guidance_distillation_error).
 """
 from __future__ import annotations
@@ -79,20 +80,39 @@ def diffusion_loss(per_sprite: torch.Tensor, t: torch.Tensor, schedule: NoiseSch
     return (per_sprite * min_snr_weights(schedule.snr()[t], min_snr).to(per_sprite)).mean()
 
 
+def class_balanced_weights(labels: torch.Tensor, n_classes: int, power: float) -> torch.Tensor | None:
+    """Each sprite's weight for being drawn into a batch: its class's count ** -power.
+
+    power 0 draws every sprite alike (None: training_batch then draws as the course does), so each
+    class as often as it is common; 1 draws every class alike; 0.5, in between, draws each class in
+    proportion to the square root of its count ("square-root sampling", Mahajan et al. 2018). The
+    small classes are seen more often, and each of their sprites more often too.
+    """
+    if power == 0:
+        return None
+    counts = torch.bincount(labels.cpu(), minlength=n_classes).double()
+    return counts.clamp(min=1).pow(-power)[labels.cpu()]
+
+
 def training_batch(images: torch.Tensor, labels: torch.Tensor, n_classes: int, batch_size: int, T: int,
-               p_uncond: float, generator: torch.Generator, low_t_share: float = 0.0,
-               low_t_max: int = LOW_T_MAX) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                   p_uncond: float, generator: torch.Generator, low_t_share: float = 0.0,
+                   low_t_max: int = LOW_T_MAX, sprite_weights: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(x0, t, noise, context): random sprites with random horizontal flips, times t, noise, and
     one-hot contexts zeroed with probability p_uncond (for classifier-free guidance), all drawn from
     one generator. t and the noise stay on the CPU generator's side: t on the CPU, the rest on the
     images' device.
 
     t ~ U{1..T} as in the course; with low_t_share > 0, that share of the batch draws t ~ U{1..low_t_max}
-    instead (--low-t-share of ddpm.train).
+    instead (--low-t-share of ddpm.train). Sprites are drawn uniformly, or with replacement in
+    proportion to sprite_weights (one per image, as from class_balanced_weights).
     """
     n = images.shape[0]
     g = generator
-    idx = torch.randint(n, (batch_size,), generator=g)
+    if sprite_weights is None:
+        idx = torch.randint(n, (batch_size,), generator=g)
+    else:
+        idx = torch.multinomial(sprite_weights, batch_size, replacement=True, generator=g)
     flip = torch.rand(batch_size, generator=g) < 0.5
     t = torch.randint(1, T + 1, (batch_size,), generator=g)
     if low_t_share > 0:  # drawn only then, so that the course's recipe gives the same batches as before

@@ -34,7 +34,8 @@ from .device import TRAINING_PRECISIONS, to_accelerate, training_precision
 from .folder import CheckpointError
 from .history import TOTALS, stage_since, training_stages
 from .images import to_uint8
-from .losses import LOW_T_MAX, diffusion_loss, guidance_distillation_error, noise_error, training_batch
+from .losses import (LOW_T_MAX, class_balanced_weights, diffusion_loss, guidance_distillation_error, noise_error,
+                     training_batch)
 from .model import DEFAULT_N_FEAT, NORMS, TIME_EMBEDDINGS, ContextUnet, inference_model
 from .resize import narrow, widen
 from .sampling import sample
@@ -267,6 +268,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="draw this share of each batch's times from 1..--low-t-max instead of 1..T (0: uniform, as "
                         "the course): the low-noise steps decide each pixel's colour")
     p.add_argument("--low-t-max", type=int, default=LOW_T_MAX, help="the highest time --low-t-share draws")
+    p.add_argument("--class-balance", type=float, default=None, metavar="P",
+                   help="draw each sprite with weight (its class's count) ** -P: 0 every sprite alike, as the "
+                        "course; 1 every class alike; 0.5 each class by the square root of its count. Default 0, "
+                        "the checkpoint's own with --resume")
     p.add_argument("--p-uncond", type=float, default=0.1, help="context dropout for classifier-free guidance")
     p.add_argument("--height", type=int, default=16)
     p.add_argument("--n-feat", type=int, default=None,
@@ -319,6 +324,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--p-uncond must lie in [0, 1)")
     if not 0 <= args.low_t_share <= 1:
         p.error("--low-t-share must lie in [0, 1]")
+    if args.class_balance is not None and not 0 <= args.class_balance <= 1:
+        p.error("--class-balance must lie in [0, 1]")
     if args.low_t_max < 1:
         p.error("--low-t-max must be at least 1")
     if args.dropout is not None and not 0 <= args.dropout < 1:
@@ -499,6 +506,12 @@ class Trainer:
                                     f"weight decay {trained:g}; resume without --weight-decay, or start a stage "
                                     "with --init-from")
             args.weight_decay = trained
+            balance = checkpoint[1]["args"].get("class_balance") or 0.0
+            if args.class_balance is not None and args.class_balance != balance:
+                raise TrainingError(f"--class-balance {args.class_balance:g} with --resume: the checkpoint draws with "
+                                    f"class balance {balance:g}; resume without --class-balance, or start a stage "
+                                    "with --init-from")
+            args.class_balance = balance
             # a resumed run keeps its dropout and goes on distilling the same teacher: the recipe it
             # exports says so, though the resuming command names none of them
             for key in ("distill_guidance", "teacher", "dropout"):
@@ -506,6 +519,8 @@ class Trainer:
                     setattr(args, key, checkpoint[1]["args"].get(key))
         elif args.weight_decay is None:
             args.weight_decay = 0.0
+        if args.class_balance is None:
+            args.class_balance = 0.0
         torch.manual_seed(args.seed)  # the initial weights too: the same --seed gives the same run
         self.model, self.schedule, self.history, self.teacher = build_model(args, self.data, checkpoint)
         self.model.train()
@@ -527,6 +542,7 @@ class Trainer:
         if self.channels_last:
             self.images = self.images.contiguous(memory_format=torch.channels_last)
         self.labels = labels.to(self.device)
+        self.sprite_weights = class_balanced_weights(labels, len(self.data.class_names), args.class_balance)
         self.started = time.time()
         self.seconds_before = self.history["seconds"]
         self.stop_requested = False  # set by a signal (see main)
@@ -562,7 +578,7 @@ class Trainer:
         batch = args.batch_size // acc.num_processes
         x0, t, noise, context = training_batch(self.images, self.labels, len(self.data.class_names), batch,
                                                self.schedule.T, args.p_uncond, self.generator, args.low_t_share,
-                                               args.low_t_max)
+                                               args.low_t_max, self.sprite_weights)
         if self.teacher_net is not None:
             guidance = torch.rand(batch, generator=self.generator).to(self.device) * self.ema.distilled_guidance
             per_sprite = guidance_distillation_error(self.model, self.teacher_net, self.schedule, x0, noise, t, context,

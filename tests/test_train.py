@@ -19,7 +19,7 @@ import torch
 import ddpm.train as train
 from ddpm.checkpoint import load_model, load_schedule, save_model
 from ddpm.data import load_data
-from ddpm.losses import guidance_distillation_error, min_snr_weights, training_batch
+from ddpm.losses import class_balanced_weights, guidance_distillation_error, min_snr_weights, training_batch
 from ddpm.model import ContextUnet
 from ddpm.schedule import NoiseSchedule
 
@@ -96,6 +96,49 @@ def test_weighted_recipes_train_and_are_recorded(train_data, tmp_path, restore_s
     assert info["recipe"]["min_snr"] == 5 and info["recipe"]["low_t_share"] == 0.5
     card = (out / "model" / "README.md").read_text()
     assert "min_snr 5.0" in card and "low_t_share 0.5" in card and "low_t_max 100" in card
+
+
+def class_shares(labels: torch.Tensor, power: float, draws: int = 40000) -> torch.Tensor:
+    images = torch.zeros(len(labels), 3, 16, 16)
+    weights = class_balanced_weights(labels, 3, power)
+    context = training_batch(images, labels, 3, draws, 500, 0.0, torch.Generator().manual_seed(0),
+                             sprite_weights=weights)[3]
+    return context.sum(0) / draws
+
+
+def test_class_balance_draws_rare_classes_more_often():
+    labels = torch.tensor([0] * 900 + [1] * 100 + [2] * 400)  # counts 900, 100, 400
+    assert class_balanced_weights(labels, 3, 0.0) is None  # off: the course's uniform draws
+    counts = torch.tensor([900.0, 100.0, 400.0])
+    for power, expected in [(1.0, torch.full((3,), 1 / 3)), (0.5, counts.sqrt() / counts.sqrt().sum())]:
+        assert torch.allclose(class_shares(labels, power), expected, atol=0.01), power
+    # within a class every sprite is drawn alike
+    idx_weights = class_balanced_weights(labels, 3, 1.0)
+    assert torch.equal(idx_weights[:900], torch.full((900,), 1 / 900, dtype=idx_weights.dtype))
+    # a class with no sprites (a labels set that leaves one out) gets no weight and no division by zero
+    assert torch.isfinite(class_balanced_weights(torch.tensor([0, 0, 2]), 3, 1.0)).all()
+
+
+def test_class_balance_is_recorded_and_kept_on_resume(train_data, tmp_path, monkeypatch, restore_signals):
+    original, drawn_with = train.training_batch, []
+
+    def recording_batch(*args, **kwargs):
+        drawn_with.append(args[9] if len(args) > 9 else kwargs.get("sprite_weights"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(train, "training_batch", recording_batch)
+    out = tmp_path / "run"
+    assert train.main(train_args(train_data, out, 2, "--class-balance", 0.5)) == 0
+    assert "class_balance 0.5" in (out / "model" / "README.md").read_text()
+    assert train.main(train_args(train_data, out, 3, "--resume", "--class-balance", 1)) == 2  # not another one
+    assert train.main(train_args(train_data, out, 3, "--resume")) == 0
+    # every training batch (2 steps, then the third after the resume) was drawn with the class weights
+    assert len(drawn_with) == 3 and all(w is not None and w.min() < w.max() for w in drawn_with)
+    info = json.loads((out / "model" / "training.json").read_text())
+    assert info["recipe"]["class_balance"] == 0.5
+    plain = tmp_path / "plain"
+    assert train.main(train_args(train_data, plain, 1)) == 0
+    assert "class_balance" not in (plain / "model" / "README.md").read_text()  # listed only when used
 
 
 # --- resume ------------------------------------------------------------------------------------------------
@@ -331,6 +374,8 @@ def test_training_stages_of_a_history_written_before_stages():
     (["--min-snr", "inf"], "--min-snr"),
     (["--low-t-share", "1.5"], "--low-t-share"),
     (["--low-t-max", "0"], "--low-t-max"),
+    (["--class-balance", "1.5"], "--class-balance"),
+    (["--class-balance", "-0.5"], "--class-balance"),
     (["--norm", "layer"], "--norm"),
     (["--steps", "many"], "--steps"),
     (["--dropout", "1"], "--dropout"),
