@@ -105,9 +105,12 @@ def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
             v.copy_(model_state[k])
 
 
+RECALIBRATION_BATCHES = 64  # batches of x_t the exported model's BatchNorm statistics average over
+
+
 @torch.no_grad()
 def recalibrate_batchnorm(model: ContextUnet, images: torch.Tensor, labels: torch.Tensor, schedule: NoiseSchedule,
-                          generator: torch.Generator, batches: int = 64, batch_size: int = 128,
+                          generator: torch.Generator, batches: int = RECALIBRATION_BATCHES, batch_size: int = 128,
                           p_uncond: float = 0.1) -> None:
     """Re-estimate every BatchNorm's running statistics on training batches, with dropout off.
 
@@ -307,13 +310,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.safetensors")
     p.add_argument("--init-from", help="start from these model weights (e.g. weights/) to keep improving them")
     p.add_argument("--checkpoint-every", type=int, default=500)
-    p.add_argument("--sample-every", type=int, default=2000)
+    p.add_argument("--sample-every", type=int, default=2000,
+                   help="write a sample grid every this many steps and at the end (0: never)")
     p.add_argument("--time-limit", type=float, default=0, help="stop (saving everything) after this many minutes")
     p.add_argument("--export", help="also write the final EMA weights in Hub format here (e.g. weights)")
     args = p.parse_args(argv)
-    for name in ("steps", "batch_size", "checkpoint_every", "sample_every", "T"):
+    for name in ("steps", "batch_size", "checkpoint_every", "T"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.sample_every < 0:
+        p.error("--sample-every must be 0 (never) or a number of steps")
     if args.n_feat is not None and args.n_feat < 1:
         p.error("--n-feat must be at least 1")
     if not (math.isfinite(args.lr) and args.lr > 0):
@@ -628,7 +634,7 @@ class Trainer:
         if model.dropout > 0:
             images, labels = self.data.to_tensors()
             recalibrate_batchnorm(model, images, labels, self.schedule, torch.Generator().manual_seed(self.args.seed),
-                                  p_uncond=self.args.p_uncond)
+                                  RECALIBRATION_BATCHES, p_uncond=self.args.p_uncond)
         history = self.current_history()
         recipe = {k: v for k, v in vars(self.args).items() if k not in ("out", "resume", "export", "init_from")}
         this_stage = dict(stage_since(history, recipe), precision=self.precision)
@@ -696,7 +702,8 @@ class Trainer:
         if self.args.export:
             self.export(Path(self.args.export))
         if self.is_main:
-            self.sample_grid()
+            if self.args.sample_every:
+                self.sample_grid()
             print(f"saved {self.out / CHECKPOINT} and the EMA model in {self.out / 'model'}"
                   + (f" and {self.args.export}" if self.args.export else ""))
         return 0
@@ -729,7 +736,7 @@ class Trainer:
                 status = self.checkpoint()
                 if status:
                     break
-            if self.step % args.sample_every == 0:
+            if args.sample_every and self.step % args.sample_every == 0:
                 self.sample_grid()
                 self.model.train()
             if self.should_stop(now, deadline):

@@ -75,7 +75,7 @@ def test_two_cpu_processes_train_resume_and_agree(tmp_path):
     data, out = tmp_path / "data", tmp_path / "run"
     write_npy_dataset(data, n=48)
     common = ["--data", str(data), "--out", str(out), "--n-feat", "8", "--batch-size", "8", "--threads", "1",
-              "--warmup", "2", "--lr", "1e-3", "--checkpoint-every", "2", "--sample-every", "100000"]
+              "--warmup", "2", "--lr", "1e-3", "--checkpoint-every", "2", "--sample-every", "100000"]  # one grid, at the end
 
     # --precision auto takes the launcher's --mixed_precision, even where it would pick bf16 itself
     launch(tmp_path, tmp_path / "first", common + ["--steps", "4"], "no")
@@ -114,7 +114,7 @@ def test_precision_auto_defers_to_the_launcher():
 
 def run_args(data: Path, out: Path, steps: int, *extra) -> list[str]:
     return ["--data", str(data), "--out", str(out), "--steps", str(steps), "--n-feat", "8", "--batch-size", "8",
-            "--threads", "1", "--warmup", "3", "--lr", "2e-3", "--sample-every", "100000", *map(str, extra)]
+            "--threads", "1", "--warmup", "3", "--lr", "2e-3", "--sample-every", "0", *map(str, extra)]
 
 
 @pytest.mark.parametrize("new_steps", [20, 7])

@@ -26,6 +26,13 @@ from ddpm.schedule import NoiseSchedule
 from helpers import CLASSES, PROJECT, read_log, stop_after, train_args, write_npy_dataset
 
 
+@pytest.fixture(autouse=True)
+def few_recalibration_batches(monkeypatch):
+    """Exports of models with dropout re-estimate BatchNorm statistics over 2 batches, not 64: the
+    tiny runs here need no more, and the 64 took most of their time."""
+    monkeypatch.setattr(train, "RECALIBRATION_BATCHES", 2)
+
+
 def losses(out: Path) -> list[tuple[int, str, str]]:
     return [(int(r["step"]), r["loss"], r["lr"]) for r in read_log(out)]
 
@@ -33,7 +40,8 @@ def losses(out: Path) -> list[tuple[int, str, str]]:
 # --- learning --------------------------------------------------------------------------------------------
 def test_training_reduces_the_loss(train_data, tmp_path, restore_signals):
     out = tmp_path / "run"
-    assert train.main(train_args(train_data, out, 40, "--checkpoint-every", 100)) == 0
+    # a grid at the end of the run, though --sample-every is beyond its length
+    assert train.main(train_args(train_data, out, 40, "--checkpoint-every", 100, "--sample-every", 1000)) == 0
     rows = losses(out)
     assert [r[0] for r in rows] == list(range(1, 41))
     values = [float(r[1]) for r in rows]
@@ -43,7 +51,7 @@ def test_training_reduces_the_loss(train_data, tmp_path, restore_signals):
     for name in ("checkpoint.safetensors", "model/config.json", "model/model.safetensors", "model/README.md",
                  "model/scheduler_config.json", "model/training.json"):
         assert (out / name).is_file(), name
-    assert list((out / "samples").glob("step_*.png"))
+    assert [p.name for p in (out / "samples").glob("step_*.png")] == ["step_0000040.png"]
 
 
 def test_learning_rate_and_ema_schedules():
@@ -92,6 +100,7 @@ def test_weighted_recipes_train_and_are_recorded(train_data, tmp_path, restore_s
     assert train.main(train_args(train_data, out, 30, "--min-snr", 5, "--low-t-share", 0.5, "--low-t-max", 100)) == 0
     values = [float(r[1]) for r in losses(out)]
     assert all(map(torch.isfinite, torch.tensor(values)))
+    assert not (out / "samples").exists()  # --sample-every 0: no grids, not even at the end
     info = json.loads((out / "model" / "training.json").read_text())
     assert info["recipe"]["min_snr"] == 5 and info["recipe"]["low_t_share"] == 0.5
     card = (out / "model" / "README.md").read_text()
@@ -375,6 +384,7 @@ def test_training_stages_of_a_history_written_before_stages():
     (["--low-t-share", "1.5"], "--low-t-share"),
     (["--low-t-max", "0"], "--low-t-max"),
     (["--class-balance", "1.5"], "--class-balance"),
+    (["--sample-every", "-1"], "--sample-every"),
     (["--class-balance", "-0.5"], "--class-balance"),
     (["--norm", "layer"], "--norm"),
     (["--steps", "many"], "--steps"),
@@ -481,6 +491,11 @@ def test_dropout_and_weight_decay_train_and_are_recorded(train_data, tmp_path, c
                            "--weight-decay", 0.01)) == 0
     model = load_model(second / "model")
     assert model.dropout == 0.1
+    # the export re-estimated the BatchNorm statistics without dropout: they are not the EMA copy's
+    ema = {k[4:]: v for k, v in train.load_checkpoint(second / train.CHECKPOINT)[0].items() if k.startswith("ema.")}
+    exported = model.state_dict()
+    variances = [k for k in exported if k.endswith("running_var")]
+    assert variances and all(not torch.equal(exported[k], ema[k]) for k in variances)
     info = json.loads((second / "model" / "training.json").read_text())
     assert [(s["recipe"]["dropout"], s["recipe"]["weight_decay"]) for s in info["stages"]] == [(None, 0), (0.1, 0.01)]
     card = (second / "model" / "README.md").read_text()
