@@ -91,7 +91,7 @@ def class_balanced_weights(labels: torch.Tensor, n_classes: int, power: float) -
     if power == 0:
         return None
     counts = torch.bincount(labels.cpu(), minlength=n_classes).double()
-    return counts.clamp(min=1).pow(-power)[labels.cpu()]
+    return counts.pow(-power)[labels.cpu()]
 
 
 def training_batch(images: torch.Tensor, labels: torch.Tensor, n_classes: int, batch_size: int, T: int,

@@ -110,7 +110,7 @@ RECALIBRATION_BATCHES = 64  # batches of x_t the exported model's BatchNorm stat
 
 @torch.no_grad()
 def recalibrate_batchnorm(model: ContextUnet, images: torch.Tensor, labels: torch.Tensor, schedule: NoiseSchedule,
-                          generator: torch.Generator, batches: int = RECALIBRATION_BATCHES, batch_size: int = 128,
+                          generator: torch.Generator, batches: int | None = None, batch_size: int = 128,
                           p_uncond: float = 0.1) -> None:
     """Re-estimate every BatchNorm's running statistics on training batches, with dropout off.
 
@@ -130,7 +130,7 @@ def recalibrate_batchnorm(model: ContextUnet, images: torch.Tensor, labels: torc
         m.momentum = None  # a plain average over the batches below
         m.train()
     n_classes = model.n_classes
-    for _ in range(batches):
+    for _ in range(batches or RECALIBRATION_BATCHES):
         x0, t, noise, context = training_batch(images, labels, n_classes, batch_size, schedule.T, p_uncond, generator)
         noise_error(model, schedule, x0, noise, t, context)
     for m, momentum in zip(norms, saved_momentum):
@@ -480,6 +480,18 @@ def make_optimizer(model: ContextUnet, lr: float, weight_decay: float) -> torch.
     return torch.optim.AdamW(groups, lr=lr) if weight_decay else torch.optim.Adam(groups, lr=lr)
 
 
+def keep_on_resume(args: argparse.Namespace, trained_args: dict, key: str, what: str) -> None:
+    """Set args.<key> to the resumed checkpoint's value (0 where it predates the option); a different
+    value on the command line is a TrainingError."""
+    trained = trained_args.get(key) or 0.0
+    given = getattr(args, key)
+    if given is not None and given != trained:
+        flag = "--" + key.replace("_", "-")
+        raise TrainingError(f"{flag} {given:g} with --resume: the checkpoint trains with {what} {trained:g}; "
+                            f"resume without {flag}, or start a stage with --init-from")
+    setattr(args, key, trained)
+
+
 # --- the trainer ----------------------------------------------------------------------------------
 class Trainer:
     """One training run: set up in __init__, then train() runs the loop and writes the outputs."""
@@ -505,28 +517,18 @@ class Trainer:
             if not (self.out / CHECKPOINT).exists():
                 raise TrainingError(f"{self.out / CHECKPOINT}: no checkpoint to resume from")
             checkpoint = load_checkpoint(self.out / CHECKPOINT)
-            # the optimizer's state belongs to its weight decay: another one would be a different run
-            trained = checkpoint[1]["args"].get("weight_decay") or 0.0
-            if args.weight_decay is not None and args.weight_decay != trained:
-                raise TrainingError(f"--weight-decay {args.weight_decay:g} with --resume: the checkpoint trains with "
-                                    f"weight decay {trained:g}; resume without --weight-decay, or start a stage "
-                                    "with --init-from")
-            args.weight_decay = trained
-            balance = checkpoint[1]["args"].get("class_balance") or 0.0
-            if args.class_balance is not None and args.class_balance != balance:
-                raise TrainingError(f"--class-balance {args.class_balance:g} with --resume: the checkpoint draws with "
-                                    f"class balance {balance:g}; resume without --class-balance, or start a stage "
-                                    "with --init-from")
-            args.class_balance = balance
+            # the optimizer's state belongs to its weight decay, and the batches drawn so far to the
+            # class balance: another value of either would be a different run
+            for key, what in (("weight_decay", "weight decay"), ("class_balance", "class balance")):
+                keep_on_resume(args, checkpoint[1]["args"], key, what)
             # a resumed run keeps its dropout and goes on distilling the same teacher: the recipe it
             # exports says so, though the resuming command names none of them
             for key in ("distill_guidance", "teacher", "dropout"):
                 if getattr(args, key) is None:
                     setattr(args, key, checkpoint[1]["args"].get(key))
-        elif args.weight_decay is None:
-            args.weight_decay = 0.0
-        if args.class_balance is None:
-            args.class_balance = 0.0
+        for key in ("weight_decay", "class_balance"):  # off unless asked for
+            if getattr(args, key) is None:
+                setattr(args, key, 0.0)
         torch.manual_seed(args.seed)  # the initial weights too: the same --seed gives the same run
         self.model, self.schedule, self.history, self.teacher = build_model(args, self.data, checkpoint)
         self.model.train()
@@ -634,7 +636,7 @@ class Trainer:
         if model.dropout > 0:
             images, labels = self.data.to_tensors()
             recalibrate_batchnorm(model, images, labels, self.schedule, torch.Generator().manual_seed(self.args.seed),
-                                  RECALIBRATION_BATCHES, p_uncond=self.args.p_uncond)
+                                  p_uncond=self.args.p_uncond)
         history = self.current_history()
         recipe = {k: v for k, v in vars(self.args).items() if k not in ("out", "resume", "export", "init_from")}
         this_stage = dict(stage_since(history, recipe), precision=self.precision)

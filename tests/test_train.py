@@ -124,11 +124,12 @@ def test_class_balance_draws_rare_classes_more_often():
     # within a class every sprite is drawn alike
     idx_weights = class_balanced_weights(labels, 3, 1.0)
     assert torch.equal(idx_weights[:900], torch.full((900,), 1 / 900, dtype=idx_weights.dtype))
-    # a class with no sprites (a labels set that leaves one out) gets no weight and no division by zero
-    assert torch.isfinite(class_balanced_weights(torch.tensor([0, 0, 2]), 3, 1.0)).all()
+    # a class with no sprites (a labels set that leaves one out) leaves the others' shares as they were
+    missing = torch.tensor([0] * 900 + [2] * 400)
+    assert torch.allclose(class_shares(missing, 1.0), torch.tensor([0.5, 0.0, 0.5]), atol=0.01)
 
 
-def test_class_balance_is_recorded_and_kept_on_resume(train_data, tmp_path, monkeypatch, restore_signals):
+def test_class_balance_is_recorded_and_kept_on_resume(train_data, tmp_path, monkeypatch, capsys, restore_signals):
     original, drawn_with = train.training_batch, []
 
     def recording_batch(*args, **kwargs):
@@ -139,10 +140,15 @@ def test_class_balance_is_recorded_and_kept_on_resume(train_data, tmp_path, monk
     out = tmp_path / "run"
     assert train.main(train_args(train_data, out, 2, "--class-balance", 0.5)) == 0
     assert "class_balance 0.5" in (out / "model" / "README.md").read_text()
+    capsys.readouterr()
     assert train.main(train_args(train_data, out, 3, "--resume", "--class-balance", 1)) == 2  # not another one
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "--class-balance" in err and "\n" not in err, err
     assert train.main(train_args(train_data, out, 3, "--resume")) == 0
-    # every training batch (2 steps, then the third after the resume) was drawn with the class weights
-    assert len(drawn_with) == 3 and all(w is not None and w.min() < w.max() for w in drawn_with)
+    # every training batch (2 steps, then the third after the resume) was drawn with the weights of 0.5
+    labels = torch.from_numpy(load_data(str(train_data)).labels)
+    expected = class_balanced_weights(labels, len(CLASSES), 0.5)
+    assert len(drawn_with) == 3 and all(torch.equal(w, expected) for w in drawn_with)
     info = json.loads((out / "model" / "training.json").read_text())
     assert info["recipe"]["class_balance"] == 0.5
     plain = tmp_path / "plain"
@@ -164,14 +170,15 @@ def assert_same_run(a: Path, b: Path):
         assert torch.equal(ta[k], tb[k]), k
 
 
-def test_resume_after_a_stop_continues_exactly(train_data, tmp_path, monkeypatch, restore_signals):
+@pytest.mark.parametrize("recipe", [(), ("--class-balance", 0.5)], ids=["uniform", "class-balanced"])
+def test_resume_after_a_stop_continues_exactly(train_data, tmp_path, monkeypatch, restore_signals, recipe):
     n = 12
     ref = tmp_path / "reference"
-    assert train.main(train_args(train_data, ref, n, "--checkpoint-every", 4)) == 0
+    assert train.main(train_args(train_data, ref, n, "--checkpoint-every", 4, *recipe)) == 0
 
     out = tmp_path / "interrupted"
     stop_after(monkeypatch, 6)  # SIGTERM during step 6: the step finishes, everything is saved
-    assert train.main(train_args(train_data, out, n, "--checkpoint-every", 4)) == 0
+    assert train.main(train_args(train_data, out, n, "--checkpoint-every", 4, *recipe)) == 0
     assert [r[0] for r in losses(out)] == list(range(1, 7))
     monkeypatch.undo()
     assert train.main(train_args(train_data, out, n, "--checkpoint-every", 4, "--resume")) == 0
@@ -491,11 +498,16 @@ def test_dropout_and_weight_decay_train_and_are_recorded(train_data, tmp_path, c
                            "--weight-decay", 0.01)) == 0
     model = load_model(second / "model")
     assert model.dropout == 0.1
-    # the export re-estimated the BatchNorm statistics without dropout: they are not the EMA copy's
+    # the export re-estimated the EMA copy's BatchNorm statistics without dropout, on the run's seed
     ema = {k[4:]: v for k, v in train.load_checkpoint(second / train.CHECKPOINT)[0].items() if k.startswith("ema.")}
-    exported = model.state_dict()
-    variances = [k for k in exported if k.endswith("running_var")]
-    assert variances and all(not torch.equal(exported[k], ema[k]) for k in variances)
+    expected = ContextUnet(**model.config_dict)
+    expected.load_state_dict(ema)
+    images, labels = load_data(str(train_data)).to_tensors()
+    train.recalibrate_batchnorm(expected, images, labels, load_schedule(second / "model"), torch.Generator().manual_seed(0))
+    exported, expected = model.state_dict(), expected.state_dict()
+    statistics = [k for k in exported if k.endswith(("running_mean", "running_var"))]
+    assert statistics and all(not torch.equal(exported[k], ema[k]) for k in statistics)
+    assert all(torch.allclose(exported[k], expected[k], rtol=1e-4, atol=1e-6) for k in statistics)
     info = json.loads((second / "model" / "training.json").read_text())
     assert [(s["recipe"]["dropout"], s["recipe"]["weight_decay"]) for s in info["stages"]] == [(None, 0), (0.1, 0.01)]
     card = (second / "model" / "README.md").read_text()
