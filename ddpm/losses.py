@@ -3,9 +3,9 @@
 For a clean sprite x0, a time t and noise eps, x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, and the
 network, given x_t, t / T and the class context, predicts eps; the loss is the mean squared error of
 that prediction. The trainer minimises it over random batches (training_batch); ddpm.evaluate reports the
-same error per range of t. Two recipe options change what training averages, both off by default,
-as in the course: min-SNR weights (min_snr_weights) and a share of low times (training_batch's low_t_share);
-a third changes which sprites it draws: rarer classes more often (class_balanced_weights).
+same error per range of t. Three recipe options change what training averages, all off by default,
+as in the course: min-SNR weights (min_snr_weights), a share of low times (training_batch's
+low_t_share) and rarer classes drawn more often (class_balanced_weights).
 A student distilled for guidance learns instead from a teacher's guided prediction (guidance_distillation_error).
 """
 from __future__ import annotations
