@@ -9,7 +9,7 @@ from ddpm.model import ContextUnet, fold_batchnorm, inference_model
 from ddpm.sampling import predict_noise, sample
 from ddpm.schedule import NoiseSchedule
 
-from helpers import make_tiny_unet
+from helpers import CLASSES, make_tiny_unet
 
 T = 500
 
@@ -265,3 +265,43 @@ def test_sa_solver_candidate_steps_on_the_library_grid_or_refuses():
     assert sampler.scheduler.timesteps.tolist() == [to_diffusers_timestep(t) for t in make_timesteps(T, 10)[:-1]]
     with pytest.raises(ValueError, match="other times"):  # diffusers rounds the 24-step grid differently
         bench.DiffusersSASolver(schedule, 24, lambda t: 1.0)
+
+
+def test_guidance_candidates_add_their_terms_to_the_conditional_prediction():
+    bench = load_benchmark("guidance_candidates")
+    good, bad = make_tiny_unet(0).eval(), make_tiny_unet(1).eval()
+    g = torch.Generator().manual_seed(0)
+    x, t, c = torch.randn(4, 3, 16, 16, generator=g), torch.full((4,), 0.4), torch.eye(5)[:4]
+    zero = torch.zeros_like(c)
+    with torch.no_grad():
+        eps_c, eps_0 = good(x, t, c), good(x, t, zero)
+        bad_c, bad_0 = bad(x, t, c), bad(x, t, zero)
+        for text, want in [("cfg1.5", eps_c + 1.5 * (eps_c - eps_0)),
+                           ("auto2", eps_c + 2 * (eps_c - bad_c)),
+                           ("autou1.5", eps_c + 1.5 * (eps_c - bad_0)),
+                           ("auto0.5+cfg1", eps_c + (eps_c - eps_0) + 0.5 * (eps_c - bad_c))]:
+            torch.testing.assert_close(bench.Guided(good, bad, bench.parse_candidate(text))(x, t, c), want,
+                                       atol=1e-4, rtol=1e-4, msg=text)
+    for text in ("cfg", "auto1+auto2", "neg1", "cfg-1", ""):
+        with pytest.raises(ValueError, match="terms are"):
+            bench.parse_candidate(text)
+
+
+def test_guidance_candidates_benchmark_measures_every_candidate(benchmark_inputs, tmp_path, capsys):
+    from ddpm.checkpoint import save_model
+
+    model, data = benchmark_inputs
+    bench = load_benchmark("guidance_candidates")
+    torch.manual_seed(1)
+    save_model(ContextUnet(n_feat=8, class_names=CLASSES), NoiseSchedule(T),
+               tmp_path / "bad")
+    save_model(ContextUnet(n_feat=8, class_names=CLASSES), NoiseSchedule(400),
+               tmp_path / "other")
+    common = ["--model", str(model), "--data", str(data), "--steps", "3", "--n", "3", "--seeds", "0", "--threads", "1"]
+    assert bench.main(common + ["--bad", str(tmp_path / "bad"), "--candidates", "cfg1.5,autou1"]) == 0
+    out = capsys.readouterr().out
+    for name in ("cfg1.5", "autou1"):
+        assert f"| {name} | ddpm | 3 |" in out, out
+    for wrong in (["--bad", str(tmp_path / "other")], ["--candidates", "cfg1.5,euler2"]):
+        with pytest.raises(SystemExit):
+            bench.main(common + wrong)

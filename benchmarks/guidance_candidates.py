@@ -1,0 +1,112 @@
+"""Guidance candidates measured as ddpm.evaluate measures the library's settings, before any joins the library.
+
+    python benchmarks/guidance_candidates.py --model weights --bad weights/n_feat64 --steps 50 \
+        --candidates cfg1.5,auto1,auto1+cfg0.5,autou1.5
+
+Each candidate is a sum of guidance terms added to the model's conditional prediction eps_c:
+- cfg<g>: classifier-free guidance, + g (eps_c - eps_0), eps_0 the model's own unconditional prediction
+  (the library's guidance; cfg1.5 is the default).
+- auto<a>: autoguidance (Karras et al. 2024, "Guiding a diffusion model with a bad version of itself"),
+  + a (eps_c - bad_c), bad_c the conditional prediction of a smaller, less trained model of the same
+  data and schedule (--bad). Their D_bad + w (D_good - D_bad) is a = w - 1 here.
+- autou<a>: the same with the bad model's unconditional prediction, + a (eps_c - bad_0), so that one
+  term carries both the class and the quality direction.
+Terms join with "+": auto1+cfg0.5. Every candidate samples the same classes, counts and seeds as
+`python -m ddpm.evaluate --settings`, with the same figures, so its rows compare with docs/quality.json
+and docs/experiments.md.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from ddpm.checkpoint import load_model, load_palette, load_schedule  # noqa: E402
+from ddpm.data import load_data  # noqa: E402
+from ddpm.evaluate import Reference, Setting, decision_table, feature_spaces, measure, parse_seeds, per_seed_table  # noqa: E402
+from ddpm.model import inference_model  # noqa: E402
+
+TERM = re.compile(r"^(cfg|autou|auto)(\d+(?:\.\d+)?)$")
+
+
+def parse_candidate(text: str) -> dict[str, float]:
+    """'auto1+cfg0.5' -> {'auto': 1.0, 'cfg': 0.5}."""
+    terms = {}
+    for part in text.split("+"):
+        m = TERM.match(part.strip())
+        if not m or m.group(1) in terms:
+            raise ValueError(f"candidate {text!r}: terms are cfg<g>, auto<a> or autou<a>, each at most once")
+        terms[m.group(1)] = float(m.group(2))
+    return terms
+
+
+class Guided(torch.nn.Module):
+    """The guided prediction as one network: forward(x, t, c) = eps_c + the candidate's terms."""
+
+    def __init__(self, good, bad, terms: dict[str, float]):
+        super().__init__()
+        self.good, self.bad, self.terms = inference_model(good.eval()), inference_model(bad.eval()), terms
+        self.height, self.in_channels, self.n_classes = good.height, good.in_channels, good.n_classes
+
+    def forward(self, x, t, c):
+        zero = torch.zeros_like(c)
+        g = self.terms.get("cfg", 0.0)
+        if g:  # as ContextUnet.forward_guided: the encoder once, the decoder on both contexts
+            h, skips, down, t_feat = self.good.encode(x, t)
+            two = lambda v: torch.cat((v, v))  # noqa: E731
+            eps_c, eps_0 = self.good.decode((two(h), [two(s) for s in skips], two(down), two(t_feat)),
+                                            torch.cat((c, zero))).float().chunk(2)
+            eps = eps_c + g * (eps_c - eps_0)
+        else:
+            eps_c = eps = self.good(x, t, c).float()
+        if "auto" in self.terms:
+            eps = eps + self.terms["auto"] * (eps_c - self.bad(x, t, c).float())
+        if "autou" in self.terms:
+            eps = eps + self.terms["autou"] * (eps_c - self.bad(x, t, zero).float())
+        return eps
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="weights")
+    p.add_argument("--bad", default="weights/n_feat64", help="the bad model for auto and autou terms")
+    p.add_argument("--data", default="dawnlike")
+    p.add_argument("--sampler", default="ddpm")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--candidates", default="cfg1.5,auto1,auto1+cfg0.5,autou1.5")
+    p.add_argument("--n", type=int, default=100, help="samples per class")
+    p.add_argument("--seeds", default="0,1")
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args(argv)
+    try:
+        candidates = [(name, parse_candidate(name)) for name in args.candidates.split(",")]
+        seeds = parse_seeds(args.seeds)
+    except ValueError as e:
+        p.error(str(e))
+    torch.set_num_threads(args.threads)
+    model, bad, schedule = load_model(args.model), load_model(args.bad), load_schedule(args.model)
+    if load_schedule(args.bad).config() != schedule.config() or bad.n_classes != model.n_classes or bad.height != model.height:
+        p.error(f"--bad {args.bad} must share the model's schedule, classes and size")
+    data = load_data(args.data, model.height)
+    reference = Reference(data, feature_spaces(data), args.n)
+    results = []
+    for name, terms in candidates:
+        result = measure(Guided(model, bad, terms), schedule, reference, Setting(args.sampler, args.steps, 0.0),
+                         args.n, seeds, load_palette(args.model), "fp32", model_name=name)
+        results.append(result)
+        print(f"measured {name} ({sum(result.seconds):.0f} s)", file=sys.stderr, flush=True)
+    print(f"{args.model} guided by its terms (bad model {args.bad}), {args.sampler}-{args.steps}, {args.n} per class, "
+          f"seeds {args.seeds}, fp32; the model column names the candidate\n")
+    print(decision_table(results, reference))
+    print()
+    print(per_seed_table(results, reference))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
