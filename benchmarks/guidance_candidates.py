@@ -8,7 +8,7 @@ Each candidate is a sum of guidance terms added to the model's conditional predi
   (the library's guidance; cfg1.5 is the default).
 - auto<a>: autoguidance (Karras et al. 2024, "Guiding a diffusion model with a bad version of itself"),
   + a (eps_c - bad_c), bad_c the conditional prediction of a smaller, less trained model of the same
-  data and schedule (--bad). Their D_bad + w (D_good - D_bad) is a = w - 1 here.
+  data and schedule (--bad); in their D_bad + w (D_good - D_bad), w = 1 + a.
 - autou<a>: the same with the bad model's unconditional prediction, + a (eps_c - bad_0), so that one
   term carries both the class and the quality direction.
 Terms join with "+": auto1+cfg0.5. Every candidate samples the same classes, counts and seeds as
@@ -28,8 +28,10 @@ import torch  # noqa: E402
 
 from ddpm.checkpoint import load_model, load_palette, load_schedule  # noqa: E402
 from ddpm.data import load_data  # noqa: E402
-from ddpm.evaluate import Reference, Setting, decision_table, feature_spaces, measure, parse_seeds, per_seed_table  # noqa: E402
+from ddpm.evaluate import (Reference, Setting, decision_table, feature_spaces, measure, parse_seeds,  # noqa: E402
+                           per_seed_table)
 from ddpm.model import inference_model  # noqa: E402
+from ddpm.sampling import SAMPLER_ALIASES  # noqa: E402
 
 TERM = re.compile(r"^(cfg|autou|auto)(\d+(?:\.\d+)?)$")
 
@@ -46,7 +48,9 @@ def parse_candidate(text: str) -> dict[str, float]:
 
 
 class Guided(torch.nn.Module):
-    """The guided prediction as one network: forward(x, t, c) = eps_c + the candidate's terms."""
+    """The guided prediction as one network: forward(x, t, c) = eps_c + the candidate's terms.
+
+    Every term comes from passes at guidance 0, also for a network with distilled guidance."""
 
     def __init__(self, good, bad, terms: dict[str, float]):
         super().__init__()
@@ -56,11 +60,8 @@ class Guided(torch.nn.Module):
     def forward(self, x, t, c):
         zero = torch.zeros_like(c)
         g = self.terms.get("cfg", 0.0)
-        if g:  # as ContextUnet.forward_guided: the encoder once, the decoder on both contexts
-            h, skips, down, t_feat = self.good.encode(x, t)
-            two = lambda v: torch.cat((v, v))  # noqa: E731
-            eps_c, eps_0 = self.good.decode((two(h), [two(s) for s in skips], two(down), two(t_feat)),
-                                            torch.cat((c, zero))).float().chunk(2)
+        if g:
+            eps_c, eps_0 = self.good.conditional_and_unconditional(x, t, c)
             eps = eps_c + g * (eps_c - eps_0)
         else:
             eps_c = eps = self.good(x, t, c).float()
@@ -88,9 +89,13 @@ def main(argv: list[str] | None = None) -> int:
         seeds = parse_seeds(args.seeds)
     except ValueError as e:
         p.error(str(e))
+    if args.sampler.lower() not in SAMPLER_ALIASES:
+        p.error(f"--sampler: choose one of {', '.join(sorted(SAMPLER_ALIASES))}")
     torch.set_num_threads(args.threads)
     model, bad, schedule = load_model(args.model), load_model(args.bad), load_schedule(args.model)
-    if load_schedule(args.bad).config() != schedule.config() or bad.n_classes != model.n_classes or bad.height != model.height:
+    same = (load_schedule(args.bad).config(), bad.n_classes, bad.height) == (schedule.config(), model.n_classes,
+                                                                           model.height)
+    if not same:
         p.error(f"--bad {args.bad} must share the model's schedule, classes and size")
     data = load_data(args.data, model.height)
     reference = Reference(data, feature_spaces(data), args.n)
@@ -98,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, terms in candidates:
         result = measure(Guided(model, bad, terms), schedule, reference, Setting(args.sampler, args.steps, 0.0),
                          args.n, seeds, load_palette(args.model), "fp32", model_name=name)
+        result.setting = Setting(args.sampler, args.steps, terms.get("cfg", 0.0))  # the tables print the cfg scale
         results.append(result)
         print(f"measured {name} ({sum(result.seconds):.0f} s)", file=sys.stderr, flush=True)
     print(f"{args.model} guided by its terms (bad model {args.bad}), {args.sampler}-{args.steps}, {args.n} per class, "

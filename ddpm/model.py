@@ -359,26 +359,33 @@ class ContextUnet(
                 h = self.up_attention[i](h)
         return self.out(torch.cat((h, x), 1))
 
-    def forward_guided(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor,
-                       guidance: float | torch.Tensor) -> torch.Tensor:
-        """Classifier-free guidance, eps_c + guidance (eps_c - eps_0), in fp32, with the encoder run once.
+    def conditional_and_unconditional(self, x: torch.Tensor, t: torch.Tensor,
+                                      c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The noise predictions for context c and for the zero context, (eps_c, eps_0), in fp32.
 
-        The context enters only on the up path, so the conditional and the unconditional (zero
-        context) passes share encode(); only decode() runs on the doubled batch. Equal to two
-        forward() calls up to float rounding, at about 3/4 of their cost for the course network
-        (BatchNorm in eval mode treats every sample on its own). `guidance` is a scale or one per
-        sprite (B,). A network with distilled_guidance gives guidance up to that scale in one pass;
-        beyond it, it guides itself as a teacher would, from its passes at guidance 0.
+        The context enters only on the up path, so the two passes share encode(); only decode()
+        runs on the doubled batch. Equal to two forward() calls up to float rounding, at about 3/4
+        of their cost for the course network (BatchNorm in eval mode treats every sample on its own).
         """
-        if self.distilled_guidance and bool((torch.as_tensor(guidance) <= self.distilled_guidance).all()):
-            return self(x, t, c, guidance).float()
         x, skips, h, t_feat = self.encode(x, t)
-        b = x.shape[0]
         two = lambda v: torch.cat((v, v))  # noqa: E731
         eps = self.decode((two(x), [two(s) for s in skips], two(h), two(t_feat)),
                           torch.cat((c, torch.zeros_like(c)))).float()
-        eps_cond, eps_uncond = eps[:b], eps[b:]
-        scale = torch.as_tensor(guidance, dtype=eps.dtype, device=eps.device).reshape(-1, 1, 1, 1)
+        return eps[:x.shape[0]], eps[x.shape[0]:]
+
+    def forward_guided(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor,
+                       guidance: float | torch.Tensor) -> torch.Tensor:
+        """Classifier-free guidance, eps_c + guidance (eps_c - eps_0), in fp32, with the encoder run once
+        (conditional_and_unconditional).
+
+        `guidance` is a scale or one per sprite (B,). A network with distilled_guidance gives
+        guidance up to that scale in one pass; beyond it, it guides itself as a teacher would, from
+        its passes at guidance 0.
+        """
+        if self.distilled_guidance and bool((torch.as_tensor(guidance) <= self.distilled_guidance).all()):
+            return self(x, t, c, guidance).float()
+        eps_cond, eps_uncond = self.conditional_and_unconditional(x, t, c)
+        scale = torch.as_tensor(guidance, dtype=eps_cond.dtype, device=eps_cond.device).reshape(-1, 1, 1, 1)
         return eps_cond + scale * (eps_cond - eps_uncond)
 
     @property

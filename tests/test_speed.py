@@ -43,6 +43,9 @@ def test_forward_guided_equals_two_passes(kwargs, w):
     with torch.no_grad():
         fast = model.forward_guided(x, t, c, w)
         assert torch.allclose(model(x, t, c), model.decode(model.encode(x, t), c))
+        cond, uncond = model.conditional_and_unconditional(x, t, c)
+        torch.testing.assert_close(cond, model(x, t, c), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(uncond, model(x, t, torch.zeros_like(c)), rtol=1e-4, atol=1e-5)
     ref = two_pass(model, x, t, c, w)
     assert not torch.allclose(ref, two_pass(model, x, t, c, 0.0)), "guidance must matter for the test to mean anything"
     torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-5)
@@ -285,6 +288,12 @@ def test_guidance_candidates_add_their_terms_to_the_conditional_prediction():
     for text in ("cfg", "auto1+auto2", "neg1", "cfg-1", ""):
         with pytest.raises(ValueError, match="terms are"):
             bench.parse_candidate(text)
+    # in the library's sampling loop at guidance 0, cfg1.5 draws what the library's guidance 1.5 draws
+    context = torch.eye(5)[:3]
+    torch.testing.assert_close(sample(bench.Guided(good, bad, {"cfg": 1.5}), NoiseSchedule(T), context, steps=3,
+                                      guidance=0.0, seed=0),
+                               sample(good, NoiseSchedule(T), context, steps=3, guidance=1.5, seed=0),
+                               atol=1e-4, rtol=1e-4)
 
 
 def test_guidance_candidates_benchmark_measures_every_candidate(benchmark_inputs, tmp_path, capsys):
@@ -293,15 +302,17 @@ def test_guidance_candidates_benchmark_measures_every_candidate(benchmark_inputs
     model, data = benchmark_inputs
     bench = load_benchmark("guidance_candidates")
     torch.manual_seed(1)
-    save_model(ContextUnet(n_feat=8, class_names=CLASSES), NoiseSchedule(T),
-               tmp_path / "bad")
-    save_model(ContextUnet(n_feat=8, class_names=CLASSES), NoiseSchedule(400),
-               tmp_path / "other")
+    save_model(ContextUnet(n_feat=8, class_names=CLASSES), NoiseSchedule(T), tmp_path / "bad")
+    save_model(ContextUnet(n_feat=8, class_names=CLASSES), NoiseSchedule(400), tmp_path / "other")
+    save_model(ContextUnet(n_feat=8, n_classes=4, class_names=CLASSES[:4]), NoiseSchedule(T), tmp_path / "four")
     common = ["--model", str(model), "--data", str(data), "--steps", "3", "--n", "3", "--seeds", "0", "--threads", "1"]
     assert bench.main(common + ["--bad", str(tmp_path / "bad"), "--candidates", "cfg1.5,autou1"]) == 0
     out = capsys.readouterr().out
     for name in ("cfg1.5", "autou1"):
         assert f"| {name} | ddpm | 3 |" in out, out
-    for wrong in (["--bad", str(tmp_path / "other")], ["--candidates", "cfg1.5,euler2"]):
+    for wrong, says in [(["--bad", str(tmp_path / "other")], "must share"),
+                        (["--bad", str(tmp_path / "four")], "must share"),
+                        (["--candidates", "cfg1.5,euler2"], "terms are"), (["--sampler", "euler"], "--sampler")]:
         with pytest.raises(SystemExit):
             bench.main(common + wrong)
+        assert says in capsys.readouterr().err, wrong
