@@ -28,8 +28,7 @@ import torch  # noqa: E402
 
 from ddpm.checkpoint import load_model, load_palette, load_schedule  # noqa: E402
 from ddpm.data import load_data  # noqa: E402
-from ddpm.evaluate import (Reference, Setting, decision_table, feature_spaces, measure, parse_seeds,  # noqa: E402
-                           per_seed_table)
+from ddpm.evaluate import Reference, Setting, feature_spaces, measure, parse_seeds, report  # noqa: E402
 from ddpm.model import inference_model  # noqa: E402
 from ddpm.sampling import SAMPLER_ALIASES  # noqa: E402
 
@@ -108,9 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"measured {name} ({sum(result.seconds):.0f} s)", file=sys.stderr, flush=True)
     print(f"{args.model} guided by its terms (bad model {args.bad}), {args.sampler}-{args.steps}, {args.n} per class, "
           f"seeds {args.seeds}, fp32; the model column names the candidate\n")
-    print(decision_table(results, reference))
-    print()
-    print(per_seed_table(results, reference))
+    print(report(results, reference))
     return 0
 
 

@@ -29,8 +29,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from ddpm.checkpoint import load_model, load_palette, load_schedule  # noqa: E402
 from ddpm.data import load_data  # noqa: E402
-from ddpm.evaluate import (Reference, Setting, decision_table, feature_spaces, measure, parse_seeds,  # noqa: E402
-                           per_seed_table)
+from ddpm.evaluate import Reference, Setting, feature_spaces, measure, parse_seeds, report  # noqa: E402
 from ddpm.losses import noise_error  # noqa: E402
 from ddpm.sampling import (DEFAULT_GUIDANCE, DDPMSampler, Sampler, make_timesteps,  # noqa: E402
                            posterior_mean_coefficients, posterior_variance)
@@ -150,9 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"measured {name} ({sum(result.seconds):.0f} s)", file=sys.stderr, flush=True)
     print(f"{args.model}, {args.steps} steps, guidance {args.guidance:g}, {args.n} per class, seeds {args.seeds}, fp32; "
           "the sampler column names the candidate\n")
-    print(decision_table(results, reference))
-    print()
-    print(per_seed_table(results, reference))
+    print(report(results, reference))
     return 0
 
 

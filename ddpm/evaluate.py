@@ -562,6 +562,21 @@ def per_class_table(result: SettingResult, reference: Reference) -> str:
     return "\n".join(rows)
 
 
+def report(results: list[SettingResult], reference: Reference) -> str:
+    """The decision table, what its figures mean, the per-seed table and one per-class table per result."""
+    return "\n\n".join([
+        decision_table(results, reference),
+        "Each figure is the mean over the classes (every class counts alike), as mean ± half its range over the "
+        "seeds (in percentage points for shares). FD, precision and recall compare min(n, held-out real count) "
+        f"samples per class ({'/'.join(map(str, reference.compared))}) with half the real sprites of that class; "
+        "the last row measures the other half of the real sprites in the same way (the floor). Accuracy there is the "
+        "classifier's own held-out accuracy.",
+        "Per seed (FD pooled: all classes against the reference reweighted to the samples' class counts):",
+        per_seed_table(results, reference),
+    ] + [f"Per class, {r.model} {r.setting.label} guidance {r.setting.guidance:g} (real-vs-real floor in brackets):"
+         f"\n\n{per_class_table(r, reference)}" for r in results])
+
+
 def results_json(results: list[SettingResult], reference: Reference) -> dict:
     """Everything measured, per seed and class, for scripts that build their own tables."""
     return dict(
@@ -750,17 +765,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = (f"{args.n} samples per class, seeds {','.join(map(str, seeds))}, {args.precision}, "
                f"{'snapped to the palette' if palette is not None else 'raw colours'}")
     print(f"{summary} ({time.time() - start:.0f} s); classifier held-out accuracy: {accuracies}\n")
-    table = "\n\n".join([
-        decision_table(results, reference),
-        "Each figure is the mean over the classes (every class counts alike), as mean ± half its range over the "
-        "seeds (in percentage points for shares). FD, precision and recall compare min(n, held-out real count) "
-        f"samples per class ({'/'.join(map(str, reference.compared))}) with half the real sprites of that class; "
-        "the last row measures the other half of the real sprites in the same way (the floor). Accuracy there is the "
-        "classifier's own held-out accuracy.",
-        "Per seed (FD pooled: all classes against the reference reweighted to the samples' class counts):",
-        per_seed_table(results, reference),
-    ] + [f"Per class, {r.model} {r.setting.label} guidance {r.setting.guidance:g} (real-vs-real floor in brackets):"
-         f"\n\n{per_class_table(r, reference)}" for r in results])
+    table = report(results, reference)
     print(table)
     if args.json:
         Path(args.json).write_text(json.dumps(results_json(results, reference), indent=1))

@@ -310,6 +310,7 @@ def test_guidance_candidates_benchmark_measures_every_candidate(benchmark_inputs
     out = capsys.readouterr().out
     for name in ("cfg1.5", "autou1"):
         assert f"| {name} | ddpm | 3 |" in out, out
+        assert f"Per class, {name} ddpm:3" in out, out  # ddpm.evaluate's per-class table for each candidate
     for wrong, says in [(["--bad", str(tmp_path / "other")], "must share"),
                         (["--bad", str(tmp_path / "four")], "must share"),
                         (["--candidates", "cfg1.5,euler2"], "terms are"), (["--sampler", "euler"], "--sampler")]:
