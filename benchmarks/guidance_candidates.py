@@ -11,7 +11,8 @@ Each candidate is a sum of guidance terms added to the model's conditional predi
   data and schedule (--bad); in their D_bad + w (D_good - D_bad), w = 1 + a.
 - autou<a>: the same with the bad model's unconditional prediction, + a (eps_c - bad_0), so that one
   term carries both the class and the quality direction.
-Terms join with "+": auto1+cfg0.5. Every candidate samples the same classes, counts and seeds as
+A term followed by @lo-hi applies only to the steps with t in lo..hi. Terms join with "+":
+auto1+cfg0.5, auto0.5@0-150+cfg1.5. Every candidate samples the same classes, counts and seeds as
 `python -m ddpm.evaluate --settings`, with the same figures, so its rows compare with docs/quality.json
 and docs/experiments.md.
 """
@@ -32,17 +33,19 @@ from ddpm.evaluate import Reference, Setting, feature_spaces, measure, parse_see
 from ddpm.model import inference_model  # noqa: E402
 from ddpm.sampling import SAMPLER_ALIASES  # noqa: E402
 
-TERM = re.compile(r"^(cfg|autou|auto)(\d+(?:\.\d+)?)$")
+TERM = re.compile(r"^(cfg|autou|auto)(\d+(?:\.\d+)?)(?:@(\d+)-(\d+))?$")
 
 
-def parse_candidate(text: str) -> dict[str, float]:
-    """'auto1+cfg0.5' -> {'auto': 1.0, 'cfg': 0.5}."""
+def parse_candidate(text: str) -> dict[str, tuple[float, int, int]]:
+    """'auto1@0-150+cfg0.5' -> {'auto': (1.0, 0, 150), 'cfg': (0.5, 0, inf)}: scale and the t it applies at."""
     terms = {}
     for part in text.split("+"):
         m = TERM.match(part.strip())
-        if not m or m.group(1) in terms:
-            raise ValueError(f"candidate {text!r}: terms are cfg<g>, auto<a> or autou<a>, each at most once")
-        terms[m.group(1)] = float(m.group(2))
+        if not m or m.group(1) in terms or (m.group(3) and int(m.group(3)) > int(m.group(4))):
+            raise ValueError(f"candidate {text!r}: terms are cfg<g>, auto<a> or autou<a>, each at most once, "
+                             "optionally for t in lo-hi (auto1@0-150)")
+        lo, hi = (int(m.group(3)), int(m.group(4))) if m.group(3) else (0, float("inf"))
+        terms[m.group(1)] = (float(m.group(2)), lo, hi)
     return terms
 
 
@@ -51,23 +54,28 @@ class Guided(torch.nn.Module):
 
     Every term comes from passes at guidance 0, also for a network with distilled guidance."""
 
-    def __init__(self, good, bad, terms: dict[str, float]):
+    def __init__(self, good, bad, terms: dict[str, tuple[float, int, int]], T: int):
         super().__init__()
-        self.good, self.bad, self.terms = inference_model(good.eval()), inference_model(bad.eval()), terms
+        self.good, self.bad, self.terms, self.T = inference_model(good.eval()), inference_model(bad.eval()), terms, T
         self.height, self.in_channels, self.n_classes = good.height, good.in_channels, good.n_classes
+
+    def scale(self, term: str, t: torch.Tensor) -> float:
+        """The term's scale at this step (the loop's t is t / T, one value for the batch), 0 outside its t."""
+        a, lo, hi = self.terms.get(term, (0.0, 0, 0))
+        return a if lo <= round(float(t[0]) * self.T) <= hi else 0.0
 
     def forward(self, x, t, c):
         zero = torch.zeros_like(c)
-        g = self.terms.get("cfg", 0.0)
+        g = self.scale("cfg", t)
         if g:
             eps_c, eps_0 = self.good.conditional_and_unconditional(x, t, c)
             eps = eps_c + g * (eps_c - eps_0)
         else:
             eps_c = eps = self.good(x, t, c).float()
-        if "auto" in self.terms:
-            eps = eps + self.terms["auto"] * (eps_c - self.bad(x, t, c).float())
-        if "autou" in self.terms:
-            eps = eps + self.terms["autou"] * (eps_c - self.bad(x, t, zero).float())
+        if a := self.scale("auto", t):
+            eps = eps + a * (eps_c - self.bad(x, t, c).float())
+        if a := self.scale("autou", t):
+            eps = eps + a * (eps_c - self.bad(x, t, zero).float())
         return eps
 
 
@@ -100,9 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     reference = Reference(data, feature_spaces(data), args.n)
     results = []
     for name, terms in candidates:
-        result = measure(Guided(model, bad, terms), schedule, reference, Setting(args.sampler, args.steps, 0.0),
+        result = measure(Guided(model, bad, terms, schedule.T), schedule, reference, Setting(args.sampler, args.steps, 0.0),
                          args.n, seeds, load_palette(args.model), "fp32", model_name=name)
-        result.setting = Setting(args.sampler, args.steps, terms.get("cfg", 0.0))  # the tables print the cfg scale
+        result.setting = Setting(args.sampler, args.steps, terms.get("cfg", (0.0,))[0])  # the tables print the cfg scale
         results.append(result)
         print(f"measured {name} ({sum(result.seconds):.0f} s)", file=sys.stderr, flush=True)
     print(f"{args.model} guided by its terms (bad model {args.bad}), {args.sampler}-{args.steps}, {args.n} per class, "
