@@ -31,21 +31,22 @@ from ddpm.checkpoint import load_model, load_palette, load_schedule  # noqa: E40
 from ddpm.data import load_data  # noqa: E402
 from ddpm.evaluate import Reference, Setting, feature_spaces, measure, parse_seeds, report  # noqa: E402
 from ddpm.model import inference_model  # noqa: E402
-from ddpm.sampling import SAMPLER_ALIASES  # noqa: E402
+from ddpm.sampling import SAMPLER_ALIASES, check_guidance_interval, guidance_at  # noqa: E402
 
 TERM = re.compile(r"^(cfg|autou|auto)(\d+(?:\.\d+)?)(?:@(\d+)-(\d+))?$")
 
 
-def parse_candidate(text: str) -> dict[str, tuple[float, int, int]]:
-    """'auto1@0-150+cfg0.5' -> {'auto': (1.0, 0, 150), 'cfg': (0.5, 0, inf)}: scale and the t it applies at."""
+def parse_candidate(text: str, T: int) -> dict[str, tuple[float, tuple[int, int] | None]]:
+    """'auto1@0-150+cfg0.5' -> {'auto': (1.0, (0, 150)), 'cfg': (0.5, None)}: each term's scale and guidance
+    interval (ddpm.sampling.check_guidance_interval; None: every step)."""
     terms = {}
     for part in text.split("+"):
         m = TERM.match(part.strip())
-        if not m or m.group(1) in terms or (m.group(3) and int(m.group(3)) > int(m.group(4))):
+        if not m or m.group(1) in terms:
             raise ValueError(f"candidate {text!r}: terms are cfg<g>, auto<a> or autou<a>, each at most once, "
                              "optionally for t in lo-hi (auto1@0-150)")
-        lo, hi = (int(m.group(3)), int(m.group(4))) if m.group(3) else (0, float("inf"))
-        terms[m.group(1)] = (float(m.group(2)), lo, hi)
+        interval = check_guidance_interval((int(m.group(3)), int(m.group(4))), T) if m.group(3) else None
+        terms[m.group(1)] = (float(m.group(2)), interval)
     return terms
 
 
@@ -54,15 +55,15 @@ class Guided(torch.nn.Module):
 
     Every term comes from passes at guidance 0, also for a network with distilled guidance."""
 
-    def __init__(self, good, bad, terms: dict[str, tuple[float, int, int]], T: int):
+    def __init__(self, good, bad, terms: dict[str, tuple[float, tuple[int, int] | None]], T: int):
         super().__init__()
         self.good, self.bad, self.terms, self.T = inference_model(good.eval()), inference_model(bad.eval()), terms, T
         self.height, self.in_channels, self.n_classes = good.height, good.in_channels, good.n_classes
 
     def scale(self, term: str, t: torch.Tensor) -> float:
-        """The term's scale at this step (the loop's t is t / T, one value for the batch), 0 outside its t."""
-        a, lo, hi = self.terms.get(term, (0.0, 0, 0))
-        return a if lo <= round(float(t[0]) * self.T) <= hi else 0.0
+        """The term's scale at this step (the loop's t is t / T, one value for the batch), 0 outside its interval."""
+        a, interval = self.terms.get(term, (0.0, None))
+        return guidance_at(round(float(t[0]) * self.T), a, interval)
 
     def forward(self, x, t, c):
         zero = torch.zeros_like(c)
@@ -91,15 +92,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
-    try:
-        candidates = [(name, parse_candidate(name)) for name in args.candidates.split(",")]
-        seeds = parse_seeds(args.seeds)
-    except ValueError as e:
-        p.error(str(e))
     if args.sampler.lower() not in SAMPLER_ALIASES:
         p.error(f"--sampler: choose one of {', '.join(sorted(SAMPLER_ALIASES))}")
     torch.set_num_threads(args.threads)
     model, bad, schedule = load_model(args.model), load_model(args.bad), load_schedule(args.model)
+    try:
+        candidates = [(name, parse_candidate(name, schedule.T)) for name in args.candidates.split(",")]
+        seeds = parse_seeds(args.seeds)
+    except ValueError as e:
+        p.error(str(e))
     same = (load_schedule(args.bad).config(), bad.n_classes, bad.height) == (schedule.config(), model.n_classes,
                                                                            model.height)
     if not same:

@@ -283,17 +283,20 @@ def test_guidance_candidates_add_their_terms_to_the_conditional_prediction():
                            ("auto2", eps_c + 2 * (eps_c - bad_c)),
                            ("autou1.5", eps_c + 1.5 * (eps_c - bad_0)),
                            ("auto0.5+cfg1", eps_c + (eps_c - eps_0) + 0.5 * (eps_c - bad_c))]:
-            torch.testing.assert_close(bench.Guided(good, bad, bench.parse_candidate(text), T)(x, t, c), want,
+            torch.testing.assert_close(bench.Guided(good, bad, bench.parse_candidate(text, T), T)(x, t, c), want,
                                        atol=1e-4, rtol=1e-4, msg=text)
         # t = 0.4 is step 200 of 500: inside 150-250, outside 0-150
-        torch.testing.assert_close(bench.Guided(good, bad, bench.parse_candidate("auto2@150-250+cfg1@0-150"), T)(x, t, c),
+        torch.testing.assert_close(bench.Guided(good, bad, bench.parse_candidate("auto2@150-250+cfg1@0-150", T), T)(x, t, c),
                                    eps_c + 2 * (eps_c - bad_c), atol=1e-4, rtol=1e-4)
-    for text in ("cfg", "auto1+auto2", "neg1", "cfg-1", "", "auto1@150-100", "auto1@150"):
+    for text in ("cfg", "auto1+auto2", "neg1", "cfg-1", "", "auto1@150"):
         with pytest.raises(ValueError, match="terms are"):
-            bench.parse_candidate(text)
+            bench.parse_candidate(text, T)
+    for text in ("auto1@150-100", f"cfg1@0-{T + 1}"):
+        with pytest.raises(ValueError, match="guidance interval"):
+            bench.parse_candidate(text, T)
     # in the library's sampling loop at guidance 0, cfg1.5 draws what the library's guidance 1.5 draws
     context = torch.eye(5)[:3]
-    torch.testing.assert_close(sample(bench.Guided(good, bad, bench.parse_candidate("cfg1.5"), T), NoiseSchedule(T), context, steps=3,
+    torch.testing.assert_close(sample(bench.Guided(good, bad, bench.parse_candidate("cfg1.5", T), T), NoiseSchedule(T), context, steps=3,
                                       guidance=0.0, seed=0),
                                sample(good, NoiseSchedule(T), context, steps=3, guidance=1.5, seed=0),
                                atol=1e-4, rtol=1e-4)
