@@ -88,7 +88,8 @@ class DiffusersSASolver(Sampler):
         super().__init__(schedule)
         self.name, self.steps = "sa-solver", steps
         self.scheduler = diffusers.SASolverScheduler.from_config(
-            schedule.scheduler_config(), predictor_order=2, corrector_order=2, algorithm_type="data_prediction",
+            dict(schedule.scheduler_config(), prediction_type="epsilon"),  # the loop hands step() the noise
+            predictor_order=2, corrector_order=2, algorithm_type="data_prediction",
             tau_func=tau)
         self.reset()
 

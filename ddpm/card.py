@@ -38,7 +38,7 @@ scheduler_config.json holds the noise schedule in diffusers' format (`DDPMSchedu
   (CC-BY 4.0), sliced into 16x16 cells, empty cells and exact duplicates dropped, transparency on
   white. Sprites per class: {counts}.
 - Architecture: n_feat {n_feat}, norm {norm}, time embedding {time_embedding}{attention}{guidance}.
-- Recipe: Adam, MSE on the noise, t ~ U{{1..T}}, horizontal flips, EMA weights shipped.
+- Recipe: Adam, MSE on {target}, t ~ U{{1..T}}, horizontal flips, EMA weights shipped.
 - Trained for {steps:,} steps ({images:,} images) in {hours:.2f} hours ({precision}), in stages
   (each later stage continued from the weights the one before it exported):
 {stages}
@@ -55,7 +55,8 @@ DragonDePlatino, DawnBringer palette by DawnBringer.
 NO_EVALUATION = "Run `python -m ddpm.evaluate --model <folder> --write-card` for the table."
 
 RECIPE_KEYS = ["n_feat", "distill_guidance", "teacher", "batch_size", "lr", "warmup", "ema", "p_uncond", "dropout",
-               "weight_decay", "class_balance", "min_snr", "low_t_share", "low_t_max", "schedule", "T", "seed"]
+               "weight_decay", "class_balance", "min_snr", "low_t_share", "low_t_max", "schedule", "T", "prediction",
+               "seed"]
 # Options listed only when a stage used them: the course's uniform loss and no regularisation are the
 # unstated defaults.
 UNLESS_OFF = {"distill_guidance": "distill_guidance", "dropout": "dropout", "weight_decay": "weight_decay",
@@ -66,7 +67,15 @@ UNLESS_OFF = {"distill_guidance": "distill_guidance", "dropout": "dropout", "wei
 def recipe_text(recipe: dict) -> str:
     # None: the option was left to the model a stage started from (n_feat with --init-from)
     return ", ".join(f"{k} {recipe[k]}" for k in RECIPE_KEYS
-                     if recipe.get(k) is not None and (k not in UNLESS_OFF or recipe.get(UNLESS_OFF[k])))
+                     if recipe.get(k) is not None and (k not in UNLESS_OFF or recipe.get(UNLESS_OFF[k]))
+                     and not (k == "prediction" and recipe[k] == "epsilon"))
+
+
+def training_target(info: dict) -> str:
+    """What the last stage's loss measured: the noise, as the course, or v."""
+    if info.get("recipe", {}).get("prediction") == "v_prediction":
+        return "v = sqrt(abar) eps - sqrt(1 - abar) x0 (v-prediction, Salimans & Ho 2022)"
+    return "the noise"
 
 
 def stage_lines(info: dict) -> str:
@@ -109,7 +118,7 @@ def model_card(config: dict, n_params: int, info: dict | None, evaluation: str |
                  if config.get("distilled_guidance") else "",
         stages=stage_lines(info) if info else "  (no training history recorded)",
         steps=info.get("steps", 0), images=info.get("images", 0), hours=info.get("seconds", 0) / 3600,
-        precision=overall_precision(info),
+        precision=overall_precision(info), target=training_target(info),
         evaluation=(evaluation or NO_EVALUATION).strip(),
     )
     return ModelCard(f"---\n{card_data().to_yaml()}\n---\n{body}")

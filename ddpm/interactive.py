@@ -144,7 +144,7 @@ def forward_view(schedule: NoiseSchedule, sprite: np.ndarray, t: int, noise_seed
         device = next(model.parameters()).device
         x_in = x_t.to(device)
         # inference_model: the library's cached BatchNorm-folded copy, as sample_steps uses
-        eps = predict_noise(inference_model(model), x_in, t, schedule.T, context.to(device, torch.float32),
+        eps = predict_noise(inference_model(model), schedule, x_in, t, context.to(device, torch.float32),
                             guidance=0.0)
         view.eps_pred = noise_to_uint8(eps)[0]
         view.x0_pred = to_uint8(schedule.predict_x0(x_in, eps, t))[0]

@@ -2,7 +2,9 @@
 
 For a clean sprite x0, a time t and noise eps, x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, and the
 network, given x_t, t / T and the class context, predicts eps; the loss is the mean squared error of
-that prediction. The trainer minimises it over random batches (training_batch); ddpm.evaluate reports the
+that prediction. A network that predicts v instead (the schedule's prediction "v_prediction") is
+judged by the noise its v implies, and its loss weighs that error as the MSE of v does
+(NoiseSchedule.prediction_loss_weights). The trainer minimises it over random batches (training_batch); ddpm.evaluate reports the
 same error per range of t. Three recipe options change what training averages, all off by default,
 as in the course: min-SNR weights (min_snr_weights), a share of low times (training_batch's
 low_t_share) and rarer classes drawn more often (class_balanced_weights).
@@ -34,8 +36,9 @@ def noise_error(model: torch.nn.Module, schedule: NoiseSchedule, x0: torch.Tenso
     if channels_last:
         x_t = x_t.contiguous(memory_format=torch.channels_last)
     with autocast():
-        predicted = model(x_t, (t.float() / schedule.T).to(x_t.device), context)
-    return (predicted.float() - noise).pow(2).mean((1, 2, 3))
+        output = model(x_t, (t.float() / schedule.T).to(x_t.device), context)
+    predicted = schedule.eps_from_output(x_t, output.float(), t)
+    return (predicted - noise).pow(2).mean((1, 2, 3))
 
 
 def guidance_distillation_error(student: torch.nn.Module, teacher: torch.nn.Module, schedule: NoiseSchedule,
@@ -57,7 +60,9 @@ def guidance_distillation_error(student: torch.nn.Module, teacher: torch.nn.Modu
         with torch.no_grad():
             target = teacher.forward_guided(x_t, time, context, guidance)
         predicted = student(x_t, time, context, guidance)
-    return (predicted.float() - target.float()).pow(2).mean((1, 2, 3))
+    # both in noise terms, so that diffusion_loss weighs the error as for noise_error
+    target, predicted = (schedule.eps_from_output(x_t, out.float(), t) for out in (target, predicted))
+    return (predicted - target).pow(2).mean((1, 2, 3))
 
 
 def min_snr_weights(snr: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -75,9 +80,14 @@ def min_snr_weights(snr: torch.Tensor, gamma: float) -> torch.Tensor:
 
 def diffusion_loss(per_sprite: torch.Tensor, t: torch.Tensor, schedule: NoiseSchedule,
                    min_snr: float = 0.0) -> torch.Tensor:
-    """The batch's loss: noise_error per sprite, weighted by min_snr_weights at its t (uniform when
-    min_snr is 0), averaged."""
-    return (per_sprite * min_snr_weights(schedule.snr()[t], min_snr).to(per_sprite)).mean()
+    """The batch's loss: noise_error per sprite, weighted at its t by min_snr_weights, or when min_snr
+    is 0 by the schedule's prediction_loss_weights (uniform for noise prediction), averaged.
+
+    Min-SNR's weights on the noise MSE are the same whichever the network predicts: Hang et al.
+    weigh the MSE of v by min(SNR, gamma) / (SNR + 1), which is min(SNR, gamma) / SNR on the noise's.
+    """
+    weights = min_snr_weights(schedule.snr(), min_snr) if min_snr > 0 else schedule.prediction_loss_weights()
+    return (per_sprite * weights[t].to(per_sprite)).mean()
 
 
 def class_balanced_weights(labels: torch.Tensor, n_classes: int, power: float) -> torch.Tensor | None:

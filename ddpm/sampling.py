@@ -275,21 +275,28 @@ def make_sampler(name: str, schedule: NoiseSchedule, **kwargs) -> Sampler:
     return SAMPLER_FACTORIES[key](schedule, **kwargs)
 
 
-def predict_noise(model: torch.nn.Module, x_t: torch.Tensor, t: int, T: int, context: torch.Tensor,
-                  guidance: float = 0.0) -> torch.Tensor:
-    """The network's noise prediction at integer time t, with classifier-free guidance scale `guidance`."""
+def predict_noise(model: torch.nn.Module, schedule: NoiseSchedule, x_t: torch.Tensor, t: int,
+                  context: torch.Tensor, guidance: float = 0.0) -> torch.Tensor:
+    """The noise in x_t at integer time t that the network predicts (or implies, when it predicts v:
+    NoiseSchedule.eps_from_output), with classifier-free guidance scale `guidance`.
+
+    Guidance combines the network's two outputs; the conversion to noise is affine in the output
+    with weights that sum to one, so guiding v gives the same noise as guiding eps.
+    """
     b = x_t.shape[0]
+    t_in = torch.full((b,), t / schedule.T, device=x_t.device)
     if guidance == 0:
-        t_in = torch.full((b,), t / T, device=x_t.device)
-        return model(x_t, t_in, context).float()
-    if isinstance(model, ContextUnet) and not model.training:
+        output = model(x_t, t_in, context).float()
+    elif isinstance(model, ContextUnet) and not model.training:
         # The same numbers, with the context-free encoder run once for both passes (~25% less work).
-        return model.forward_guided(x_t, torch.full((b,), t / T, device=x_t.device), context, guidance)
-    # One batched pass for the conditional and the unconditional (all-zero context) predictions.
-    t_in = torch.full((2 * b,), t / T, device=x_t.device)
-    eps = model(torch.cat([x_t, x_t]), t_in, torch.cat([context, torch.zeros_like(context)])).float()
-    eps_cond, eps_uncond = eps[:b], eps[b:]
-    return eps_cond + guidance * (eps_cond - eps_uncond)
+        output = model.forward_guided(x_t, t_in, context, guidance)
+    else:
+        # One batched pass for the conditional and the unconditional (all-zero context) predictions.
+        both = model(torch.cat([x_t, x_t]), torch.cat([t_in, t_in]),
+                     torch.cat([context, torch.zeros_like(context)])).float()
+        cond, uncond = both[:b], both[b:]
+        output = cond + guidance * (cond - uncond)
+    return schedule.eps_from_output(x_t, output.float(), t)
 
 
 @dataclass
@@ -403,7 +410,7 @@ def sample_steps(
     net = inference_model(model)
     for i, (t, t_prev) in enumerate(zip(ts[:-1], ts[1:])):
         with precision_autocast(precision, device.type):
-            eps = predict_noise(net, x, t, schedule.T, context, guidance_at(t, guidance, interval))
+            eps = predict_noise(net, schedule, x, t, context, guidance_at(t, guidance, interval))
         x_prev, x0 = sampler.step(eps, t, t_prev, x, generator)
         yield Step(i, len(ts) - 1, t, t_prev, x, x0, eps, x_prev)
         x = x_prev

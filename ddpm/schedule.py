@@ -2,6 +2,10 @@
 
 Time runs over integer steps t = 0..T as in the course: t = 0 is the clean image
 (alpha_bar[0] = 1) and t = T is (almost) pure noise. The network is fed t / T.
+
+What the network predicts is part of the schedule, as in diffusers' scheduler config: the noise eps
+("epsilon", as the course) or the velocity v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0 ("v_prediction",
+Salimans & Ho 2022). Samplers work with eps either way: eps_from_output converts.
 """
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import math
 import torch
 
 SCHEDULES = ("linear", "cosine")
+PREDICTIONS = ("epsilon", "v_prediction")  # diffusers' names for them
 
 # The course counts time t = 1..T (t = 0 is the clean image); diffusers' schedulers count timesteps
 # 0..T-1 and treat "before timestep 0" as clean. Course time t is diffusers timestep t - 1: this
@@ -48,13 +53,17 @@ class NoiseSchedule:
     All tensors are float64 on the CPU; results are cast to the dtype and device of the input.
     """
 
-    def __init__(self, T: int = 500, kind: str = "linear", beta_start: float = 1e-4, beta_end: float = 0.02):
+    def __init__(self, T: int = 500, kind: str = "linear", beta_start: float = 1e-4, beta_end: float = 0.02,
+                 prediction: str = "epsilon"):
         if kind not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {kind!r}")
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
         if not (isinstance(T, int) and T >= 1):
             raise ValueError(f"T must be a positive integer, got {T!r}")
         self.T, self.kind = T, kind
         self.beta_start, self.beta_end = beta_start, beta_end
+        self.prediction = prediction
         self.betas = linear_betas(T, beta_start, beta_end) if kind == "linear" else cosine_betas(T)
         self.alphas = 1 - self.betas
         # cumulative product in log space (as the course does) for accuracy; abar[0] = 1 by definition.
@@ -67,7 +76,8 @@ class NoiseSchedule:
 
     def config(self) -> dict:
         """The constructor's arguments (what training checkpoints record)."""
-        return dict(T=self.T, kind=self.kind, beta_start=self.beta_start, beta_end=self.beta_end)
+        return dict(T=self.T, kind=self.kind, beta_start=self.beta_start, beta_end=self.beta_end,
+                    prediction=self.prediction)
 
     def scheduler_config(self) -> dict:
         """scheduler_config.json in diffusers' format, the same schedule to within float32 rounding.
@@ -75,8 +85,8 @@ class NoiseSchedule:
         trained_betas[i] is the course's beta at t = i + 1 (to_diffusers_timestep), so diffusers'
         alphas_cumprod[i] is alpha_bar[i + 1]; beta_schedule, beta_start and beta_end say the same
         in diffusers' own terms. "trailing" spacing is how ddpm.sampling picks its steps (from T
-        down), set_alpha_to_one that alpha_bar at t = 0 is 1, and the network predicts the noise
-        without clipping x0.
+        down), set_alpha_to_one that alpha_bar at t = 0 is 1, prediction_type what the network
+        predicts, and x0 is not clipped.
         """
         first, last = to_diffusers_timestep(1) + 1, to_diffusers_timestep(self.T) + 1  # betas[1], betas[T]
         return {
@@ -89,7 +99,7 @@ class NoiseSchedule:
             "variance_type": "fixed_small",
             "clip_sample": False,
             "thresholding": False,
-            "prediction_type": "epsilon",
+            "prediction_type": self.prediction,
             "timestep_spacing": "trailing",
             "steps_offset": 0,
             "set_alpha_to_one": True,
@@ -103,7 +113,7 @@ class NoiseSchedule:
         if not isinstance(config, dict):
             raise ScheduleConfigError("expected a JSON object")
         if "num_train_timesteps" not in config and "_class_name" not in config:
-            args = {k: config[k] for k in ("T", "kind", "beta_start", "beta_end") if k in config}
+            args = {k: config[k] for k in ("T", "kind", "beta_start", "beta_end", "prediction") if k in config}
             try:
                 return cls(**args)
             except (TypeError, ValueError) as e:
@@ -116,9 +126,9 @@ class NoiseSchedule:
             raise ScheduleConfigError(f"num_train_timesteps must be a positive integer, got {T!r}")
         if "T" in config and config["T"] != T:
             raise ScheduleConfigError(f"T {config['T']!r} contradicts num_train_timesteps {T}")
-        if config.get("prediction_type", "epsilon") != "epsilon":
-            raise ScheduleConfigError(f"prediction_type {config['prediction_type']!r}: the network predicts the "
-                                      f"noise ('epsilon')")
+        prediction = config.get("prediction_type", "epsilon")
+        if prediction not in PREDICTIONS:
+            raise ScheduleConfigError(f"prediction_type {prediction!r}: expected one of {PREDICTIONS}")
         for flag in ("clip_sample", "thresholding"):
             if config.get(flag):
                 raise ScheduleConfigError(f"{flag} true: this project samples without clipping x0")
@@ -136,9 +146,9 @@ class NoiseSchedule:
             # diffusers' first beta is the course's beta at t = 1: step back one grid point to the
             # course's beta_start at t = 0, rounded to undo the float error of that step
             start = float(f"{first - (last - first) / (T - 1):.12g}") if T > 1 else 0.0001
-            schedule = cls(T, kind, start, float(last))
+            schedule = cls(T, kind, start, float(last), prediction)
         else:
-            schedule = cls(T, kind)
+            schedule = cls(T, kind, prediction=prediction)
         trained = config.get("trained_betas")
         if trained is not None:
             try:
@@ -180,6 +190,30 @@ class NoiseSchedule:
     def predict_eps(self, x_t: torch.Tensor, x0: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
         abar = self._gather(self.alpha_bars, t, x_t)
         return (x_t - abar.sqrt() * x0) / (1 - abar).sqrt()
+
+    def velocity(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
+        """v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0 (Salimans & Ho 2022, section 4)."""
+        abar = self._gather(self.alpha_bars, t, x0)
+        return abar.sqrt() * noise - (1 - abar).sqrt() * x0
+
+    def eps_from_output(self, x_t: torch.Tensor, output: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
+        """The noise in x_t that the network's output says: the output itself for "epsilon"; for
+        "v_prediction", eps = sqrt(1 - abar_t) x_t + sqrt(abar_t) v (x_t and v are a rotation of x0 and eps)."""
+        if self.prediction == "epsilon":
+            return output
+        abar = self._gather(self.alpha_bars, t, x_t)
+        return (1 - abar).sqrt() * x_t + abar.sqrt() * output
+
+    def prediction_loss_weights(self) -> torch.Tensor:
+        """Weights over t = 0..T that turn the noise MSE into the MSE of what the network predicts.
+
+        1 for "epsilon". For "v_prediction" the error in v is the error in eps divided by
+        sqrt(abar_t) (from eps_from_output), so its MSE weighs the noise MSE by 1 / abar_t: the
+        high-noise steps, where x0 is decided, weigh more.
+        """
+        if self.prediction == "epsilon":
+            return torch.ones_like(self.alpha_bars)
+        return 1 / self.alpha_bars
 
     # --- per-t quantities for plots ------------------------------------------------------
     def snr(self) -> torch.Tensor:

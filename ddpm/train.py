@@ -39,7 +39,7 @@ from .losses import (LOW_T_MAX, class_balanced_weights, diffusion_loss, guidance
 from .model import DEFAULT_N_FEAT, NORMS, TIME_EMBEDDINGS, ContextUnet, inference_model
 from .resize import narrow, widen
 from .sampling import sample
-from .schedule import SCHEDULES, NoiseSchedule
+from .schedule import PREDICTIONS, SCHEDULES, NoiseSchedule
 
 CHECKPOINT = "checkpoint.safetensors"
 
@@ -300,6 +300,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--teacher", metavar="MODEL",
                    help="with --distill-guidance and --init-from: distil this model (a local folder or a Hub repo "
                         "id) into the --init-from one, e.g. a wide teacher into a narrower, faster student")
+    p.add_argument("--prediction", choices=PREDICTIONS, default=None,
+                   help="what the network predicts: the noise ('epsilon', as the course) or v = sqrt(abar) eps - "
+                        "sqrt(1 - abar) x0 ('v_prediction', Salimans & Ho 2022). Default epsilon for a new network, "
+                        "the model's own with --init-from or --resume; with --init-from, the other one retrains "
+                        "the model to predict it")
     p.add_argument("--schedule", choices=SCHEDULES, default="linear")
     p.add_argument("--T", type=int, default=500)
     p.add_argument("--precision", choices=["auto", *TRAINING_PRECISIONS], default="auto",
@@ -451,7 +456,16 @@ def build_model(args: argparse.Namespace, data: SpriteData, checkpoint: tuple[di
     else:
         model = ContextUnet(3, args.n_feat or DEFAULT_N_FEAT, len(data.class_names), args.height,
                             data.class_names, args.norm, args.time_embedding, args.dropout or 0.0, args.attention)
-        schedule = NoiseSchedule(args.T, args.schedule)
+        schedule = NoiseSchedule(args.T, args.schedule, prediction=args.prediction or "epsilon")
+    if args.prediction and args.prediction != schedule.prediction:
+        if checkpoint is not None or args.distill_guidance:
+            raise TrainingError(f"--prediction {args.prediction} with "
+                                + ("--resume" if checkpoint is not None else "--distill-guidance")
+                                + f": the model predicts {schedule.prediction}; "
+                                + ("resume without --prediction, or start a stage with --init-from"
+                                   if checkpoint is not None else "a student learns its teacher's prediction"))
+        schedule = NoiseSchedule(**dict(schedule.config(), prediction=args.prediction))
+    args.prediction = schedule.prediction  # the recipe records what the stage trained
     check_classes(model, data)
     return model, schedule, history, teacher
 

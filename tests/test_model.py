@@ -1,6 +1,7 @@
 """ContextUnet: shapes for every supported height, options, the course's defects fixed."""
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 import pytest
@@ -153,12 +154,17 @@ def test_trains_under_distributed_data_parallel(tmp_path):
     from torch.nn.parallel import DistributedDataParallel
 
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    ddp = None
     try:
         torch.manual_seed(0)
         ddp = DistributedDataParallel(ContextUnet(n_feat=8, n_classes=5))
         for _ in range(2):  # DDP reports unused parameters at the start of the second step
             ddp(torch.randn(2, 3, 16, 16), torch.rand(2), torch.eye(5)[:2]).square().mean().backward()
     finally:
+        # the reducer holds the process group: freed only after destroy_process_group, gloo's
+        # destructor can wait forever on its worker threads
+        ddp = None
+        gc.collect()
         dist.destroy_process_group()
 
 

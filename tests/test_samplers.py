@@ -242,7 +242,7 @@ def test_guidance_zero_is_the_plain_conditional_model(tiny_unet):
     x, _ = inputs(6, (4, 3, 16, 16))
     c = torch.eye(5)[[0, 2, 4, 1]]
     with torch.no_grad():
-        eps = predict_noise(model, x, 123, T, c, guidance=0.0)
+        eps = predict_noise(model, NoiseSchedule(T), x, 123, c, guidance=0.0)
         plain = tiny_unet(x, torch.full((4,), 123 / T), c)
     assert model.batches == [4], "guidance 0 must make a single conditional pass"
     assert torch.equal(eps, plain)
@@ -254,7 +254,7 @@ def test_guidance_follows_the_cfg_formula(tiny_unet, w):
     c = torch.eye(5)[[1, 3, 0]]
     t_in = torch.full((3,), 250 / T)
     with torch.no_grad():
-        eps = predict_noise(tiny_unet, x, 250, T, c, guidance=w)
+        eps = predict_noise(tiny_unet, NoiseSchedule(T), x, 250, c, guidance=w)
         cond = tiny_unet(x, t_in, c)
         uncond = tiny_unet(x, t_in, torch.zeros_like(c))
     assert not torch.allclose(cond, uncond), "the context must matter for this test to mean anything"
@@ -564,3 +564,41 @@ def test_a_student_distilled_for_guidance_samples_in_one_pass_a_step(tiny_unet, 
     batches.clear()
     sample(tiny_unet, schedule, c, sampler="ddim", steps=4, guidance=1.5, seed=11)
     assert batches == [4] * 4
+
+
+# --- v-prediction ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["ddpm", "ddim"])
+def test_sampling_a_v_prediction_matches_diffusers(name):
+    # diffusers' schedulers take v itself; ours take the noise eps_from_output gives for it
+    schedule = NoiseSchedule(T, prediction="v_prediction")
+    cls = diffusers.DDPMScheduler if name == "ddpm" else diffusers.DDIMScheduler
+    sched = cls.from_config(schedule.scheduler_config())
+    assert sched.config.prediction_type == "v_prediction"
+    steps = 25
+    sched.set_timesteps(steps)
+    ts = make_timesteps(T, steps)
+    assert [t - 1 for t in ts[:-1]] == sched.timesteps.tolist()
+    x_theirs, _ = inputs(8, (2, 3, 8, 8))
+    x_ours = x_theirs.clone()
+    g_theirs, g_ours = torch.Generator().manual_seed(9), torch.Generator().manual_seed(9)
+    sampler = make_sampler(name, schedule)
+    for t, t_prev in zip(ts[:-1], ts[1:]):
+        kwargs = {"generator": g_theirs} if name == "ddpm" else {}
+        x_theirs = sched.step(fake_eps(x_theirs, t), t - 1, x_theirs, **kwargs).prev_sample
+        eps = schedule.eps_from_output(x_ours, fake_eps(x_ours, t), t)
+        x_ours, _ = sampler.step(eps, t, t_prev, x_ours, g_ours)
+    torch.testing.assert_close(x_ours, x_theirs, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("w", [0.0, 1.5])
+def test_predict_noise_converts_a_v_prediction_and_guides_it(tiny_unet, w):
+    schedule = NoiseSchedule(T, prediction="v_prediction")
+    x, c, t = torch.randn(3, 3, 16, 16), torch.eye(5)[:3], 250
+    with torch.no_grad():
+        eps = predict_noise(tiny_unet.eval(), schedule, x, t, c, guidance=w)
+        t_in = torch.full((3,), t / T)
+        v_c, v_0 = tiny_unet(x, t_in, c), tiny_unet(x, t_in, torch.zeros_like(c))
+    eps_c, eps_0 = (schedule.eps_from_output(x, v, t) for v in (v_c, v_0))
+    # guiding v and then converting gives the guided noise of the two converted predictions
+    torch.testing.assert_close(eps, eps_c + w * (eps_c - eps_0), rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(eps, v_c + w * (v_c - v_0), atol=1e-3)

@@ -145,3 +145,31 @@ def test_config_round_trip():
     s = NoiseSchedule(100, "cosine")
     s2 = NoiseSchedule(**s.config())
     torch.testing.assert_close(s.alpha_bars, s2.alpha_bars)
+
+
+@pytest.mark.parametrize("kind", ["linear", "cosine"])
+def test_velocity_matches_diffusers_and_gives_back_the_noise(kind):
+    s = NoiseSchedule(T, kind, prediction="v_prediction")
+    sched = diffusers.DDPMScheduler.from_config(s.scheduler_config())
+    x0 = torch.rand(4, 3, 16, 16, dtype=torch.float64) * 2 - 1
+    eps = torch.randn(4, 3, 16, 16, dtype=torch.float64)
+    t = torch.tensor([1, 100, 300, T])
+    v = s.velocity(x0, eps, t)
+    theirs = sched.get_velocity(x0.float(), eps.float(), t - 1)
+    torch.testing.assert_close(v.float(), theirs, rtol=1e-5, atol=1e-5)
+    x_t = s.add_noise(x0, eps, t)
+    torch.testing.assert_close(s.eps_from_output(x_t, v, t), eps, rtol=1e-8, atol=1e-8)
+    # the same output means the noise itself to a noise-predicting schedule
+    assert torch.equal(NoiseSchedule(T, kind).eps_from_output(x_t, v, t), v)
+
+
+def test_prediction_is_part_of_the_config_and_checked():
+    s = NoiseSchedule(100, prediction="v_prediction")
+    assert NoiseSchedule(**s.config()).prediction == "v_prediction"
+    assert NoiseSchedule.from_config(s.scheduler_config()).config() == s.config()
+    assert NoiseSchedule().prediction == "epsilon" and NoiseSchedule().scheduler_config()["prediction_type"] == "epsilon"
+    # the MSE of v is the noise's MSE over abar_t (eps = sqrt(1 - abar) x_t + sqrt(abar) v)
+    torch.testing.assert_close(s.prediction_loss_weights(), 1 / s.alpha_bars)
+    assert torch.equal(NoiseSchedule(100).prediction_loss_weights(), torch.ones(101, dtype=torch.float64))
+    with pytest.raises(ValueError, match="prediction"):
+        NoiseSchedule(prediction="sample")

@@ -718,3 +718,53 @@ def test_init_from_with_a_smaller_n_feat_prunes_the_model_and_distils_it_into_wh
     assert train.main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: --n-feat with --init-from") and "multiple of 8" in err and "\n" not in err, err
+
+
+# --- v-prediction ---------------------------------------------------------------------------------------
+def test_the_v_prediction_loss_is_the_mse_of_v(tiny_unet):
+    from ddpm.losses import diffusion_loss, noise_error
+
+    schedule = NoiseSchedule(500, prediction="v_prediction")
+    g = torch.Generator().manual_seed(0)
+    x0, t = torch.rand(6, 3, 16, 16, generator=g) * 2 - 1, torch.tensor([1, 2, 50, 200, 400, 500])
+    noise, context = torch.randn(x0.shape, generator=g), torch.eye(5)[[0, 1, 2, 3, 4, 0]]
+    with torch.no_grad():
+        per_sprite = noise_error(tiny_unet.eval(), schedule, x0, noise, t, context)
+        x_t = schedule.add_noise(x0, noise, t)
+        v_hat = tiny_unet(x_t, t.float() / 500, context)
+        v_error = (v_hat - schedule.velocity(x0, noise, t)).pow(2).mean((1, 2, 3))
+        # noise_error judges the noise the output implies, whatever the network predicts
+        implied = (1 - schedule.alpha_bar(t, x0)).sqrt() * x_t + schedule.alpha_bar(t, x0).sqrt() * v_hat
+        assert torch.allclose(per_sprite, (implied - noise).pow(2).mean((1, 2, 3)), atol=1e-6)
+    assert torch.allclose(diffusion_loss(per_sprite, t, schedule), v_error.mean(), rtol=1e-4)
+    # min-SNR weighs v's MSE by min(SNR, gamma) / (SNR + 1) (Hang et al. 2023)
+    snr = schedule.snr()[t].float()
+    assert torch.allclose(diffusion_loss(per_sprite, t, schedule, min_snr=5.0),
+                          (v_error * snr.clamp(max=5.0) / (snr + 1)).mean(), rtol=1e-4)
+
+
+def test_v_prediction_trains_exports_and_switches_only_on_a_new_stage(train_data, tmp_path, capsys,
+                                                                      restore_signals):
+    first = tmp_path / "first"
+    assert train.main(train_args(train_data, first, 2)) == 0
+    assert load_schedule(first / "model").prediction == "epsilon"
+    capsys.readouterr()
+    assert train.main(train_args(train_data, first, 3, "--resume", "--prediction", "v_prediction")) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "--prediction" in err and "--init-from" in err and "\n" not in err, err
+    assert train.main(train_args(train_data, tmp_path / "student", 1, "--init-from", first / "model",
+                                 "--distill-guidance", 2, "--prediction", "v_prediction")) == 2
+    assert "teacher" in capsys.readouterr().err
+    second = tmp_path / "second"
+    assert train.main(train_args(train_data, second, 2, "--init-from", first / "model",
+                                 "--prediction", "v_prediction")) == 0
+    assert train.main(train_args(train_data, second, 3, "--resume")) == 0  # keeps predicting v
+    schedule = load_schedule(second / "model")
+    assert schedule.prediction == "v_prediction"
+    assert json.loads((second / "model" / "scheduler_config.json").read_text())["prediction_type"] == "v_prediction"
+    card = (second / "model" / "README.md").read_text()
+    assert "MSE on v = " in card and "prediction v_prediction" in card.split("  2. ")[1]
+    assert "prediction" not in card.split("  1. ")[1].split("\n")[0]  # the noise-predicting stage
+    third = tmp_path / "third"  # a stage started from a v model predicts v unless told otherwise
+    assert train.main(train_args(train_data, third, 1, "--init-from", second / "model")) == 0
+    assert load_schedule(third / "model").prediction == "v_prediction"
