@@ -259,7 +259,7 @@ def step_latency(model, schedule, batches, repeats, precision="fp32") -> list[di
         def one(net):
             with torch.inference_mode(), precision_autocast(precision):
                 sampler.reset()
-                sampler.step(predict_noise(net, x, t, schedule.T, c, guidance), t, t_prev, x, g)
+                sampler.step(predict_noise(net, schedule, x, t, c, guidance), t, t_prev, x, g)
 
         for net in (fast, plain, fast, plain):
             one(net)  # warm-up

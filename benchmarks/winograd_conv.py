@@ -10,7 +10,7 @@ products, and transformed back (A^T m A). Here it is written in plain torch over
 channels-last inference copy the samplers run, and timed against that copy's direct (oneDNN)
 convolutions, interleaved round by round, best of the rounds, in fp32 (bf16 would lose too much in
 the transforms, whose entries reach 5 and 1/24). The table also gives the largest difference between
-the two copies' guided noise predictions.
+the two copies' guided predictions (the noise, or v).
 """
 from __future__ import annotations
 
@@ -113,7 +113,7 @@ def main() -> int:
     reference = outputs["direct (oneDNN)"]
     print(f"# {args.model}: one guided step for {args.n} sprites in fp32, {args.threads} threads, best of "
           f"{args.rounds}, {cpu_description()}, torch {torch.__version__}\n")
-    print("| 3x3 convs | best (ms) | direct / this | largest difference in the noise |\n|---|---|---|---|")
+    print("| 3x3 convs | best (ms) | direct / this | largest difference in the output |\n|---|---|---|---|")
     for name, seconds in best.items():
         diff = (outputs[name] - reference).abs().max().item()
         print(f"| {name} | {seconds * 1e3:.1f} | {best['direct (oneDNN)'] / seconds:.2f}x | {diff:.1e} |")

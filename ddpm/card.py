@@ -67,21 +67,25 @@ UNLESS_OFF = {"distill_guidance": "distill_guidance", "dropout": "dropout", "wei
 def recipe_text(recipe: dict) -> str:
     # None: the option was left to the model a stage started from (n_feat with --init-from)
     return ", ".join(f"{k} {recipe[k]}" for k in RECIPE_KEYS
-                     if recipe.get(k) is not None and (k not in UNLESS_OFF or recipe.get(UNLESS_OFF[k]))
-                     and not (k == "prediction" and recipe[k] == "epsilon"))
+                     if recipe.get(k) is not None and (k not in UNLESS_OFF or recipe.get(UNLESS_OFF[k])))
 
 
-def training_target(info: dict) -> str:
-    """What the last stage's loss measured: the noise, as the course, or v."""
-    if info.get("recipe", {}).get("prediction") == "v_prediction":
+def training_target(prediction: str) -> str:
+    """What the loss measured for a network that predicts this (NoiseSchedule.prediction)."""
+    if prediction == "v_prediction":
         return "v = sqrt(abar) eps - sqrt(1 - abar) x0 (v-prediction, Salimans & Ho 2022)"
     return "the noise"
 
 
 def stage_lines(info: dict) -> str:
     lines = []
+    prediction = "epsilon"  # listed only where a stage changed it (from the course's noise prediction)
     for i, stage in enumerate(training_stages(info), 1):
-        recipe = stage.get("recipe", {})
+        recipe = dict(stage.get("recipe", {}))
+        if recipe.get("prediction", prediction) == prediction:
+            recipe.pop("prediction", None)
+        else:
+            prediction = recipe["prediction"]
         threads = f", CPU threads: {recipe['threads']}" if recipe.get("threads") else ""
         precision = f", {precision_label(stage['precision'])}" if "precision" in stage else ""
         lines.append(f"  {i}. {stage['steps']:,} steps ({stage['images']:,} images, {stage['seconds'] / 3600:.2f} h"
@@ -104,8 +108,10 @@ def card_data() -> ModelCardData:
     return ModelCardData(license=LICENSE, library_name=LIBRARY_NAME, pipeline_tag=PIPELINE_TAG, tags=list(TAGS))
 
 
-def model_card(config: dict, n_params: int, info: dict | None, evaluation: str | None = None) -> ModelCard:
-    """The card of a model with this config.json, parameter count, training history and evaluation table."""
+def model_card(config: dict, n_params: int, info: dict | None, evaluation: str | None = None,
+               prediction: str = "epsilon") -> ModelCard:
+    """The card of a model with this config.json, parameter count, training history, evaluation table and
+    prediction (its NoiseSchedule's)."""
     info = info or {}
     body = BODY.format(
         params=n_params, height=config["height"], n_classes=config["n_classes"],
@@ -118,7 +124,7 @@ def model_card(config: dict, n_params: int, info: dict | None, evaluation: str |
                  if config.get("distilled_guidance") else "",
         stages=stage_lines(info) if info else "  (no training history recorded)",
         steps=info.get("steps", 0), images=info.get("images", 0), hours=info.get("seconds", 0) / 3600,
-        precision=overall_precision(info), target=training_target(info),
+        precision=overall_precision(info), target=training_target(prediction),
         evaluation=(evaluation or NO_EVALUATION).strip(),
     )
     return ModelCard(f"---\n{card_data().to_yaml()}\n---\n{body}")

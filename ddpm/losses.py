@@ -8,7 +8,8 @@ judged by the noise its v implies, and its loss weighs that error as the MSE of 
 same error per range of t. Three recipe options change what training averages, all off by default,
 as in the course: min-SNR weights (min_snr_weights), a share of low times (training_batch's
 low_t_share) and rarer classes drawn more often (class_balanced_weights).
-A student distilled for guidance learns instead from a teacher's guided prediction (guidance_distillation_error).
+A student distilled for guidance learns instead from a teacher's guided prediction
+(guidance_distillation_error).
 """
 from __future__ import annotations
 
@@ -37,8 +38,8 @@ def noise_error(model: torch.nn.Module, schedule: NoiseSchedule, x0: torch.Tenso
         x_t = x_t.contiguous(memory_format=torch.channels_last)
     with autocast():
         output = model(x_t, (t.float() / schedule.T).to(x_t.device), context)
-    predicted = schedule.eps_from_output(x_t, output.float(), t)
-    return (predicted - noise).pow(2).mean((1, 2, 3))
+    error = schedule.noise_per_output(t, x_t) * (output.float() - schedule.target(x0, noise, t))
+    return error.pow(2).mean((1, 2, 3))
 
 
 def guidance_distillation_error(student: torch.nn.Module, teacher: torch.nn.Module, schedule: NoiseSchedule,
@@ -60,9 +61,9 @@ def guidance_distillation_error(student: torch.nn.Module, teacher: torch.nn.Modu
         with torch.no_grad():
             target = teacher.forward_guided(x_t, time, context, guidance)
         predicted = student(x_t, time, context, guidance)
-    # both in noise terms, so that diffusion_loss weighs the error as for noise_error
-    target, predicted = (schedule.eps_from_output(x_t, out.float(), t) for out in (target, predicted))
-    return (predicted - target).pow(2).mean((1, 2, 3))
+    # in noise terms, so that diffusion_loss weighs the error as for noise_error
+    error = schedule.noise_per_output(t, x_t) * (predicted.float() - target.float())
+    return error.pow(2).mean((1, 2, 3))
 
 
 def min_snr_weights(snr: torch.Tensor, gamma: float) -> torch.Tensor:

@@ -322,8 +322,9 @@ class ContextUnet(
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor,
                 guidance: float | torch.Tensor = 0.0) -> torch.Tensor:
-        """The noise in x. `guidance` (a scale, or one per sprite (B,)) is an input of a network with
-        distilled_guidance only; forward_guided is what samplers call."""
+        """The noise in x, or v for a model trained to predict it (its NoiseSchedule.prediction). `guidance`
+        (a scale, or one per sprite (B,)) is an input of a network with distilled_guidance only;
+        forward_guided is what samplers call."""
         return self.decode(self.encode(x, t), c, guidance)
 
     def encode(self, x: torch.Tensor, t: torch.Tensor) -> tuple:
@@ -361,7 +362,7 @@ class ContextUnet(
 
     def conditional_and_unconditional(self, x: torch.Tensor, t: torch.Tensor,
                                       c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The noise predictions for context c and for the zero context, (eps_c, eps_0), in fp32.
+        """The predictions (forward) for context c and for the zero context, (eps_c, eps_0), in fp32.
 
         The context enters only on the up path, so the two passes share encode(); only decode()
         runs on the doubled batch. Equal to two forward() calls up to float rounding, at about 3/4
@@ -448,4 +449,5 @@ class ContextUnet(
 
     def generate_model_card(self, *args, **kwargs) -> ModelCard:
         n_params = sum(p.numel() for p in self.parameters())
-        return model_card.model_card(self.config_dict, n_params, self.training_info, self.evaluation)
+        prediction = self.noise_schedule.prediction if self.noise_schedule is not None else "epsilon"
+        return model_card.model_card(self.config_dict, n_params, self.training_info, self.evaluation, prediction)

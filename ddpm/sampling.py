@@ -280,8 +280,8 @@ def predict_noise(model: torch.nn.Module, schedule: NoiseSchedule, x_t: torch.Te
     """The noise in x_t at integer time t that the network predicts (or implies, when it predicts v:
     NoiseSchedule.eps_from_output), with classifier-free guidance scale `guidance`.
 
-    Guidance combines the network's two outputs; the conversion to noise is affine in the output
-    with weights that sum to one, so guiding v gives the same noise as guiding eps.
+    Guidance mixes the network's two outputs with weights that sum to one, (1 + w) and -w, and the
+    conversion to noise is affine in the output, so guiding v gives the same noise as guiding eps.
     """
     b = x_t.shape[0]
     t_in = torch.full((b,), t / schedule.T, device=x_t.device)

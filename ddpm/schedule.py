@@ -204,11 +204,23 @@ class NoiseSchedule:
         abar = self._gather(self.alpha_bars, t, x_t)
         return (1 - abar).sqrt() * x_t + abar.sqrt() * output
 
+    def target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
+        """What the network should output for x_t = add_noise(x0, noise, t): the noise, or v."""
+        return noise if self.prediction == "epsilon" else self.velocity(x0, noise, t)
+
+    def noise_per_output(self, t: torch.Tensor | int, like: torch.Tensor) -> torch.Tensor:
+        """How much the implied noise moves per unit of output at fixed x_t (from eps_from_output):
+        1 for "epsilon", sqrt(abar_t) for "v_prediction". An output error times this is the noise's
+        error, computed without the cancellation of forming eps near t = T."""
+        if self.prediction == "epsilon":
+            return torch.ones_like(self._gather(self.alpha_bars, t, like))
+        return self._gather(self.alpha_bars, t, like).sqrt()
+
     def prediction_loss_weights(self) -> torch.Tensor:
         """Weights over t = 0..T that turn the noise MSE into the MSE of what the network predicts.
 
         1 for "epsilon". For "v_prediction" the error in v is the error in eps divided by
-        sqrt(abar_t) (from eps_from_output), so its MSE weighs the noise MSE by 1 / abar_t: the
+        sqrt(abar_t) (noise_per_output), so its MSE weighs the noise MSE by 1 / abar_t: the
         high-noise steps, where x0 is decided, weigh more.
         """
         if self.prediction == "epsilon":

@@ -266,7 +266,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--ema", type=float, default=0.999, help="EMA decay")
     p.add_argument("--min-snr", type=float, default=0, metavar="GAMMA",
-                   help="weight each step's noise MSE by min(SNR, GAMMA) / SNR (0: uniform, as the course)")
+                   help="weight each step's noise MSE by min(SNR, GAMMA) / SNR (0: the prediction's own MSE, uniform on "
+                        "the noise as the course, or the MSE of v)")
     p.add_argument("--low-t-share", type=float, default=0, metavar="P",
                    help="draw this share of each batch's times from 1..--low-t-max instead of 1..T (0: uniform, as "
                         "the course): the low-noise steps decide each pixel's colour")
@@ -438,8 +439,8 @@ def build_model(args: argparse.Namespace, data: SpriteData, checkpoint: tuple[di
                 raise TrainingError(f"--teacher {args.teacher} is itself a distilled student; distil its teacher")
             if (teacher.noise_schedule.config() != schedule.config() or teacher.class_names != model.class_names
                     or (teacher.height, teacher.in_channels) != (model.height, model.in_channels)):
-                raise TrainingError(f"--teacher {args.teacher} has another noise schedule, other classes or another "
-                                    f"sprite size than {args.init_from}: a student learns its teacher's task")
+                raise TrainingError(f"--teacher {args.teacher} has another noise schedule or prediction, other classes or "
+                                    f"another sprite size than {args.init_from}: a student learns its teacher's task")
         elif args.distill_guidance:
             teacher = loaded  # a widened copy computes the same; a narrowed one learns from the whole model
         if (args.dropout is not None and args.dropout != model.dropout or args.attention and not model.attention

@@ -590,12 +590,24 @@ def test_sampling_a_v_prediction_matches_diffusers(name):
     torch.testing.assert_close(x_ours, x_theirs, rtol=1e-3, atol=1e-3)
 
 
+class Plain(torch.nn.Module):
+    """Hides the ContextUnet, so predict_noise guides from one batched pass of both contexts."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x, t, c):
+        return self.inner(x, t, c)
+
+
 @pytest.mark.parametrize("w", [0.0, 1.5])
-def test_predict_noise_converts_a_v_prediction_and_guides_it(tiny_unet, w):
+@pytest.mark.parametrize("wrap", [False, True], ids=["shared encoder", "batched pass"])
+def test_predict_noise_converts_a_v_prediction_and_guides_it(tiny_unet, w, wrap):
     schedule = NoiseSchedule(T, prediction="v_prediction")
     x, c, t = torch.randn(3, 3, 16, 16), torch.eye(5)[:3], 250
     with torch.no_grad():
-        eps = predict_noise(tiny_unet.eval(), schedule, x, t, c, guidance=w)
+        eps = predict_noise(Plain(tiny_unet.eval()) if wrap else tiny_unet.eval(), schedule, x, t, c, guidance=w)
         t_in = torch.full((3,), t / T)
         v_c, v_0 = tiny_unet(x, t_in, c), tiny_unet(x, t_in, torch.zeros_like(c))
     eps_c, eps_0 = (schedule.eps_from_output(x, v, t) for v in (v_c, v_0))

@@ -56,13 +56,13 @@ def test_predict_noise_uses_the_shared_encoder_and_matches():
     x = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(2))
     c = torch.eye(5)[[0, 1, 2, 3]]
     with torch.no_grad():
-        fast = predict_noise(model, x, 300, T, c, guidance=2.0)
-        plain = predict_noise(Wrapped(model), x, 300, T, c, guidance=2.0)
+        fast = predict_noise(model, NoiseSchedule(T), x, 300, c, guidance=2.0)
+        plain = predict_noise(Wrapped(model), NoiseSchedule(T), x, 300, c, guidance=2.0)
     torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-5)
     calls = []
     model.encode = lambda *a, _enc=model.encode: calls.append(a[0].shape[0]) or _enc(*a)
     with torch.no_grad():
-        predict_noise(model, x, 300, T, c, guidance=2.0)
+        predict_noise(model, NoiseSchedule(T), x, 300, c, guidance=2.0)
     assert calls == [4], "the encoder must run once on the undoubled batch"
 
 

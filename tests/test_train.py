@@ -23,7 +23,7 @@ from ddpm.losses import class_balanced_weights, guidance_distillation_error, min
 from ddpm.model import ContextUnet
 from ddpm.schedule import NoiseSchedule
 
-from helpers import CLASSES, PROJECT, read_log, stop_after, train_args, write_npy_dataset
+from helpers import CLASSES, PROJECT, make_tiny_unet, read_log, stop_after, train_args, write_npy_dataset
 
 
 @pytest.fixture(autouse=True)
@@ -768,3 +768,37 @@ def test_v_prediction_trains_exports_and_switches_only_on_a_new_stage(train_data
     third = tmp_path / "third"  # a stage started from a v model predicts v unless told otherwise
     assert train.main(train_args(train_data, third, 1, "--init-from", second / "model")) == 0
     assert load_schedule(third / "model").prediction == "v_prediction"
+
+
+def test_a_v_student_learns_its_teachers_guided_v():
+    from ddpm.losses import diffusion_loss
+
+    schedule = NoiseSchedule(100, prediction="v_prediction")
+    teacher = make_tiny_unet(seed=1).eval()
+    student = ContextUnet(**dict(teacher.config_dict, distilled_guidance=4.0)).eval()
+    student.load_state_dict(make_tiny_unet(seed=2).state_dict(), strict=False)  # another network
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.rand(4, 3, 16, 16, generator=g) * 2 - 1, torch.randn(4, 3, 16, 16, generator=g)
+    t, c, w = torch.tensor([5, 30, 60, 100]), torch.eye(5)[:4], torch.tensor([0.0, 1.0, 2.0, 4.0])
+    per_sprite = guidance_distillation_error(student, teacher, schedule, x0, noise, t, c, w)
+    with torch.no_grad():
+        x_t, time = schedule.add_noise(x0, noise, t), t.float() / 100
+        guided_v = teacher.forward_guided(x_t, time, c, w)
+        v_gap = (student(x_t, time, c, w) - guided_v).pow(2).mean((1, 2, 3))
+    # in noise terms per sprite, and the MSE of v once diffusion_loss weighs it
+    assert torch.allclose(per_sprite, schedule.alpha_bar(t, x0).flatten().float() * v_gap, rtol=1e-4)
+    assert torch.allclose(diffusion_loss(per_sprite, t, schedule), v_gap.mean(), rtol=1e-4)
+
+
+def test_the_card_lists_the_prediction_where_a_stage_changed_it():
+    from ddpm.card import model_card, stage_lines
+
+    stage = {"steps": 10, "images": 1280, "seconds": 60.0}
+    stages = [dict(stage, recipe={"lr": 1e-3, "prediction": p}) for p in
+              ("epsilon", "v_prediction", "v_prediction", "epsilon")]
+    lines = stage_lines(dict(stage, steps=40, stages=stages)).splitlines()
+    assert ["prediction" in line for line in lines] == [False, True, False, True]
+    assert "prediction epsilon" in lines[3] and "prediction v_prediction" in lines[1]
+    config = make_tiny_unet().config_dict
+    assert "MSE on the noise" in str(model_card(config, 10, None))
+    assert "MSE on v = " in str(model_card(config, 10, None, prediction="v_prediction"))
