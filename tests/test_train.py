@@ -471,13 +471,18 @@ def test_the_card_gives_each_stage_its_precision():
     assert overall_precision(old_and_new) == "fp32" and stage_lines(old_and_new).count(", fp32)") == 2
 
 
+def loss_inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """x0, t (from 1 to 500), noise and contexts for six sprites."""
+    g = torch.Generator().manual_seed(0)
+    x0, t = torch.rand(6, 3, 16, 16, generator=g) * 2 - 1, torch.tensor([1, 2, 50, 200, 400, 500])
+    return x0, t, torch.randn(x0.shape, generator=g), torch.eye(5)[[0, 1, 2, 3, 4, 0]]
+
+
 def test_diffusion_loss_is_the_noise_error_weighted_by_min_snr(tiny_unet):
     from ddpm.losses import diffusion_loss, noise_error
 
     schedule = NoiseSchedule(500)
-    g = torch.Generator().manual_seed(0)
-    x0, t = torch.rand(6, 3, 16, 16, generator=g) * 2 - 1, torch.tensor([1, 2, 50, 200, 400, 500])
-    noise, context = torch.randn(x0.shape, generator=g), torch.eye(5)[[0, 1, 2, 3, 4, 0]]
+    x0, t, noise, context = loss_inputs()
     with torch.no_grad():
         per_sprite = noise_error(tiny_unet.eval(), schedule, x0, noise, t, context)
         x_t = schedule.add_noise(x0, noise, t)
@@ -590,13 +595,18 @@ def test_batchnorm_recalibration_gives_the_statistics_without_dropout():
 
 
 # --- distilling guidance ---------------------------------------------------------------------------------
+def distillation_inputs() -> tuple[torch.Tensor, ...]:
+    """x0, noise, t (up to T = 100), contexts and guidance scales 0 to 4 for four sprites."""
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.rand(4, 3, 16, 16, generator=g) * 2 - 1, torch.randn(4, 3, 16, 16, generator=g)
+    return x0, noise, torch.tensor([5, 30, 60, 100]), torch.eye(5)[:4], torch.tensor([0.0, 1.0, 2.0, 4.0])
+
+
 def test_guidance_distillation_error_is_the_distance_to_the_teachers_guided_noise(tiny_unet):
     schedule = NoiseSchedule(100)
     student = ContextUnet(**dict(tiny_unet.config_dict, distilled_guidance=4.0)).eval()
     student.load_state_dict(tiny_unet.state_dict(), strict=False)  # starts as the conditional network
-    g = torch.Generator().manual_seed(0)
-    x0, noise = torch.rand(4, 3, 16, 16, generator=g) * 2 - 1, torch.randn(4, 3, 16, 16, generator=g)
-    t, c, w = torch.tensor([5, 30, 60, 99]), torch.eye(5)[:4], torch.tensor([0.0, 1.0, 2.0, 4.0])
+    x0, noise, t, c, w = distillation_inputs()
     error = guidance_distillation_error(student, tiny_unet, schedule, x0, noise, t, c, w)
     with torch.no_grad():
         x_t, time = schedule.add_noise(x0, noise, t), t.float() / 100
@@ -725,9 +735,7 @@ def test_the_v_prediction_loss_is_the_mse_of_v(tiny_unet):
     from ddpm.losses import diffusion_loss, noise_error
 
     schedule = NoiseSchedule(500, prediction="v_prediction")
-    g = torch.Generator().manual_seed(0)
-    x0, t = torch.rand(6, 3, 16, 16, generator=g) * 2 - 1, torch.tensor([1, 2, 50, 200, 400, 500])
-    noise, context = torch.randn(x0.shape, generator=g), torch.eye(5)[[0, 1, 2, 3, 4, 0]]
+    x0, t, noise, context = loss_inputs()
     with torch.no_grad():
         per_sprite = noise_error(tiny_unet.eval(), schedule, x0, noise, t, context)
         x_t = schedule.add_noise(x0, noise, t)
@@ -777,9 +785,7 @@ def test_a_v_student_learns_its_teachers_guided_v():
     teacher = make_tiny_unet(seed=1).eval()
     student = ContextUnet(**dict(teacher.config_dict, distilled_guidance=4.0)).eval()
     student.load_state_dict(make_tiny_unet(seed=2).state_dict(), strict=False)  # another network
-    g = torch.Generator().manual_seed(0)
-    x0, noise = torch.rand(4, 3, 16, 16, generator=g) * 2 - 1, torch.randn(4, 3, 16, 16, generator=g)
-    t, c, w = torch.tensor([5, 30, 60, 100]), torch.eye(5)[:4], torch.tensor([0.0, 1.0, 2.0, 4.0])
+    x0, noise, t, c, w = distillation_inputs()
     per_sprite = guidance_distillation_error(student, teacher, schedule, x0, noise, t, c, w)
     with torch.no_grad():
         x_t, time = schedule.add_noise(x0, noise, t), t.float() / 100
