@@ -792,7 +792,8 @@ def write_card(folder: Path, model, schedule, palette, args, evaluation: str) ->
         sprites = snap_to_palette(sprites, palette)
     sprite_sheet(list(sprites.reshape(k, n, *sprites.shape[1:])), scale=4, pad=2).save(folder / "samples.png")
     n_params = sum(p.numel() for p in model.parameters())
-    model_card(model.config_dict, n_params, model.training_info, evaluation, schedule.prediction).save(folder / "README.md")
+    card = model_card(model.config_dict, n_params, model.training_info, evaluation, schedule.prediction)
+    card.save(folder / "README.md")
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -296,7 +296,7 @@ def predict_noise(model: torch.nn.Module, schedule: NoiseSchedule, x_t: torch.Te
                      torch.cat([context, torch.zeros_like(context)])).float()
         cond, uncond = both[:b], both[b:]
         output = cond + guidance * (cond - uncond)
-    return schedule.eps_from_output(x_t, output.float(), t)
+    return schedule.eps_from_output(x_t, output, t)
 
 
 @dataclass

@@ -223,9 +223,7 @@ class NoiseSchedule:
         sqrt(abar_t) (noise_per_output), so its MSE weighs the noise MSE by 1 / abar_t: the
         high-noise steps, where x0 is decided, weigh more.
         """
-        if self.prediction == "epsilon":
-            return torch.ones_like(self.alpha_bars)
-        return 1 / self.alpha_bars
+        return self.noise_per_output(torch.arange(self.T + 1), self.alpha_bars).pow(-2)
 
     # --- per-t quantities for plots ------------------------------------------------------
     def snr(self) -> torch.Tensor:

@@ -266,8 +266,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--ema", type=float, default=0.999, help="EMA decay")
     p.add_argument("--min-snr", type=float, default=0, metavar="GAMMA",
-                   help="weight each step's noise MSE by min(SNR, GAMMA) / SNR (0: the prediction's own MSE, uniform on "
-                        "the noise as the course, or the MSE of v)")
+                   help="weight each step's noise MSE by min(SNR, GAMMA) / SNR (0: the prediction's own MSE, "
+                        "uniform on the noise as the course, or the MSE of v)")
     p.add_argument("--low-t-share", type=float, default=0, metavar="P",
                    help="draw this share of each batch's times from 1..--low-t-max instead of 1..T (0: uniform, as "
                         "the course): the low-noise steps decide each pixel's colour")
@@ -413,6 +413,9 @@ def build_model(args: argparse.Namespace, data: SpriteData, checkpoint: tuple[di
         if args.attention and not model.attention:
             raise TrainingError("--attention with --resume: the checkpoint's network has none; start a stage "
                                 "with --init-from to add it")
+        if args.prediction is not None and args.prediction != schedule.prediction:
+            raise TrainingError(f"--prediction {args.prediction} with --resume: the checkpoint predicts "
+                                f"{schedule.prediction}; resume without --prediction, or start a stage with --init-from")
     elif args.init_from:
         # a bad scheduler_config.json or training.json is one clear CheckpointError
         model = load_model(args.init_from)
@@ -439,10 +442,15 @@ def build_model(args: argparse.Namespace, data: SpriteData, checkpoint: tuple[di
                 raise TrainingError(f"--teacher {args.teacher} is itself a distilled student; distil its teacher")
             if (teacher.noise_schedule.config() != schedule.config() or teacher.class_names != model.class_names
                     or (teacher.height, teacher.in_channels) != (model.height, model.in_channels)):
-                raise TrainingError(f"--teacher {args.teacher} has another noise schedule or prediction, other classes or "
-                                    f"another sprite size than {args.init_from}: a student learns its teacher's task")
+                raise TrainingError(f"--teacher {args.teacher} has another noise schedule or prediction, other classes "
+                                    f"or another sprite size than {args.init_from}: a student learns its teacher's task")
         elif args.distill_guidance:
             teacher = loaded  # a widened copy computes the same; a narrowed one learns from the whole model
+        if args.prediction is not None and args.prediction != schedule.prediction:
+            if args.distill_guidance:
+                raise TrainingError(f"--prediction {args.prediction} with --distill-guidance: the teacher predicts "
+                                    f"{schedule.prediction}, and a student learns its teacher's prediction")
+            schedule = NoiseSchedule(**dict(schedule.config(), prediction=args.prediction))
         if (args.dropout is not None and args.dropout != model.dropout or args.attention and not model.attention
                 or args.distill_guidance):
             # dropout has no weights, and new attention blocks and guidance embeddings start as the
@@ -458,14 +466,6 @@ def build_model(args: argparse.Namespace, data: SpriteData, checkpoint: tuple[di
         model = ContextUnet(3, args.n_feat or DEFAULT_N_FEAT, len(data.class_names), args.height,
                             data.class_names, args.norm, args.time_embedding, args.dropout or 0.0, args.attention)
         schedule = NoiseSchedule(args.T, args.schedule, prediction=args.prediction or "epsilon")
-    if args.prediction and args.prediction != schedule.prediction:
-        if checkpoint is not None or args.distill_guidance:
-            raise TrainingError(f"--prediction {args.prediction} with "
-                                + ("--resume" if checkpoint is not None else "--distill-guidance")
-                                + f": the model predicts {schedule.prediction}; "
-                                + ("resume without --prediction, or start a stage with --init-from"
-                                   if checkpoint is not None else "a student learns its teacher's prediction"))
-        schedule = NoiseSchedule(**dict(schedule.config(), prediction=args.prediction))
     args.prediction = schedule.prediction  # the recipe records what the stage trained
     check_classes(model, data)
     return model, schedule, history, teacher
