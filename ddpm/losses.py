@@ -5,9 +5,10 @@ network, given x_t, t / T and the class context, predicts eps; the loss is the m
 that prediction. A network that predicts v instead (the schedule's prediction "v_prediction") is
 judged by the noise its v implies, and its loss weighs that error as the MSE of v does
 (NoiseSchedule.prediction_loss_weights). The trainer minimises it over random batches
-(training_batch); ddpm.evaluate reports the same error per range of t. Three recipe options change what training averages, all off by default,
-as in the course: min-SNR weights (min_snr_weights), a share of low times (training_batch's
-low_t_share) and rarer classes drawn more often (class_balanced_weights).
+(training_batch); ddpm.evaluate reports the same error per range of t. Three recipe options change
+what training averages, all off by default, as in the course: min-SNR weights (min_snr_weights), a
+share of low times (training_batch's low_t_share) and rarer classes drawn more often
+(class_balanced_weights).
 A student distilled for guidance learns instead from a teacher's guided prediction
 (guidance_distillation_error).
 """

@@ -415,7 +415,8 @@ def build_model(args: argparse.Namespace, data: SpriteData, checkpoint: tuple[di
                                 "with --init-from to add it")
         if args.prediction is not None and args.prediction != schedule.prediction:
             raise TrainingError(f"--prediction {args.prediction} with --resume: the checkpoint predicts "
-                                f"{schedule.prediction}; resume without --prediction, or start a stage with --init-from")
+                                f"{schedule.prediction}; resume without --prediction, or start a stage with "
+                                "--init-from")
     elif args.init_from:
         # a bad scheduler_config.json or training.json is one clear CheckpointError
         model = load_model(args.init_from)
