@@ -77,11 +77,11 @@ def throughput(names: list[str], batch_size: int, seconds: float, rounds: int) -
     return {n: float(np.median(v)) for n, v in rates.items()}
 
 
-def report(rows: list[dict], args) -> str:
+def report(rows: list[dict], args, date: str) -> str:
     base = rows[0]
     lines = [
         "# Network configurations: quality per hour of CPU training", "",
-        f"Measured with `python benchmarks/compare_configs.py --steps {args.steps} --threads {args.threads} "
+        f"Measured on {date} with `python benchmarks/compare_configs.py --steps {args.steps} --threads {args.threads} "
         f"--n {args.n}` on DawnLike: each configuration trained from scratch for {args.steps} steps of batch "
         f"{args.batch_size} ({args.steps * args.batch_size:,} images, seed {args.seed}, {args.threads} CPU thread(s)), "
         f"then {args.n} samples per class with DDPM-50, guidance 2, raw colours. Throughput: median of "
@@ -101,7 +101,8 @@ def report(rows: list[dict], args) -> str:
     best = min(rows, key=lambda r: r["fd"])
     lines += ["", f"Lowest FD after the same steps: **{best['name']}**, at {best['images_per_s'] / base['images_per_s']:.2f}x "
               "the course's training speed. These are short runs from scratch: "
-              "they rank how fast each configuration learns, not where a long run ends.", ""]
+              "they rank how fast each configuration learns, not where a long run ends; longer runs "
+              "are compared in [experiments.md](experiments.md).", ""]
     return "\n".join(lines)
 
 
@@ -146,9 +147,10 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    text = report(rows, args)
+    date = time.strftime("%Y-%m-%d")
+    text = report(rows, args, date)
     (out / "configs.md").write_text(text)
-    (out / "configs.json").write_text(json.dumps(dict(args=vars(args), rows=rows), indent=2))
+    (out / "configs.json").write_text(json.dumps(dict(args=vars(args), date=date, rows=rows), indent=2))
     print("\n" + text)
     return 0
 
