@@ -6,13 +6,16 @@ Convolutions take most of a reverse step's time, and the largest is a 3x3 conv o
 on the full 16x16 map (batch 32: the conditional and unconditional halves of 16 guided sprites). It is
 timed in fp32 (channels-last, as the inference copy runs) and as a quantized conv (uint8 activations,
 per-channel int8 weights) on every quantized engine torch offers, interleaved round by round, best of
-the rounds. If this conv gains nothing, a whole int8 network cannot gain either: the quantize and
-dequantize steps around GELU, norms and concatenations only add time. int8 kernels are fast on CPUs
-with VNNI (AVX512_VNNI or AVX-VNNI) or AMX; cpu_description says which features this CPU has.
+the rounds. Where the CPU runs bf16 natively, the same conv in bf16 (what the sampler uses there) is
+timed too, since there int8 has to beat bf16, not fp32. If this conv gains nothing, a whole int8
+network cannot gain either: the quantize and dequantize steps around GELU, norms and concatenations
+only add time. int8 kernels are fast on CPUs with VNNI (AVX512_VNNI or AVX-VNNI) or AMX;
+cpu_description says which features this CPU has.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 import time
 from pathlib import Path
@@ -22,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 import torch.ao.nn.quantized as nnq  # noqa: E402
 
-from ddpm.device import cpu_description  # noqa: E402
+from ddpm.device import bf16_is_fast, cpu_description  # noqa: E402
 
 
 def quantized_copy(conv: torch.nn.Conv2d, x: torch.Tensor) -> tuple[nnq.Conv2d, torch.Tensor]:
@@ -58,6 +61,8 @@ def main() -> int:
     x = torch.randn(args.batch, args.width, 16, 16).contiguous(memory_format=torch.channels_last)
     engine_before = torch.backends.quantized.engine
     runs = {"fp32": (conv, x, engine_before)}
+    if bf16_is_fast():
+        runs["bf16"] = (copy.deepcopy(conv).to(torch.bfloat16), x.to(torch.bfloat16), engine_before)
     for engine in torch.backends.quantized.supported_engines:
         if engine == "qnnpack":  # ARM's engine; on x86 it runs a slow reference path
             continue
@@ -75,9 +80,12 @@ def main() -> int:
     flops = 2 * args.batch * args.width * 256 * args.width * 9
     print(f"# {args.batch} x {args.width} x 16 x 16 by {args.width} x 3 x 3, {args.threads} threads, "
           f"{cpu_description()}, torch {torch.__version__}\n")
-    print("| kernel | best (ms) | G(FL)OP/s | fp32 / this |\n|---|---|---|---|")
+    columns = ["fp32"] + ["bf16"] * ("bf16" in best)
+    print("| kernel | best (ms) | G(FL)OP/s | " + " | ".join(f"{c} / this" for c in columns) + " |\n|---|---|---|"
+          + "---|" * len(columns))
     for name, seconds in best.items():
-        print(f"| {name} | {seconds * 1e3:.2f} | {flops / seconds / 1e9:.0f} | {best['fp32'] / seconds:.2f}x |")
+        ratios = " | ".join(f"{best[c] / seconds:.2f}x" for c in columns)
+        print(f"| {name} | {seconds * 1e3:.2f} | {flops / seconds / 1e9:.0f} | {ratios} |")
     return 0
 
 
