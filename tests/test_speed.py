@@ -186,8 +186,13 @@ def test_int8_conv_benchmark_computes_the_same_conv_and_reports_each_kernel(caps
     monkeypatch.setattr(sys, "argv", ["int8_conv.py", "--width", "8", "--batch", "2", "--rounds", "1", "--threads", "1"])
     assert bench.main() == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
-    assert rows[1].startswith("| fp32 |") and rows[1].endswith("| 1.00x |"), rows
-    assert any(row.startswith("| int8 (") for row in rows[2:]), rows
+    columns = [c.strip() for c in rows[0].strip("|").split("|")]
+    table = {row.split("|")[1].strip(): [c.strip() for c in row.strip("|").split("|")] for row in rows[1:]}
+    assert table["fp32"][columns.index("fp32 / this")] == "1.00x", rows
+    assert ("bf16" in table) == ("bf16 / this" in columns), "a bf16 row comes with its column"
+    if "bf16" in table:
+        assert table["bf16"][columns.index("bf16 / this")] == "1.00x", rows
+    assert any(name.startswith("int8 (") for name in table), rows
     assert torch.backends.quantized.engine == engine, "the benchmark leaves the quantized engine as it found it"
 
 
@@ -323,3 +328,31 @@ def test_guidance_candidates_benchmark_measures_every_candidate(benchmark_inputs
         with pytest.raises(SystemExit):
             bench.main(common + wrong)
         assert says in capsys.readouterr().err, wrong
+
+
+@pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor:UserWarning")  # torch's eager int8 API is deprecated
+@pytest.mark.filterwarnings("ignore:.*_empty_affine_quantized:UserWarning")
+def test_int8_step_quantizes_the_convs_it_calibrated_and_reports_each_network(capsys, monkeypatch, tiny_model_dir):
+    import sys
+
+    bench = load_benchmark("int8_step")
+    assert bench.quantization(-1.0, 3.0) == (4.0 / 255, 64)
+    assert bench.quantization(0.5, 2.0)[1] == 0, "the range is widened to hold 0"
+    g = torch.Generator().manual_seed(0)
+    conv = torch.nn.Conv2d(8, 8, 3, padding=1).eval()
+    x = torch.randn(2, 8, 16, 16, generator=g)
+    with torch.no_grad():
+        want = conv(x)
+        got = bench.Int8Conv2d(conv, (x.min().item(), x.max().item()), (want.min().item(), want.max().item()))(x)
+    assert got.dtype == torch.float32 and (got - want).abs().max() < 0.05 * want.abs().max()
+    net = inference_model(make_tiny_unet().eval())
+    names = [n for n, m in net.named_modules() if type(m) is torch.nn.Conv2d]
+    copy = bench.int8_copy(net, {names[0]: [-1.0, 1.0, -1.0, 1.0]})
+    assert sum(isinstance(m, bench.Int8Conv2d) for m in copy.modules()) == 1, "only the convs named are replaced"
+    assert not any(isinstance(m, bench.Int8Conv2d) for m in net.modules()), "the copy leaves the net alone"
+    monkeypatch.setattr(sys, "argv", ["int8_step.py", "--model", str(tiny_model_dir), "--n", "2", "--rounds", "1",
+                                      "--threads", "1"])
+    assert bench.main() == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert any(row.startswith("| int8 convs |") for row in rows), rows
+    assert rows[1].startswith("| fp32 |") and "| 1.00x |" in rows[1], rows
