@@ -198,6 +198,18 @@ def test_the_shipped_cards_parse_with_their_metadata(folder):
     assert "| **mean** |" in card.text and "python -m ddpm.evaluate" in card.text
 
 
+CANDIDATES = sorted(p for p in (PROJECT / "candidates").iterdir() if p.is_dir())
+
+
+@pytest.mark.parametrize("folder", CANDIDATES, ids=[p.name for p in CANDIDATES])
+def test_each_candidate_is_a_complete_folder_that_loads_and_says_what_it_predicts(folder):
+    assert FOLDER_FILES | {"samples.png"} <= {p.name for p in folder.iterdir()}
+    model, schedule = load_model(folder), load_schedule(folder)
+    card = check_card(folder / "README.md")
+    assert "| **mean** |" in card.text and f"n_feat {model.n_feat}" in card.text
+    assert f"prediction {schedule.prediction}" in card.text
+
+
 # --- the import graph ---------------------------------------------------------------------------------------
 def package_imports() -> dict[str, set[str]]:
     """ddpm module -> the ddpm modules it imports anywhere in its file (functions included)."""
