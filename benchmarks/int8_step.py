@@ -15,13 +15,13 @@ is far above bf16's would change the sprites, and needs a quality evaluation bef
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 import torch.ao.nn.quantized as nnq  # noqa: E402
@@ -30,6 +30,7 @@ from ddpm.checkpoint import load_model, load_schedule  # noqa: E402
 from ddpm.device import bf16_is_fast, cpu_description  # noqa: E402
 from ddpm.model import inference_model  # noqa: E402
 from ddpm.sampling import predict_noise, sample_steps  # noqa: E402
+from winograd_conv import guided_step_parser  # noqa: E402
 
 
 def quantization(lo: float, hi: float, levels: int = 255) -> tuple[float, int]:
@@ -97,12 +98,7 @@ def int8_copy(net: torch.nn.Module, ranges: dict) -> torch.nn.Module:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", default=str(Path(__file__).resolve().parent.parent / "weights"))
-    p.add_argument("--n", type=int, default=16, help="sprites in the guided step")
-    p.add_argument("--rounds", type=int, default=10)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--guidance", type=float, default=1.5)
+    p = guided_step_parser(__doc__.split("\n")[0])
     p.add_argument("--keep", default="out.", help="comma-separated prefixes of the convs left in fp32 ('' for none)")
     args = p.parse_args()
     keep = tuple(k for k in args.keep.split(",") if k)

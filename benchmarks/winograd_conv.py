@@ -86,14 +86,19 @@ def winograd_copy(net: torch.nn.Module) -> torch.nn.Module:
     return net
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def guided_step_parser(description: str) -> argparse.ArgumentParser:
+    """The options of a benchmark that times one guided step of a model's inference copy."""
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("--model", default=str(Path(__file__).resolve().parent.parent / "weights"))
     p.add_argument("--n", type=int, default=16, help="sprites in the guided step")
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--guidance", type=float, default=1.5)
-    args = p.parse_args()
+    return p
+
+
+def main() -> int:
+    args = guided_step_parser(__doc__.split("\n")[0]).parse_args()
     torch.set_num_threads(args.threads)
     model = load_model(args.model).eval()
     direct = inference_model(model)
