@@ -198,7 +198,7 @@ def test_the_shipped_cards_parse_with_their_metadata(folder):
     assert "| **mean** |" in card.text and "python -m ddpm.evaluate" in card.text
 
 
-CANDIDATES = sorted(p for p in (PROJECT / "candidates").iterdir() if p.is_dir())
+CANDIDATES = sorted(p for p in (PROJECT / "weights" / "candidates").iterdir() if p.is_dir())
 
 
 @pytest.mark.parametrize("folder", CANDIDATES, ids=[p.name for p in CANDIDATES])
