@@ -28,17 +28,24 @@ import torch.ao.nn.quantized as nnq  # noqa: E402
 from ddpm.device import bf16_is_fast, cpu_description  # noqa: E402
 
 
+def int8_weights(conv: torch.nn.Conv2d) -> nnq.Conv2d:
+    """A quantized conv with conv's weights in int8, one scale per output channel, and its bias."""
+    q = nnq.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                   conv.dilation, conv.groups, conv.bias is not None)
+    w = conv.weight.detach().float()
+    w_scale = (w.abs().amax(dim=(1, 2, 3)) / 127).clamp(min=1e-8).double()
+    q.set_weight_bias(torch.quantize_per_channel(w, w_scale, torch.zeros_like(w_scale, dtype=torch.long), 0,
+                                                 torch.qint8), None if conv.bias is None else conv.bias.detach().float())
+    return q
+
+
 def quantized_copy(conv: torch.nn.Conv2d, x: torch.Tensor) -> tuple[nnq.Conv2d, torch.Tensor]:
     """conv with per-channel int8 weights and x as uint8, each scale set from its own range.
 
     Activations use 7 of the 8 bits (torch's reduce_range for x86): without VNNI the kernels add pairs
     of uint8 x int8 products in 16 bits, which saturate with the full range.
     """
-    q = nnq.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, padding=conv.padding)
-    w = conv.weight.detach()
-    w_scale = (w.abs().amax(dim=(1, 2, 3)) / 127).clamp(min=1e-8).double()
-    q.set_weight_bias(torch.quantize_per_channel(w, w_scale, torch.zeros_like(w_scale, dtype=torch.long), 0,
-                                                 torch.qint8), conv.bias.detach())
+    q = int8_weights(conv)
     with torch.no_grad():
         y = conv(x)
     y_scale = float((y.max() - y.min()) / 255)

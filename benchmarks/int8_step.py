@@ -24,12 +24,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-import torch.ao.nn.quantized as nnq  # noqa: E402
 
 from ddpm.checkpoint import load_model, load_schedule  # noqa: E402
 from ddpm.device import bf16_is_fast, cpu_description  # noqa: E402
 from ddpm.model import inference_model  # noqa: E402
 from ddpm.sampling import predict_noise, sample_steps  # noqa: E402
+from int8_conv import int8_weights  # noqa: E402
 from winograd_conv import guided_step_parser  # noqa: E402
 
 
@@ -45,12 +45,7 @@ class Int8Conv2d(torch.nn.Module):
 
     def __init__(self, conv: torch.nn.Conv2d, input_range: tuple[float, float], output_range: tuple[float, float]):
         super().__init__()
-        self.conv = nnq.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                               conv.dilation, conv.groups, conv.bias is not None)
-        w = conv.weight.detach().float()
-        w_scale = (w.abs().amax(dim=(1, 2, 3)) / 127).clamp(min=1e-8).double()
-        qw = torch.quantize_per_channel(w, w_scale, torch.zeros_like(w_scale, dtype=torch.long), 0, torch.qint8)
-        self.conv.set_weight_bias(qw, None if conv.bias is None else conv.bias.detach().float())
+        self.conv = int8_weights(conv)
         self.conv.scale, self.conv.zero_point = quantization(*output_range)
         self.input_scale, self.input_zero_point = quantization(*input_range)
 
