@@ -31,7 +31,7 @@ with `ddpm.checkpoint.load_model("<this repo id or folder>")` or `ContextUnet.fr
 scheduler_config.json holds the noise schedule in diffusers' format (`DDPMScheduler.from_pretrained`).
 
 ![samples](samples.png)
-
+{before_after}
 ## Training
 
 - Data: the [DawnLike 16x16 tileset]({dawnlike}) by **DragonDePlatino**, palette by **DawnBringer**
@@ -109,10 +109,13 @@ def card_data() -> ModelCardData:
 
 
 def model_card(config: dict, n_params: int, info: dict | None, evaluation: str | None = None,
-               prediction: str = "epsilon") -> ModelCard:
+               prediction: str = "epsilon", before: str | None = None, setting: str = "") -> ModelCard:
     """The card of a model with this config.json, parameter count, training history, evaluation table and
-    prediction (its NoiseSchedule's)."""
+    prediction (its NoiseSchedule's). `before`: the model that before_after.png sets this one beside,
+    drawn with `setting`."""
     info = info or {}
+    before_after = (f"\nBefore and after: per class, `{before}` on the left and this model on the right, from the "
+                    f"same starting noise ({setting}).\n\n![before and after](before_after.png)\n" if before else "")
     body = BODY.format(
         params=n_params, height=config["height"], n_classes=config["n_classes"],
         classes=", ".join(config["class_names"]), dawnlike=DAWNLIKE_URL,
@@ -125,7 +128,7 @@ def model_card(config: dict, n_params: int, info: dict | None, evaluation: str |
         stages=stage_lines(info) if info else "  (no training history recorded)",
         steps=info.get("steps", 0), images=info.get("images", 0), hours=info.get("seconds", 0) / 3600,
         precision=overall_precision(info), target=training_target(prediction),
-        evaluation=(evaluation or NO_EVALUATION).strip(),
+        evaluation=(evaluation or NO_EVALUATION).strip(), before_after=before_after,
     )
     return ModelCard(f"---\n{card_data().to_yaml()}\n---\n{body}")
 

@@ -708,7 +708,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--noise-error", action="store_true",
                    help="sample nothing; report the noise-prediction error per range of t and per class instead")
     p.add_argument("--write-card", action="store_true",
-                   help="also rewrite the model directory's README.md (with this table) and samples.png")
+                   help="also rewrite the model directory's README.md (with this table) and samples.png; with "
+                        "--compare, also before_after.png: the first compared model's sprites beside this one's")
     args = p.parse_args(argv)
     if args.noise_error and args.write_card:
         p.error("--write-card needs samples; leave out --noise-error")
@@ -771,29 +772,68 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.json).write_text(json.dumps(results_json(results, reference), indent=1))
         print(f"\nwrote {args.json}")
     if args.write_card:
-        args.sampler, args.steps, args.guidance = first.sampler, first.steps, first.guidance
         command = "python -m ddpm.evaluate " + " ".join(argv if argv is not None else sys.argv[1:])
-        write_card(Path(args.model), model, schedule, palette, args, f"{summary}; classifier held-out accuracy "
-                   f"{accuracies}. Measured with `{command}`.\n\n{table}")
-        print(f"\nwrote {Path(args.model) / 'README.md'} and {Path(args.model) / 'samples.png'}")
+        before = None
+        if args.compare:  # the first compared model is the one this card shows its sprites against
+            name, other, other_schedule = models[1]
+            before = (name, other, other_schedule, None if args.no_palette else load_palette(name))
+        written = write_card(Path(args.model), model, schedule, palette, first, args.seed, args.precision,
+                             f"{summary}; classifier held-out accuracy {accuracies}. Measured with `{command}`."
+                             f"\n\n{table}", before)
+        print(f"\nwrote {', '.join(str(f) for f in written)}")
     return 0
 
 
-def write_card(folder: Path, model, schedule, palette, args, evaluation: str) -> None:
-    """Rewrite folder/README.md with the evaluation, and folder/samples.png (8 per class, one row each)."""
+CARD_SPRITES_PER_CLASS = 8
+
+
+def card_rows(model, schedule, palette, setting: Setting, seed: int, precision: str) -> np.ndarray:
+    """The card's sprites, CARD_SPRITES_PER_CLASS per class drawn with this setting: (classes, n, H, W, 3)."""
+    k, n = model.n_classes, CARD_SPRITES_PER_CLASS
+    context = torch.eye(k).repeat_interleave(n, 0)
+    sprites = to_uint8(sample(model, schedule, context, sampler=setting.sampler, steps=setting.steps,
+                              guidance=setting.guidance, seed=seed, precision=precision, **setting.options))
+    if palette is not None:
+        sprites = snap_to_palette(sprites, palette)
+    return sprites.reshape(k, n, *sprites.shape[1:])
+
+
+def before_after_rows(before: np.ndarray, after: np.ndarray) -> list[np.ndarray]:
+    """Each class's row of `before` sprites, a blank sprite, then its row of `after` sprites."""
+    blank = np.full_like(before[0, :1], 255)
+    return [np.concatenate([b, blank, a]) for b, a in zip(before, after)]
+
+
+def write_card(folder: Path, model, schedule, palette, setting: Setting, seed: int, precision: str,
+               evaluation: str, before: tuple[str, torch.nn.Module, object, np.ndarray | None] | None = None) -> list[Path]:
+    """Rewrite folder/README.md with the evaluation, and folder/samples.png (one row per class).
+
+    With `before` (name, model, schedule, palette of another model, e.g. the one this one would replace),
+    also write folder/before_after.png: per class, that model's sprites on the left and this one's on the
+    right, drawn with the same setting and seed (the same starting noise), and show it in the card.
+    Returns the files written.
+    """
     from .card import model_card
     from .images import sprite_sheet
 
-    k, n = model.n_classes, 8
-    context = torch.eye(k).repeat_interleave(n, 0)
-    sprites = to_uint8(sample(model, schedule, context, sampler=args.sampler, steps=args.steps,
-                              guidance=args.guidance, seed=args.seed, precision=args.precision))
-    if palette is not None:
-        sprites = snap_to_palette(sprites, palette)
-    sprite_sheet(list(sprites.reshape(k, n, *sprites.shape[1:])), scale=4, pad=2).save(folder / "samples.png")
+    rows = card_rows(model, schedule, palette, setting, seed, precision)
+    written = [folder / "README.md", folder / "samples.png"]
+    sprite_sheet(list(rows), scale=4, pad=2).save(written[1])
+    compared = None
+    if before is not None:
+        name, other, other_schedule, other_palette = before
+        if other.n_classes != model.n_classes:
+            raise ValueError(f"{name} has {other.n_classes} classes, {folder} {model.n_classes}")
+        sheet = before_after_rows(card_rows(other, other_schedule, other_palette, setting, seed, precision), rows)
+        written.append(folder / "before_after.png")
+        sprite_sheet(sheet, scale=4, pad=2).save(written[-1])
+        compared = name
     n_params = sum(p.numel() for p in model.parameters())
-    card = model_card(model.config_dict, n_params, model.training_info, evaluation, schedule.prediction)
-    card.save(folder / "README.md")
+    card = model_card(model.config_dict, n_params, model.training_info, evaluation, schedule.prediction,
+                      before=compared, setting=f"`--settings {setting.label}`, seed {seed}, {precision}")
+    card.save(written[0])
+    return written
+
 
 if __name__ == "__main__":
     sys.exit(main())

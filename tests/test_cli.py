@@ -295,3 +295,29 @@ def test_evaluate_write_card(tiny_model_dir, tmp_path, monkeypatch, capsys):
     assert "| hero |" in card and "1,234 steps" in card and "2.00 hours" in card
     assert "DragonDePlatino" in card and "DawnBringer" in card and "--write-card" in card
     assert Image.open(model_dir / "samples.png").size == (8 * 16 * 4 + 9 * 8, 5 * 16 * 4 + 6 * 8)
+
+
+def test_evaluate_write_card_before_after(tiny_model_dir, tmp_path, monkeypatch):
+    """--write-card with --compare sets the compared model's sprites beside this one's, from the same noise."""
+    import shutil
+
+    model_dir, before_dir = tmp_path / "m", tmp_path / "before"
+    shutil.copytree(tiny_model_dir, model_dir)
+    shutil.copytree(tiny_model_dir, before_dir)
+    write_npy_dataset(tmp_path / "d", n=30)
+    monkeypatch.setattr(ev, "CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setattr(ev, "train_classifier", lambda data, kind="A", **k: (ev.CLASSIFIERS[kind][0](len(data.class_names)).eval(), 0.5))
+    rc = ev.main(["--model", str(model_dir), "--compare", str(before_dir), "--data", str(tmp_path / "d"), "--n", "4",
+                  "--settings", "ddpm:2:2", "--write-card"])
+    assert rc == 0
+    card = (model_dir / "README.md").read_text()
+    assert "![before and after](before_after.png)" in card and f"`{before_dir}` on the left" in card
+    assert "--settings ddpm:2:2" in card
+    sheet = np.asarray(Image.open(model_dir / "before_after.png"))
+    tile = 16 * 4 + 8  # a sprite and its padding, upscaled 4x
+    assert sheet.shape[:2] == (5 * tile + 8, 17 * tile + 8)
+    left, gap, right = sheet[:, :8 * tile + 8], sheet[:, 8 * tile + 8:9 * tile + 8], sheet[:, 9 * tile:]
+    assert (gap == 255).all()
+    # the same weights from the same noise: the two halves match, and the right one is samples.png
+    np.testing.assert_array_equal(left, right)
+    np.testing.assert_array_equal(right, np.asarray(Image.open(model_dir / "samples.png")))
