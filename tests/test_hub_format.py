@@ -208,6 +208,8 @@ def test_each_candidate_is_a_complete_folder_that_loads_and_says_what_it_predict
     card = check_card(folder / "README.md")
     assert "| **mean** |" in card.text and f"n_feat {model.n_feat}" in card.text
     assert f"prediction {schedule.prediction}" in card.text
+    if (folder / "before_after.png").exists():  # the sheet against another model is shown where it is kept
+        assert "![before and after](before_after.png)" in card.text
 
 
 # --- the import graph ---------------------------------------------------------------------------------------
