@@ -739,20 +739,19 @@ def main(argv: list[str] | None = None) -> int:
                   f"seed {args.seed} ({time.time() - start:.0f} s)\n")
             print(noise_error_table(ranges, errors, data.class_names))
             return 0
-        models = [(args.model, model, schedule)]
+        # every model is measured in its own palette, as the app would draw it
+        palette = None if args.no_palette else load_palette(args.model)
+        models = [(args.model, model, schedule, palette)]
         for folder in args.compare:
             other = load_model(folder)
             if other.class_names != model.class_names or other.height != model.height:
                 raise DataError(f"{folder}: its classes or size differ from {args.model}'s")
-            models.append((folder, other, load_schedule(folder)))
+            models.append((folder, other, load_schedule(folder), None if args.no_palette else load_palette(folder)))
         spaces = feature_spaces(data)
         start = time.time()
         reference = Reference(data, spaces, args.n)
-        palette = None if args.no_palette else load_palette(args.model)
         results = []
-        for name, m, s in models:
-            # every model is measured in its own palette, as the app would draw it
-            own_palette = palette if name == args.model or args.no_palette else load_palette(name)
+        for name, m, s, own_palette in models:
             for setting in settings:
                 results.append(measure(m, s, reference, setting, args.n, seeds, own_palette, args.precision,
                                        model_name=name))
@@ -773,10 +772,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nwrote {args.json}")
     if args.write_card:
         command = "python -m ddpm.evaluate " + " ".join(argv if argv is not None else sys.argv[1:])
-        before = None
-        if args.compare:  # the first compared model is the one this card shows its sprites against
-            name, other, other_schedule = models[1]
-            before = (name, other, other_schedule, None if args.no_palette else load_palette(name))
+        before = models[1] if args.compare else None  # the card shows its sprites against the first compared model
         written = write_card(Path(args.model), model, schedule, palette, first, args.seed, args.precision,
                              f"{summary}; classifier held-out accuracy {accuracies}. Measured with `{command}`."
                              f"\n\n{table}", before)
@@ -822,8 +818,6 @@ def write_card(folder: Path, model, schedule, palette, setting: Setting, seed: i
     compared = None
     if before is not None:
         name, other, other_schedule, other_palette = before
-        if other.n_classes != model.n_classes:
-            raise ValueError(f"{name} has {other.n_classes} classes, {folder} {model.n_classes}")
         sheet = before_after_rows(card_rows(other, other_schedule, other_palette, setting, seed, precision), rows)
         written.append(folder / "before_after.png")
         sprite_sheet(sheet, scale=4, pad=2).save(written[-1])
