@@ -29,6 +29,7 @@ from PIL import Image
 from ddpm import compare as cp
 from ddpm import interactive as ix
 from ddpm import limits as lim
+from ddpm.card import card_for_display
 from ddpm.chart import schedule_chart
 from ddpm.folder import CheckpointError, resolve
 from ddpm.checkpoint import load_model, load_palette, load_schedule
@@ -475,9 +476,7 @@ class SpriteLab:
         ]
         card = ""
         if folder and (folder / "README.md").is_file():
-            card = (folder / "README.md").read_text(errors="replace")
-            card = re.sub(r"\A---\n.*?\n---\n", "", card, flags=re.S)      # YAML front matter
-            card = re.sub(r"!\[[^\]]*\]\([^)]*\)\n?", "", card)             # relative images do not resolve here
+            card = card_for_display((folder / "README.md").read_text(errors="replace"), folder)
         info = "\n".join(lines)
         if not card:
             return info + "\n\n*No model card (README.md) in the model folder.*"

@@ -8,7 +8,9 @@ Links are absolute or to files in the same repository, so they work on the Hub a
 """
 from __future__ import annotations
 
+import base64
 import re
+from pathlib import Path
 
 from huggingface_hub import ModelCard, ModelCardData
 
@@ -52,6 +54,13 @@ scheduler_config.json holds the noise schedule in diffusers' format (`DDPMSchedu
 The weights are derived from DawnLike and shared under CC-BY 4.0. Credit: DawnLike tileset by
 DragonDePlatino, DawnBringer palette by DawnBringer.
 """
+# Pictures a card may show outside the Hub, inlined (data URIs): a relative link resolves against the page
+# showing the card, not against the model folder. Larger files are left out rather than bloat the page.
+INLINE_PICTURE_TYPES = {".png": "image/png", ".gif": "image/gif", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
+MAX_INLINE_PICTURE_BYTES = 2_000_000
+FRONT_MATTER = re.compile(r"\A---\n.*?\n---\n", flags=re.S)
+PICTURE = re.compile(r"!\[([^\]]*)\]\(([^)\s]*)\)\n?")
+
 NO_EVALUATION = "Run `python -m ddpm.evaluate --model <folder> --write-card` for the table."
 
 RECIPE_KEYS = ["n_feat", "distill_guidance", "teacher", "batch_size", "lr", "warmup", "ema", "p_uncond", "dropout",
@@ -141,3 +150,31 @@ def evaluation_section(card_text: str | None) -> str | None:
     if not match or NO_EVALUATION in match.group(1) or "|" not in match.group(1):
         return None
     return match.group(1).strip()
+
+
+def inline_picture(folder: Path, link: str) -> str | None:
+    """A data URI of the picture a card links to as `link`, or None unless it is a file of a picture type
+    in `folder` itself or below it, at most MAX_INLINE_PICTURE_BYTES: a card never reaches outside its folder."""
+    rel = Path(link)
+    kind = INLINE_PICTURE_TYPES.get(rel.suffix.lower())
+    if not link or kind is None or rel.is_absolute() or ".." in rel.parts or ":" in link:
+        return None
+    path = folder / rel  # not resolved: a Hub snapshot's files are links into its blob store
+    try:
+        if not path.is_file() or path.stat().st_size > MAX_INLINE_PICTURE_BYTES:
+            return None
+        data = path.read_bytes()
+    except OSError:
+        return None
+    return f"data:{kind};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def card_for_display(card_text: str, folder: Path) -> str:
+    """A model card's text as a page other than the Hub shows it: without its YAML front matter (the Hub
+    shows that as tags), and with its pictures inlined from the model folder; a picture that is not
+    there, or links elsewhere, is left out."""
+    def picture(match: re.Match) -> str:
+        uri = inline_picture(Path(folder), match.group(2))
+        return f"![{match.group(1)}]({uri})\n" if uri else ""
+
+    return PICTURE.sub(picture, FRONT_MATTER.sub("", card_text))

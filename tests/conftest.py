@@ -54,15 +54,17 @@ def tiny_unet():
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """make_tiny_unet(seed=1) saved in Hub format (config.json, model.safetensors, scheduler_config.json,
-    README.md): the one saved model of the app's tests and the library's. Its BatchNorm statistics are
-    random, so outputs depend on their being saved and loaded; its card has front matter and a picture line,
-    which the app's Model tab must leave out."""
+    README.md, samples.png): the one saved model of the app's tests and the library's. Its BatchNorm
+    statistics are random, so outputs depend on their being saved and loaded; its card has front matter,
+    which the app's Model tab leaves out, a picture it shows, and one that is not in the folder."""
     from ddpm.checkpoint import save_model
     from ddpm.schedule import NoiseSchedule
 
     folder = tmp_path_factory.mktemp("tiny_model") / "model"
-    card = "---\nlicense: cc-by-4.0\n---\n# Test card\n\nRandom weights for tests.\n![samples](samples.png)\n"
+    card = ("---\nlicense: cc-by-4.0\n---\n# Test card\n\nRandom weights for tests.\n![samples](samples.png)\n"
+            "![before and after](before_after.png)\n")
     save_model(make_tiny_unet(seed=1), NoiseSchedule(), folder, model_card=card)
+    Image.fromarray(np.full((32, 48, 3), (200, 40, 40), np.uint8)).save(folder / "samples.png")
     return folder
 
 

@@ -1,6 +1,7 @@
 """The app's handlers and ddpm.interactive, called directly (no server)."""
 from __future__ import annotations
 
+import base64
 import math
 from pathlib import Path
 
@@ -325,7 +326,10 @@ def test_remix_refuses_bad_input(lab, args, match):
 def test_model_info_shows_source_device_classes_and_the_card_without_front_matter(lab, tiny_model_dir):
     info = lab.model_info()
     assert str(tiny_model_dir) in info and "cpu" in info and all(c in info for c in CLASSES)
-    assert "Test card" in info and "license:" not in info and "![samples]" not in info
+    assert "Test card" in info and "license:" not in info
+    # the folder's picture inlined (a relative link would resolve against the page), the missing one left out
+    uri = "data:image/png;base64," + base64.b64encode((tiny_model_dir / "samples.png").read_bytes()).decode()
+    assert f"![samples]({uri})" in info and "before_after" not in info
 
 
 def test_pictures_are_named_files_and_shrink_back_to_their_sprite(lab):

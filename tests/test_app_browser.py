@@ -195,6 +195,9 @@ def test_model_info_names_device_and_classes_and_the_page_logs_no_errors(page):
     tab(page, "Model")
     text = wait_text(page, "model-info", "Loaded from")
     assert "cpu" in text and "hero" in text
+    # the card's picture, inlined from the model folder, gets past Gradio's sanitiser and decodes
+    page.wait_for_function("() => document.querySelector('#model-info img')?.naturalWidth > 0")
+    assert page.locator("#model-info img").evaluate("img => [img.naturalWidth, img.alt]") == [48, "samples"]
     shot(page, "5-model")
     assert page.errors == []
 

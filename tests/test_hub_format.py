@@ -3,7 +3,9 @@ push_to_hub and the Hub download options, and the package's import graph."""
 from __future__ import annotations
 
 import ast
+import base64
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -210,6 +212,27 @@ def test_each_candidate_is_a_complete_folder_that_loads_and_says_what_it_predict
     assert f"prediction {schedule.prediction}" in card.text
     if (folder / "before_after.png").exists():  # the sheet against another model is shown where it is kept
         assert "![before and after](before_after.png)" in card.text
+
+
+def test_a_card_shown_outside_the_hub_inlines_only_pictures_in_its_own_folder(tmp_path):
+    from ddpm.card import MAX_INLINE_PICTURE_BYTES, card_for_display
+
+    folder, outside = tmp_path / "model", tmp_path / "secret.png"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "samples.png").write_bytes(b"\x89PNG one")
+    (folder / "sub" / "sheet.gif").write_bytes(b"GIF89a two")
+    (folder / "big.png").write_bytes(b"0" * (MAX_INLINE_PICTURE_BYTES + 1))
+    (folder / "notes.txt").write_bytes(b"not a picture")
+    outside.write_bytes(b"\x89PNG secret")
+    card = ("---\nlicense: cc-by-4.0\n---\n# Card\n![samples](samples.png)\n![sheet](sub/sheet.gif)\n"
+            f"![up](../secret.png)\n![abs]({outside})\n![big](big.png)\n![txt](notes.txt)\n![gone](gone.png)\n"
+            "![web](https://example.com/a.png)\nText after.\n")
+    shown = card_for_display(card, folder)
+    assert shown.startswith("# Card\n") and shown.endswith("Text after.\n")
+    uris = re.findall(r"!\[(\w+)\]\(data:(image/\w+);base64,([^)]+)\)", shown)
+    assert [(alt, kind, base64.b64decode(data)) for alt, kind, data in uris] == [
+        ("samples", "image/png", b"\x89PNG one"), ("sheet", "image/gif", b"GIF89a two")]
+    assert not re.search(r"secret|big|txt|gone|example\.com", shown)
 
 
 # --- the import graph ---------------------------------------------------------------------------------------
