@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 from huggingface_hub import ModelCard, ModelCardData
+from huggingface_hub.repocard import REGEX_YAML_BLOCK
 
 from .device import from_accelerate, precision_label
 from .history import training_stages
@@ -58,7 +59,6 @@ DragonDePlatino, DawnBringer palette by DawnBringer.
 # showing the card, not against the model folder. Larger files are left out rather than bloat the page.
 INLINE_PICTURE_TYPES = {".png": "image/png", ".gif": "image/gif", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
 MAX_INLINE_PICTURE_BYTES = 2_000_000
-FRONT_MATTER = re.compile(r"\A---\n.*?\n---\n", flags=re.S)
 PICTURE = re.compile(r"!\[([^\]]*)\]\(([^)\s]*)\)\n?")
 
 NO_EVALUATION = "Run `python -m ddpm.evaluate --model <folder> --write-card` for the table."
@@ -177,4 +177,7 @@ def card_for_display(card_text: str, folder: Path) -> str:
         uri = inline_picture(Path(folder), match.group(2))
         return f"![{match.group(1)}]({uri})\n" if uri else ""
 
-    return PICTURE.sub(picture, FRONT_MATTER.sub("", card_text))
+    # the Hub's own definition of the front matter; ModelCard(text).text would also parse the YAML, and a
+    # card whose YAML is broken must still show
+    front = REGEX_YAML_BLOCK.search(card_text)
+    return PICTURE.sub(picture, card_text[front.end():] if front else card_text)

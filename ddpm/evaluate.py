@@ -806,8 +806,8 @@ def write_card(folder: Path, model, schedule, palette, setting: Setting, seed: i
 
     With `before` (name, model, schedule, palette of another model, e.g. the one this one would replace),
     also write folder/before_after.png: per class, that model's sprites on the left and this one's on the
-    right, drawn with the same setting and seed (the same starting noise), and show it in the card.
-    Returns the files written.
+    right, drawn with the same setting and seed (the same starting noise), and show it in the card; without,
+    remove a before_after.png an earlier card showed. Returns the files written.
     """
     from .card import model_card
     from .images import sprite_sheet
@@ -822,6 +822,8 @@ def write_card(folder: Path, model, schedule, palette, setting: Setting, seed: i
         written.append(folder / "before_after.png")
         sprite_sheet(sheet, scale=4, pad=2).save(written[-1])
         compared = name
+    else:  # a sheet against a model the card no longer names would mislead, on the Hub too
+        (folder / "before_after.png").unlink(missing_ok=True)
     n_params = sum(p.numel() for p in model.parameters())
     card = model_card(model.config_dict, n_params, model.training_info, evaluation, schedule.prediction,
                       before=compared, setting=f"`--settings {setting.label}`, seed {seed}, {precision}")

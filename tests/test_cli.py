@@ -321,3 +321,7 @@ def test_evaluate_write_card_before_after(tiny_model_dir, tmp_path, monkeypatch)
     # the same weights from the same noise: the two halves match, and the right one is samples.png
     np.testing.assert_array_equal(left, right)
     np.testing.assert_array_equal(right, np.asarray(Image.open(model_dir / "samples.png")))
+    # a card rewritten without --compare neither shows nor keeps the old sheet
+    assert ev.main(["--model", str(model_dir), "--data", str(tmp_path / "d"), "--n", "4", "--settings", "ddpm:2:2",
+                    "--write-card"]) == 0
+    assert "before_after" not in (model_dir / "README.md").read_text() and not (model_dir / "before_after.png").exists()

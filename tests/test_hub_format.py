@@ -224,7 +224,7 @@ def test_a_card_shown_outside_the_hub_inlines_only_pictures_in_its_own_folder(tm
     (folder / "big.png").write_bytes(b"0" * (MAX_INLINE_PICTURE_BYTES + 1))
     (folder / "notes.txt").write_bytes(b"not a picture")
     outside.write_bytes(b"\x89PNG secret")
-    card = ("---\nlicense: cc-by-4.0\n---\n# Card\n![samples](samples.png)\n![sheet](sub/sheet.gif)\n"
+    card = ("---\r\nlicense: cc-by-4.0\r\n---\r\n# Card\n![samples](samples.png)\n![sheet](sub/sheet.gif)\n"
             f"![up](../secret.png)\n![abs]({outside})\n![big](big.png)\n![txt](notes.txt)\n![gone](gone.png)\n"
             "![web](https://example.com/a.png)\nText after.\n")
     shown = card_for_display(card, folder)
@@ -233,6 +233,7 @@ def test_a_card_shown_outside_the_hub_inlines_only_pictures_in_its_own_folder(tm
     assert [(alt, kind, base64.b64decode(data)) for alt, kind, data in uris] == [
         ("samples", "image/png", b"\x89PNG one"), ("sheet", "image/gif", b"GIF89a two")]
     assert not re.search(r"secret|big|txt|gone|example\.com", shown)
+    assert card_for_display("---\nlicense: [broken\n---\n# Card\n", folder) == "# Card\n"  # YAML not parsed
 
 
 # --- the import graph ---------------------------------------------------------------------------------------
