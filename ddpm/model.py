@@ -9,6 +9,11 @@ Changes from the course's notebook, and why:
 - norm ("batch" as in the course, or "group") and the time embedding ("scalar" t/T through
   EmbedFC as in the course, or "sinusoidal") are config options; the course's choice is the default.
 
+A network with a low-noise expert (expert_t > 0) holds a second network of the same architecture that
+predicts in its place at t/T <= expert_t, as eDiff-I's ensemble of expert denoisers (Balaji et al.
+2022): the low-noise steps, where each pixel's colour is decided, get a whole network to themselves
+at no extra cost per step.
+
 A network distilled for guidance (distilled_guidance > 0, Meng et al. 2023, "On Distillation of
 Guided Diffusion Models", stage one) also takes the guidance scale w and gives, in one pass, what
 classifier-free guidance gives with two.
@@ -43,6 +48,7 @@ TIME_EMBEDDINGS = ("scalar", "sinusoidal")
 MIN_HEIGHT, BOTTLENECK = 16, 4
 ATTENTION_SIZE = 8  # the widest feature map the attention option attends over (64 positions)
 DEFAULT_N_FEAT = 64  # the course's width
+EXPERT_T_TOLERANCE = 1e-6  # t/T reaches the network in float32: 100 / 500 must count as 0.2
 
 
 def _norm(kind: str, channels: int) -> nn.Module:
@@ -255,6 +261,7 @@ class ContextUnet(
         dropout: float = 0.0,
         attention: bool = False,
         distilled_guidance: float = 0.0,
+        expert_t: float = 0.0,
     ):
         super().__init__()
         if height < MIN_HEIGHT or height & (height - 1):
@@ -268,6 +275,8 @@ class ContextUnet(
         if not (math.isfinite(distilled_guidance) and distilled_guidance >= 0):
             raise ValueError(f"distilled_guidance must be 0 (none) or a positive guidance scale, "
                              f"got {distilled_guidance!r}")
+        if not (math.isfinite(expert_t) and 0 <= expert_t < 1):
+            raise ValueError(f"expert_t must be 0 (no low-noise expert) or a time t/T in (0, 1), got {expert_t!r}")
         class_names = list(class_names) if class_names else [f"class_{i}" for i in range(n_classes)]
         if len(class_names) != n_classes:
             raise ValueError(f"{len(class_names)} class names for {n_classes} classes")
@@ -275,6 +284,7 @@ class ContextUnet(
         self.class_names, self.norm, self.time_embedding = class_names, norm, time_embedding
         self.dropout, self.attention = float(dropout), bool(attention)
         self.distilled_guidance = float(distilled_guidance)
+        self.expert_t = float(expert_t)
         self.noise_schedule, self.palette, self.training_info, self.evaluation = None, None, None, None
 
         channels = level_channels(n_feat, height)
@@ -319,13 +329,46 @@ class ContextUnet(
             nn.Conv2d(2 * n_feat, n_feat, 3, 1, 1), nn.GroupNorm(8, n_feat), nn.ReLU(),
             nn.Conv2d(n_feat, in_channels, 3, 1, 1),
         )
+        # Built last, so a model without an expert draws the same initial weights from the same seed.
+        self.expert = (ContextUnet(**dict(self.config_dict, class_names=class_names, expert_t=0.0))
+                       if self.expert_t else None)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor,
                 guidance: float | torch.Tensor = 0.0) -> torch.Tensor:
         """The noise in x, or v for a model trained to predict it (its NoiseSchedule.prediction). `guidance`
         (a scale, or one per sprite (B,)) is an input of a network with distilled_guidance only;
         forward_guided is what samplers call."""
+        return self._by_noise_level(ContextUnet._forward, x, t, c, guidance)
+
+    def _forward(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor,
+                 guidance: float | torch.Tensor = 0.0) -> torch.Tensor:
         return self.decode(self.encode(x, t), c, guidance)
+
+    def _by_noise_level(self, method, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor, *rest):
+        """method(network, x, t, c, *rest) of this network, or of the low-noise expert for the sprites
+        whose t/T is at most expert_t; each entry of rest is a scalar or a tensor with one row per sprite."""
+        if self.expert is None:
+            return method(self, x, t, c, *rest)
+        low = t.reshape(-1) <= self.expert_t + EXPERT_T_TOLERANCE
+        if bool(low.all()) or not bool(low.any()):  # a sampler's steps: every sprite at the same t
+            return method(self.expert if bool(low.all()) else self, x, t, c, *rest)
+
+        def rows(v, keep):
+            return v[keep] if torch.is_tensor(v) and v.ndim > 0 and v.shape[0] == x.shape[0] else v
+
+        parts = [(keep, method(net, *(rows(v, keep) for v in (x, t, c, *rest))))
+                 for net, keep in ((self.expert, low), (self, ~low))]
+        first = parts[0][1]
+        out = [p[1] for p in parts]
+        if isinstance(first, tuple):  # conditional_and_unconditional's pair
+            return tuple(self._merge(low, a, b) for a, b in zip(*out))
+        return self._merge(low, *out)
+
+    @staticmethod
+    def _merge(low: torch.Tensor, from_expert: torch.Tensor, from_self: torch.Tensor) -> torch.Tensor:
+        merged = from_self.new_empty((low.shape[0], *from_self.shape[1:]))
+        merged[low], merged[~low] = from_expert.to(merged.dtype), from_self
+        return merged
 
     def encode(self, x: torch.Tensor, t: torch.Tensor) -> tuple:
         """The part of forward that never sees the context: the down path, up0 and the time features."""
@@ -368,6 +411,10 @@ class ContextUnet(
         runs on the doubled batch. Equal to two forward() calls up to float rounding, at about 3/4
         of their cost for the course network (BatchNorm in eval mode treats every sample on its own).
         """
+        return self._by_noise_level(ContextUnet._conditional_and_unconditional, x, t, c)
+
+    def _conditional_and_unconditional(self, x: torch.Tensor, t: torch.Tensor,
+                                       c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x, skips, h, t_feat = self.encode(x, t)
         two = lambda v: torch.cat((v, v))  # noqa: E731
         eps = self.decode((two(x), [two(s) for s in skips], two(h), two(t_feat)),
@@ -395,6 +442,7 @@ class ContextUnet(
             in_channels=self.in_channels, n_feat=self.n_feat, n_classes=self.n_classes, height=self.height,
             class_names=self.class_names, norm=self.norm, time_embedding=self.time_embedding,
             dropout=self.dropout, attention=self.attention, distilled_guidance=self.distilled_guidance,
+            expert_t=self.expert_t,
         )
 
     # --- the Hub mixin, on the folder format of ddpm.folder ------------------------------------------

@@ -35,6 +35,8 @@ def widen(model: ContextUnet, n_feat: int, generator: torch.Generator | None = N
         raise ValueError("a network with self-attention cannot be widened this way")
     if model.distilled_guidance:
         raise ValueError("a network distilled for guidance cannot be widened: widen its teacher")
+    if model.expert is not None:
+        raise ValueError("a network with a low-noise expert is not resized; resize the model it was grown from")
     factor, rest = divmod(n_feat, model.n_feat)
     if rest or factor < 1:
         raise ValueError(f"n_feat {n_feat} is not a whole multiple of the model's {model.n_feat}")
@@ -162,8 +164,8 @@ def narrow(model: ContextUnet, n_feat: int, x: torch.Tensor, t: torch.Tensor, c:
     of the layers that read it. The copy computes near the model, not the same: re-estimate its
     BatchNorm statistics, then train it on (for example distil the model into it).
     """
-    if model.attention or model.distilled_guidance:
-        raise ValueError("only a network without self-attention or a guidance input can be narrowed")
+    if model.attention or model.distilled_guidance or model.expert is not None:
+        raise ValueError("only a network without self-attention, a guidance input or a low-noise expert can be narrowed")
     if not (0 < n_feat < model.n_feat and n_feat % 8 == 0):  # 8: every GroupNorm keeps whole groups
         raise ValueError(f"n_feat {n_feat} must be a multiple of 8 smaller than the model's {model.n_feat}")
     spaces, unused = _channel_spaces(model)

@@ -36,7 +36,7 @@ from .history import TOTALS, stage_since, training_stages
 from .images import to_uint8
 from .losses import (LOW_T_MAX, class_balanced_weights, diffusion_loss, guidance_distillation_error, noise_error,
                      training_batch)
-from .model import DEFAULT_N_FEAT, NORMS, TIME_EMBEDDINGS, ContextUnet, inference_model
+from .model import DEFAULT_N_FEAT, EXPERT_T_TOLERANCE, NORMS, TIME_EMBEDDINGS, ContextUnet, inference_model
 from .resize import narrow, widen
 from .sampling import sample
 from .schedule import PREDICTIONS, SCHEDULES, NoiseSchedule
@@ -272,6 +272,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="draw this share of each batch's times from 1..--low-t-max instead of 1..T (0: uniform, as "
                         "the course): the low-noise steps decide each pixel's colour")
     p.add_argument("--low-t-max", type=int, default=LOW_T_MAX, help="the highest time --low-t-share draws")
+    p.add_argument("--low-noise-expert", type=int, default=None, metavar="T_MAX",
+                   help="with --init-from: give the model a low-noise expert, a copy of its network that predicts in "
+                        "its place at t <= T_MAX (eDiff-I's expert denoisers, Balaji et al. 2022), and train only the "
+                        "expert, on times drawn from 1..T_MAX; the model's own network stays as it is")
     p.add_argument("--class-balance", type=float, default=None, metavar="P",
                    help="draw each sprite with weight (its class's count) ** -P: 0 every sprite alike, as the "
                         "course; 1 every class alike; 0.5 each class by the square root of its count. Default 0, "
@@ -353,6 +357,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--distill-guidance needs a teacher: --init-from a trained model (or --resume a distillation)")
     if not (math.isfinite(args.min_snr) and args.min_snr >= 0):
         p.error("--min-snr must be 0 (off) or a positive number such as 5")
+    if args.low_noise_expert is not None:
+        if not (args.init_from or args.resume):
+            p.error("--low-noise-expert needs the model it is an expert of: --init-from a trained model")
+        if not 1 <= args.low_noise_expert < args.T:
+            p.error(f"--low-noise-expert must be a time in 1..{args.T - 1}, such as 100")
+        if args.low_t_share or args.distill_guidance is not None:
+            p.error("--low-noise-expert sets the times itself and trains on the data: leave out --low-t-share "
+                    "and --distill-guidance")
     return args
 
 
@@ -377,6 +389,21 @@ def narrowed(model: ContextUnet, n_feat: int, data: SpriteData, args: argparse.N
     small = narrow(model, n_feat, schedule.add_noise(x0, noise, t), t.float() / schedule.T, context)
     recalibrate_batchnorm(small, images, labels, schedule, generator, batches=16, p_uncond=args.p_uncond)
     return small
+
+
+def with_low_noise_expert(model: ContextUnet, expert_t: float) -> ContextUnet:
+    """model with a low-noise expert for t/T <= expert_t that starts as a copy of its network (computing the
+    same function); a model that already has one for that time is returned as it is."""
+    if model.expert is not None:
+        if abs(model.expert_t - expert_t) > EXPERT_T_TOLERANCE:
+            raise TrainingError(f"--low-noise-expert: the model's expert predicts at t/T <= {model.expert_t:g}, "
+                                f"not {expert_t:g}")
+        return model
+    grown = ContextUnet(**dict(model.config_dict, expert_t=expert_t))
+    state = model.state_dict()
+    grown.load_state_dict({**state, **{f"expert.{k}": v for k, v in state.items()}}, strict=True)
+    grown.noise_schedule, grown.palette, grown.training_info = model.noise_schedule, model.palette, model.training_info
+    return grown
 
 
 def build_model(args: argparse.Namespace, data: SpriteData, checkpoint: tuple[dict, dict] | None = None
@@ -463,6 +490,8 @@ def build_model(args: argparse.Namespace, data: SpriteData, checkpoint: tuple[di
             assert not keys.unexpected_keys and all("attention" in k or k.startswith("guidance_embeds")
                                                     for k in keys.missing_keys), keys
             model = grown
+        if args.low_noise_expert:
+            model = with_low_noise_expert(model, args.low_noise_expert / schedule.T)
     else:
         model = ContextUnet(3, args.n_feat or DEFAULT_N_FEAT, len(data.class_names), args.height,
                             data.class_names, args.norm, args.time_embedding, args.dropout or 0.0, args.attention)
@@ -539,7 +568,7 @@ class Trainer:
                 keep_on_resume(args, checkpoint[1]["args"], key, what)
             # a resumed run keeps its dropout and goes on distilling the same teacher: the recipe it
             # exports says so, though the resuming command names none of them
-            for key in ("distill_guidance", "teacher", "dropout"):
+            for key in ("distill_guidance", "teacher", "dropout", "low_noise_expert"):
                 if getattr(args, key) is None:
                     setattr(args, key, checkpoint[1]["args"].get(key))
         for key in ("weight_decay", "class_balance"):  # off unless asked for
@@ -547,6 +576,15 @@ class Trainer:
                 setattr(args, key, 0.0)
         torch.manual_seed(args.seed)  # the initial weights too: the same --seed gives the same run
         self.model, self.schedule, self.history, self.teacher = build_model(args, self.data, checkpoint)
+        if args.low_noise_expert:
+            if self.model.expert is None:
+                raise TrainingError("--low-noise-expert with --resume: the checkpoint's network has no expert; "
+                                    "start a stage with --init-from to add one")
+            # only the expert sees these times, and only the expert learns
+            args.low_t_share, args.low_t_max = 1.0, args.low_noise_expert
+            for name, weight in self.model.named_parameters():
+                if not name.startswith("expert."):
+                    weight.requires_grad_(False)
         self.model.train()
         # what the distillation runs: the teacher's eval-mode network, folded (as the samplers run it)
         self.teacher_net = None if self.teacher is None else inference_model(self.teacher.eval()).to(self.device)

@@ -10,7 +10,7 @@ import torch
 from ddpm.model import ContextUnet, EmbedFC, ResidualConvBlock, SelfAttention, inference_model, level_channels
 from ddpm.resize import narrow, widen
 
-from helpers import CLASSES
+from helpers import CLASSES, make_tiny_unet
 
 HEIGHTS = [16, 32, 64, 128, 256]
 
@@ -463,3 +463,45 @@ def test_bad_distilled_guidance_and_widening_a_student_are_refused():
             ContextUnet(n_feat=8, class_names=CLASSES, distilled_guidance=bad)
     with pytest.raises(ValueError, match="teacher"):
         widen(ContextUnet(n_feat=8, class_names=CLASSES, distilled_guidance=4.0), 16)
+
+
+# --- a low-noise expert ----------------------------------------------------------------------------------
+def test_a_low_noise_expert_predicts_at_and_below_its_time_and_the_network_above():
+    from ddpm.train import with_low_noise_expert
+
+    base = make_tiny_unet(seed=3)
+    paired = with_low_noise_expert(base, 0.2).eval()
+    x, c = torch.randn(6, 3, 16, 16), torch.eye(5)[[0, 1, 2, 3, 4, 0]]
+    t = torch.tensor([0.1, 0.5, 100 / 500, 0.9, 0.02, 0.2001])
+    with torch.no_grad():
+        assert torch.allclose(paired(x, t, c), base(x, t, c), atol=1e-6)  # it starts as a copy
+        for weight in paired.expert.parameters():
+            weight.add_(0.05 * torch.randn_like(weight))
+        low = (torch.arange(6) % 2 == 0).view(-1, 1, 1, 1)  # t/T <= 0.2, with 100 / 500 in float32 among them
+        expected = torch.where(low, paired.expert(x, t, c), base(x, t, c))
+        assert not torch.allclose(paired.expert(x, t, c), base(x, t, c), atol=1e-3)
+        assert torch.allclose(paired(x, t, c), expected, atol=1e-5)
+        guided = torch.where(low, paired.expert.forward_guided(x, t, c, 1.5), base.forward_guided(x, t, c, 1.5))
+        assert torch.allclose(paired.forward_guided(x, t, c, 1.5), guided, atol=1e-5)
+        assert torch.allclose(inference_model(paired).forward_guided(x, t, c, 1.5), guided, atol=1e-4)
+        # a sampler's step, every sprite at one time, runs one network: the expert's, or the model's
+        for time, net in ((torch.full((6,), 0.2), paired.expert), (torch.full((6,), 0.3), base)):
+            assert torch.equal(paired(x, time, c), net(x, time, c))
+
+
+def test_a_network_with_a_low_noise_expert_saves_loads_and_is_not_resized(tmp_path):
+    from ddpm.checkpoint import load_model, save_model
+    from ddpm.schedule import NoiseSchedule
+    from ddpm.train import with_low_noise_expert
+
+    paired = with_low_noise_expert(make_tiny_unet(seed=4), 0.3)
+    save_model(paired, NoiseSchedule(), tmp_path / "m")
+    loaded = load_model(tmp_path / "m")
+    assert loaded.expert_t == pytest.approx(0.3) and loaded.config_dict == paired.config_dict
+    assert all(torch.equal(v, paired.state_dict()[k]) for k, v in loaded.state_dict().items())
+    assert "low-noise expert" in (tmp_path / "m" / "README.md").read_text()
+    with pytest.raises(ValueError, match="low-noise expert"):
+        widen(paired, 32)
+    for bad in (-0.1, 1.0, float("nan")):
+        with pytest.raises(ValueError, match="expert_t"):
+            ContextUnet(n_feat=16, expert_t=bad)

@@ -402,6 +402,9 @@ def test_training_stages_of_a_history_written_before_stages():
     (["--distill-guidance", "0"], "--distill-guidance"),
     (["--distill-guidance", "4"], "--init-from"),
     (["--teacher", "weights"], "--teacher"),
+    (["--low-noise-expert", "100"], "--init-from"),
+    (["--low-noise-expert", "0", "--init-from", "weights"], "--low-noise-expert"),
+    (["--low-noise-expert", "100", "--init-from", "weights", "--low-t-share", "0.5"], "--low-t-share"),
 ])
 def test_bad_arguments_exit_with_a_message(train_data, tmp_path, capsys, extra, match):
     with pytest.raises(SystemExit) as info:
@@ -808,3 +811,36 @@ def test_the_card_lists_the_prediction_where_a_stage_changed_it():
     config = make_tiny_unet().config_dict
     assert "MSE on the noise" in str(model_card(config, 10, None))
     assert "MSE on v = " in str(model_card(config, 10, None, prediction="v_prediction"))
+
+
+# --- a low-noise expert ----------------------------------------------------------------------------------
+def test_a_low_noise_expert_trains_alone_as_a_plain_low_t_run_would(train_data, tmp_path, capsys, restore_signals):
+    first = tmp_path / "first"
+    assert train.main(train_args(train_data, first, 2)) == 0
+    base = load_model(first / "model")
+    expert_run, plain_run = tmp_path / "expert", tmp_path / "plain"
+    assert train.main(train_args(train_data, expert_run, 3, "--init-from", first / "model",
+                                 "--low-noise-expert", 100)) == 0
+    # the same start, the same batches: --low-t-share 1 --low-t-max 100 on the model itself
+    assert train.main(train_args(train_data, plain_run, 3, "--init-from", first / "model",
+                                 "--low-t-share", 1, "--low-t-max", 100)) == 0
+    paired, plain = load_model(expert_run / "model"), load_model(plain_run / "model")
+    assert paired.expert_t == pytest.approx(0.2) and plain.expert is None
+    for name, value in base.state_dict().items():  # the model's own network is left as it was
+        assert torch.equal(paired.state_dict()[name], value), name
+    for name, value in plain.state_dict().items():  # and the expert is what the plain run trained
+        assert torch.allclose(paired.expert.state_dict()[name], value, atol=1e-6), name
+    assert not torch.equal(paired.expert.init_conv.conv1[0].weight, base.init_conv.conv1[0].weight)
+    assert (json.loads((expert_run / "model" / "training.json").read_text())["stages"][-1]["recipe"]
+            ["low_noise_expert"]) == 100
+    card = (expert_run / "model" / "README.md").read_text()
+    assert "low-noise expert" in card and "low_noise_expert 100" in card
+    # a stage may go on training the same expert; another time, or resuming a run without one, is refused
+    assert train.main(train_args(train_data, expert_run, 4, "--resume")) == 0
+    assert load_model(expert_run / "model").expert_t == pytest.approx(0.2)
+    capsys.readouterr()
+    assert train.main(train_args(train_data, tmp_path / "other", 1, "--init-from", expert_run / "model",
+                                 "--low-noise-expert", 50)) == 2
+    assert train.main(train_args(train_data, plain_run, 4, "--resume", "--low-noise-expert", 100)) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 2 and all(e.startswith("error:") and "--low-noise-expert" in e for e in errors), errors
