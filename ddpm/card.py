@@ -63,13 +63,13 @@ PICTURE = re.compile(r"!\[([^\]]*)\]\(([^)\s]*)\)\n?")
 
 NO_EVALUATION = "Run `python -m ddpm.evaluate --model <folder> --write-card` for the table."
 
-RECIPE_KEYS = ["n_feat", "low_noise_expert", "distill_guidance", "teacher", "batch_size", "lr", "warmup", "ema", "p_uncond", "dropout",
-               "weight_decay", "class_balance", "min_snr", "low_t_share", "low_t_max", "schedule", "T", "prediction",
-               "seed"]
+RECIPE_KEYS = ["n_feat", "low_noise_expert", "distill_guidance", "teacher", "batch_size", "lr", "warmup", "ema",
+               "p_uncond", "dropout", "weight_decay", "class_balance", "min_snr", "low_t_share", "low_t_max", "schedule",
+               "T", "prediction", "seed"]
 # Options listed only when a stage used them: the course's uniform loss and no regularisation are the
 # unstated defaults.
-UNLESS_OFF = {"low_noise_expert": "low_noise_expert", "distill_guidance": "distill_guidance", "dropout": "dropout", "weight_decay": "weight_decay",
-              "class_balance": "class_balance",
+UNLESS_OFF = {"low_noise_expert": "low_noise_expert", "distill_guidance": "distill_guidance", "dropout": "dropout",
+              "weight_decay": "weight_decay", "class_balance": "class_balance",
               "min_snr": "min_snr", "low_t_share": "low_t_share", "low_t_max": "low_t_share"}
 
 
@@ -135,8 +135,8 @@ def model_card(config: dict, n_params: int, info: dict | None, evaluation: str |
                   f"scales 0 to {config['distilled_guidance']:g} (one pass a step)")
                  if config.get("distilled_guidance") else "",
         expert=(f"; a low-noise expert, a second network of the same architecture, predicts at t/T <= "
-                f"{config['expert_t']:g} (eDiff-I's expert denoisers, Balaji et al. 2022), so each step runs one network"
-                if config.get("expert_t") else ""),
+                f"{config['expert_t']:g} (eDiff-I's expert denoisers, Balaji et al. 2022), so each step runs "
+                "one network" if config.get("expert_t") else ""),
         stages=stage_lines(info) if info else "  (no training history recorded)",
         steps=info.get("steps", 0), images=info.get("images", 0), hours=info.get("seconds", 0) / 3600,
         precision=overall_precision(info), target=training_target(prediction),

@@ -356,13 +356,11 @@ class ContextUnet(
         def rows(v, keep):
             return v[keep] if torch.is_tensor(v) and v.ndim > 0 and v.shape[0] == x.shape[0] else v
 
-        parts = [(keep, method(net, *(rows(v, keep) for v in (x, t, c, *rest))))
-                 for net, keep in ((self.expert, low), (self, ~low))]
-        first = parts[0][1]
-        out = [p[1] for p in parts]
-        if isinstance(first, tuple):  # conditional_and_unconditional's pair
-            return tuple(self._merge(low, a, b) for a, b in zip(*out))
-        return self._merge(low, *out)
+        outs = [method(net, *(rows(v, keep) for v in (x, t, c, *rest)))
+                for net, keep in ((self.expert, low), (self, ~low))]
+        if isinstance(outs[0], tuple):  # conditional_and_unconditional's pair
+            return tuple(self._merge(low, a, b) for a, b in zip(*outs))
+        return self._merge(low, *outs)
 
     @staticmethod
     def _merge(low: torch.Tensor, from_expert: torch.Tensor, from_self: torch.Tensor) -> torch.Tensor:

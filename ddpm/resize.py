@@ -165,7 +165,8 @@ def narrow(model: ContextUnet, n_feat: int, x: torch.Tensor, t: torch.Tensor, c:
     BatchNorm statistics, then train it on (for example distil the model into it).
     """
     if model.attention or model.distilled_guidance or model.expert is not None:
-        raise ValueError("only a network without self-attention, a guidance input or a low-noise expert can be narrowed")
+        raise ValueError("only a network without self-attention, a guidance input or a low-noise expert "
+                         "can be narrowed")
     if not (0 < n_feat < model.n_feat and n_feat % 8 == 0):  # 8: every GroupNorm keeps whole groups
         raise ValueError(f"n_feat {n_feat} must be a multiple of 8 smaller than the model's {model.n_feat}")
     spaces, unused = _channel_spaces(model)

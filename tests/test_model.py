@@ -327,8 +327,9 @@ def test_narrow_refuses_what_it_cannot_prune():
     # any multiple of 8 below the width: every GroupNorm keeps the same number of channels a group
     small = narrow(ContextUnet(n_feat=32, norm="group"), 24, x, t, c)
     assert small.config_dict == dict(model.config_dict, n_feat=24, norm="group") and small(x, t, c).shape == x.shape
-    for other in (ContextUnet(n_feat=32, attention=True), ContextUnet(n_feat=32, distilled_guidance=4.0)):
-        with pytest.raises(ValueError, match="attention or a guidance input"):
+    for other in (ContextUnet(n_feat=32, attention=True), ContextUnet(n_feat=32, distilled_guidance=4.0),
+                  ContextUnet(n_feat=32, expert_t=0.2)):
+        with pytest.raises(ValueError, match="attention, a guidance input or a low-noise expert"):
             narrow(other, 16, x, t, c)
 
 
