@@ -330,7 +330,7 @@ class ContextUnet(
             nn.Conv2d(n_feat, in_channels, 3, 1, 1),
         )
         # Built last, so a model without an expert draws the same initial weights from the same seed.
-        self.expert = (ContextUnet(**dict(self.config_dict, class_names=class_names, expert_t=0.0))
+        self.expert = (ContextUnet(**dict(self.config_dict, expert_t=0.0))
                        if self.expert_t else None)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor,

@@ -1,5 +1,6 @@
-"""Changing the width of a trained ContextUnet: widen it (the same function, more channels) or
-narrow it (structured pruning, fewer channels) to keep training or distilling it at another size.
+"""Growing a trained ContextUnet into another network: widen it (the same function, more channels),
+narrow it (structured pruning, fewer channels) to keep training or distilling it at another size, or
+give it a low-noise expert that starts as its copy.
 
 Both know the network's layout: which layers' channels scale with n_feat and where the U-Net's
 concatenations join them (ddpm.model).
@@ -9,15 +10,33 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .model import ContextUnet, ResidualConvBlock, level_channels
+from .model import EXPERT_T_TOLERANCE, ContextUnet, ResidualConvBlock, level_channels
 
 
 def _resized(model: ContextUnet, n_feat: int) -> ContextUnet:
     """A new network like model at another width, on its device, with the schedule, palette and
     training history that model's folder holds (what saving it needs)."""
-    new = ContextUnet(**dict(model.config_dict, n_feat=n_feat)).to(next(model.parameters()).device)
+    return _carrying_folder(model, ContextUnet(**dict(model.config_dict, n_feat=n_feat)))
+
+
+def _carrying_folder(model: ContextUnet, new: ContextUnet) -> ContextUnet:
+    """new, on model's device, with the schedule, palette and training history that model's folder holds."""
+    new = new.to(next(model.parameters()).device)
     new.noise_schedule, new.palette, new.training_info = model.noise_schedule, model.palette, model.training_info
     return new
+
+
+def with_low_noise_expert(model: ContextUnet, expert_t: float) -> ContextUnet:
+    """model with a low-noise expert for t/T <= expert_t that starts as a copy of its network, so it computes
+    the same function; a model that already has one for that time is returned as it is."""
+    if model.expert is not None:
+        if abs(model.expert_t - expert_t) > EXPERT_T_TOLERANCE:
+            raise ValueError(f"the model's expert predicts at t/T <= {model.expert_t:g}, not {expert_t:g}")
+        return model
+    grown = _carrying_folder(model, ContextUnet(**dict(model.config_dict, expert_t=expert_t)))
+    state = model.state_dict()
+    grown.load_state_dict({**state, **{f"expert.{k}": v for k, v in state.items()}}, strict=True)
+    return grown
 
 
 def widen(model: ContextUnet, n_feat: int, generator: torch.Generator | None = None) -> ContextUnet:

@@ -36,8 +36,8 @@ from .history import TOTALS, stage_since, training_stages
 from .images import to_uint8
 from .losses import (LOW_T_MAX, class_balanced_weights, diffusion_loss, guidance_distillation_error, noise_error,
                      training_batch)
-from .model import DEFAULT_N_FEAT, EXPERT_T_TOLERANCE, NORMS, TIME_EMBEDDINGS, ContextUnet, inference_model
-from .resize import narrow, widen
+from .model import DEFAULT_N_FEAT, NORMS, TIME_EMBEDDINGS, ContextUnet, inference_model
+from .resize import narrow, widen, with_low_noise_expert
 from .sampling import sample
 from .schedule import PREDICTIONS, SCHEDULES, NoiseSchedule
 
@@ -391,21 +391,6 @@ def narrowed(model: ContextUnet, n_feat: int, data: SpriteData, args: argparse.N
     return small
 
 
-def with_low_noise_expert(model: ContextUnet, expert_t: float) -> ContextUnet:
-    """model with a low-noise expert for t/T <= expert_t that starts as a copy of its network (computing the
-    same function); a model that already has one for that time is returned as it is."""
-    if model.expert is not None:
-        if abs(model.expert_t - expert_t) > EXPERT_T_TOLERANCE:
-            raise TrainingError(f"--low-noise-expert: the model's expert predicts at t/T <= {model.expert_t:g}, "
-                                f"not {expert_t:g}")
-        return model
-    grown = ContextUnet(**dict(model.config_dict, expert_t=expert_t))
-    state = model.state_dict()
-    grown.load_state_dict({**state, **{f"expert.{k}": v for k, v in state.items()}}, strict=True)
-    grown.noise_schedule, grown.palette, grown.training_info = model.noise_schedule, model.palette, model.training_info
-    return grown
-
-
 def build_model(args: argparse.Namespace, data: SpriteData, checkpoint: tuple[dict, dict] | None = None
                 ) -> tuple[ContextUnet, NoiseSchedule, dict, ContextUnet | None]:
     """The model a run trains, its noise schedule, the history behind it and, when it distils
@@ -491,7 +476,10 @@ def build_model(args: argparse.Namespace, data: SpriteData, checkpoint: tuple[di
                                                     for k in keys.missing_keys), keys
             model = grown
         if args.low_noise_expert:
-            model = with_low_noise_expert(model, args.low_noise_expert / schedule.T)
+            try:
+                model = with_low_noise_expert(model, args.low_noise_expert / schedule.T)
+            except ValueError as e:
+                raise TrainingError(f"--low-noise-expert: {e}") from None
     else:
         model = ContextUnet(3, args.n_feat or DEFAULT_N_FEAT, len(data.class_names), args.height,
                             data.class_names, args.norm, args.time_embedding, args.dropout or 0.0, args.attention)

@@ -468,7 +468,7 @@ def test_bad_distilled_guidance_and_widening_a_student_are_refused():
 
 # --- a low-noise expert ----------------------------------------------------------------------------------
 def test_a_low_noise_expert_predicts_at_and_below_its_time_and_the_network_above():
-    from ddpm.train import with_low_noise_expert
+    from ddpm.resize import with_low_noise_expert
 
     base = make_tiny_unet(seed=3)
     paired = with_low_noise_expert(base, 0.2).eval()
@@ -493,7 +493,7 @@ def test_a_low_noise_expert_predicts_at_and_below_its_time_and_the_network_above
 def test_a_network_with_a_low_noise_expert_saves_loads_and_is_not_resized(tmp_path):
     from ddpm.checkpoint import load_model, save_model
     from ddpm.schedule import NoiseSchedule
-    from ddpm.train import with_low_noise_expert
+    from ddpm.resize import with_low_noise_expert
 
     paired = with_low_noise_expert(make_tiny_unet(seed=4), 0.3)
     save_model(paired, NoiseSchedule(), tmp_path / "m")
