@@ -30,6 +30,7 @@ import hashlib
 import json
 import math
 import os
+import shlex
 import sys
 import time
 from dataclasses import dataclass, field
@@ -771,13 +772,27 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.json).write_text(json.dumps(results_json(results, reference), indent=1))
         print(f"\nwrote {args.json}")
     if args.write_card:
-        command = "python -m ddpm.evaluate " + " ".join(argv if argv is not None else sys.argv[1:])
+        command = reproducing_command(argv if argv is not None else sys.argv[1:])
         before = models[1] if args.compare else None  # the card shows its sprites against the first compared model
         written = write_card(Path(args.model), model, schedule, palette, first, args.seed, args.precision,
                              f"{summary}; classifier held-out accuracy {accuracies}. Measured with `{command}`."
                              f"\n\n{table}", before)
         print(f"\nwrote {', '.join(str(f) for f in written)}")
     return 0
+
+
+def reproducing_command(argv: list[str]) -> str:
+    """The command a card gives for measuring its figures again: these arguments less --json, whose path
+    names a file on the machine that measured them and changes nothing in the figures."""
+    kept, skip_next = [], False
+    for arg in argv:
+        if skip_next:
+            skip_next = False
+        elif arg == "--json":
+            skip_next = True
+        elif not arg.startswith("--json="):
+            kept.append(arg)
+    return "python -m ddpm.evaluate " + shlex.join(kept)
 
 
 CARD_SPRITES_PER_CLASS = 8

@@ -289,9 +289,12 @@ def test_evaluate_write_card(tiny_model_dir, tmp_path, monkeypatch, capsys):
     write_npy_dataset(tmp_path / "d", n=30)
     monkeypatch.setattr(ev, "CACHE_DIR", tmp_path / "cache")
     monkeypatch.setattr(ev, "train_classifier", lambda data, kind="A", **k: (ev.CLASSIFIERS[kind][0](len(data.class_names)).eval(), 0.5))
-    rc = ev.main(["--model", str(model_dir), "--data", str(tmp_path / "d"), "--n", "4", "--steps", "2", "--write-card"])
-    assert rc == 0
+    rc = ev.main(["--model", str(model_dir), "--data", str(tmp_path / "d"), "--n", "4", "--steps", "2",
+                  "--json", str(tmp_path / "figures.json"), "--write-card"])
+    assert rc == 0 and (tmp_path / "figures.json").exists()
     card = (model_dir / "README.md").read_text()
+    # the card's command measures the figures again anywhere: the JSON's path on this machine is left out
+    assert "--n 4 --steps 2 --write-card`" in card and "--json" not in card and "figures.json" not in card
     assert "| hero |" in card and "1,234 steps" in card and "2.00 hours" in card
     assert "DragonDePlatino" in card and "DawnBringer" in card and "--write-card" in card
     assert Image.open(model_dir / "samples.png").size == (8 * 16 * 4 + 9 * 8, 5 * 16 * 4 + 6 * 8)
