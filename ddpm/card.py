@@ -40,8 +40,8 @@ scheduler_config.json holds the noise schedule in diffusers' format (`DDPMSchedu
 - Data: the [DawnLike 16x16 tileset]({dawnlike}) by **DragonDePlatino**, palette by **DawnBringer**
   (CC-BY 4.0), sliced into 16x16 cells, empty cells and exact duplicates dropped, transparency on
   white. Sprites per class: {counts}.
-- Architecture: n_feat {n_feat}, norm {norm}, time embedding {time_embedding}{attention}{guidance}{expert}.
-- Recipe: Adam, MSE on {target}, t ~ U{{1..T}}, horizontal flips, EMA weights shipped.
+- Architecture: n_feat {n_feat}, norm {norm}, time embedding {time_embedding}{attention}{guidance}{expert}{head}.
+- Recipe: Adam, {target}, t ~ U{{1..T}}, horizontal flips, EMA weights shipped.
 - Trained for {steps:,} steps ({images:,} images) in {hours:.2f} hours ({precision}), in stages
   (each later stage continued from the weights the one before it exported):
 {stages}
@@ -65,12 +65,13 @@ NO_EVALUATION = "Run `python -m ddpm.evaluate --model <folder> --write-card` for
 
 RECIPE_KEYS = ["n_feat", "low_noise_expert", "distill_guidance", "teacher", "batch_size", "lr", "warmup", "ema",
                "p_uncond", "dropout", "weight_decay", "class_balance", "min_snr", "low_t_share", "low_t_max", "schedule",
-               "T", "prediction", "seed"]
+               "T", "prediction", "palette_head", "seed"]
 # Options listed only when a stage used them: the course's uniform loss and no regularisation are the
 # unstated defaults.
 UNLESS_OFF = {"low_noise_expert": "low_noise_expert", "distill_guidance": "distill_guidance", "dropout": "dropout",
               "weight_decay": "weight_decay", "class_balance": "class_balance",
-              "min_snr": "min_snr", "low_t_share": "low_t_share", "low_t_max": "low_t_share"}
+              "min_snr": "min_snr", "low_t_share": "low_t_share", "low_t_max": "low_t_share",
+              "palette_head": "palette_head"}
 
 
 def recipe_text(recipe: dict) -> str:
@@ -79,11 +80,17 @@ def recipe_text(recipe: dict) -> str:
                      if recipe.get(k) is not None and (k not in UNLESS_OFF or recipe.get(UNLESS_OFF[k])))
 
 
-def training_target(prediction: str) -> str:
-    """What the loss measured for a network that predicts this (NoiseSchedule.prediction)."""
+def training_target(prediction: str, palette_head: bool = False) -> str:
+    """What the loss measured for a network that predicts this (NoiseSchedule.prediction), with or
+    without a palette head."""
+    if palette_head:
+        return ("cross-entropy of each pixel's colour under the palette head's distribution over the "
+                "palette (x0 predicted as its expectation; CDCD, Dieleman et al. 2022)")
     if prediction == "v_prediction":
-        return "v = sqrt(abar) eps - sqrt(1 - abar) x0 (v-prediction, Salimans & Ho 2022)"
-    return "the noise"
+        return "MSE on v = sqrt(abar) eps - sqrt(1 - abar) x0 (v-prediction, Salimans & Ho 2022)"
+    if prediction == "sample":
+        return "MSE on x0"
+    return "MSE on the noise"
 
 
 def stage_lines(info: dict) -> str:
@@ -137,9 +144,12 @@ def model_card(config: dict, n_params: int, info: dict | None, evaluation: str |
         expert=(f"; a low-noise expert, a second network of the same architecture, predicts at t/T <= "
                 f"{config['expert_t']:g} (eDiff-I's expert denoisers, Balaji et al. 2022), so each step runs "
                 "one network" if config.get("expert_t") else ""),
+        head=(f"; a palette head: logits over the {len(config['output_palette'])} palette colours at each pixel"
+              if config.get("output_palette") else ""),
         stages=stage_lines(info) if info else "  (no training history recorded)",
         steps=info.get("steps", 0), images=info.get("images", 0), hours=info.get("seconds", 0) / 3600,
-        precision=overall_precision(info), target=training_target(prediction),
+        precision=overall_precision(info),
+        target=training_target(prediction, config.get("output_palette") is not None),
         evaluation=(evaluation or NO_EVALUATION).strip(), before_after=before_after,
     )
     return ModelCard(f"---\n{card_data().to_yaml()}\n---\n{body}")

@@ -10,7 +10,8 @@ what training averages, all off by default, as in the course: min-SNR weights (m
 share of low times (training_batch's low_t_share) and rarer classes drawn more often
 (class_balanced_weights).
 A student distilled for guidance learns instead from a teacher's guided prediction
-(guidance_distillation_error).
+(guidance_distillation_error), and a network with a palette head from the cross-entropy of each
+pixel's true colour (palette_cross_entropy).
 """
 from __future__ import annotations
 
@@ -41,6 +42,33 @@ def noise_error(model: torch.nn.Module, schedule: NoiseSchedule, x0: torch.Tenso
         output = model(x_t, (t.float() / schedule.T).to(x_t.device), context)
     error = schedule.noise_per_output(t, x_t) * (output.float() - schedule.target(x0, noise, t))
     return error.pow(2).mean((1, 2, 3))
+
+
+def palette_cross_entropy(model: torch.nn.Module, schedule: NoiseSchedule, colours: torch.Tensor, x0: torch.Tensor,
+                          noise: torch.Tensor, t: torch.Tensor, context: torch.Tensor, channels_last: bool = False,
+                          autocast: Callable[[], ContextManager] = contextlib.nullcontext) -> torch.Tensor:
+    """The cross-entropy of each pixel's colour in x0 under a palette head's logits, one mean per
+    sprite (B,), in fp32; colours (K, C) are the head's (ContextUnet.palette_colours), the other
+    arguments as for noise_error.
+
+    Each pixel's true colour is the palette colour nearest to it (the sprites are drawn in it). The
+    softmax that minimises it is the posterior of each pixel's colour given x_t, whose expectation
+    is the best x0 in squared error, so no weighting over t is needed to make forward's x0 right
+    (Dieleman et al. 2022 train categorical data the same way).
+    """
+    x_t = schedule.add_noise(x0, noise, t)
+    if channels_last:
+        x_t = x_t.contiguous(memory_format=torch.channels_last)
+    with autocast():
+        logits = model(x_t, (t.float() / schedule.T).to(x_t.device), context, logits=True)
+    return F.cross_entropy(logits.float(), nearest_colour(x0, colours), reduction="none").mean((1, 2))
+
+
+def nearest_colour(images: torch.Tensor, colours: torch.Tensor) -> torch.Tensor:
+    """(B, H, W) indices of the colour (K, C) nearest to each pixel of images (B, C, H, W)."""
+    b, c, h, w = images.shape
+    pixels = images.permute(0, 2, 3, 1).reshape(-1, c).float()
+    return torch.cdist(pixels, colours.to(pixels)).argmin(1).view(b, h, w)
 
 
 def guidance_distillation_error(student: torch.nn.Module, teacher: torch.nn.Module, schedule: NoiseSchedule,

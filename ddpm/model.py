@@ -18,6 +18,13 @@ A network distilled for guidance (distilled_guidance > 0, Meng et al. 2023, "On 
 Guided Diffusion Models", stage one) also takes the guidance scale w and gives, in one pass, what
 classifier-free guidance gives with two.
 
+A network with a palette head (output_palette, the data's colours) predicts the clean sprite as a
+distribution over those colours at each pixel, and gives its expectation as x0 (its schedule's
+prediction is "sample"); it is trained with the cross-entropy of the true colours, as CDCD trains
+categorical data (Dieleman et al. 2022, "Continuous diffusion for categorical data"). Pixel art
+is drawn from a few colours: such a network's x0 lies inside their hull, and where it is sure of
+a colour it gives that colour exactly.
+
 The network knows nothing about the noise schedule: it takes x_t, the normalised time t/T in
 [0, 1] and a context vector (one-hot class, a mix of classes, or zeros for unconditional).
 
@@ -234,10 +241,11 @@ class ContextUnet(
     license=model_card.LICENSE,
     pipeline_tag=model_card.PIPELINE_TAG,
 ):
-    """Class-conditional U-Net predicting the noise in x_t.
+    """Class-conditional U-Net predicting the noise in x_t (or v, or x0).
 
     forward(x, t, c): x (B, C, H, H) in [-1, 1]; t (B,) time as the fraction t/T; c (B, n_classes)
-    context weights (one-hot, a mix, or zeros for the unconditional model). Returns (B, C, H, H).
+    context weights (one-hot, a mix, or zeros for the unconditional model). Returns (B, C, H, H): the
+    noise, v, or with a palette head x0, as its schedule's prediction says.
 
     Besides the weights, a model carries what its folder records beside them: noise_schedule (the
     schedule it was trained with; saving needs it), palette, training_info and evaluation (the
@@ -262,6 +270,7 @@ class ContextUnet(
         attention: bool = False,
         distilled_guidance: float = 0.0,
         expert_t: float = 0.0,
+        output_palette: list[list[int]] | None = None,
     ):
         super().__init__()
         if height < MIN_HEIGHT or height & (height - 1):
@@ -277,6 +286,11 @@ class ContextUnet(
                              f"got {distilled_guidance!r}")
         if not (math.isfinite(expert_t) and 0 <= expert_t < 1):
             raise ValueError(f"expert_t must be 0 (no low-noise expert) or a time t/T in (0, 1), got {expert_t!r}")
+        if output_palette is not None:
+            output_palette = [[int(v) for v in colour] for colour in output_palette]
+            if len(output_palette) < 2 or any(len(colour) != in_channels or not all(0 <= v <= 255 for v in colour)
+                                              for colour in output_palette):
+                raise ValueError(f"output_palette must be two or more colours of {in_channels} values in 0..255")
         class_names = list(class_names) if class_names else [f"class_{i}" for i in range(n_classes)]
         if len(class_names) != n_classes:
             raise ValueError(f"{len(class_names)} class names for {n_classes} classes")
@@ -285,6 +299,10 @@ class ContextUnet(
         self.dropout, self.attention = float(dropout), bool(attention)
         self.distilled_guidance = float(distilled_guidance)
         self.expert_t = float(expert_t)
+        self.output_palette = output_palette
+        # not saved with the weights: config.json holds the colours
+        self.register_buffer("palette_colours", None if output_palette is None else
+                             torch.tensor(output_palette, dtype=torch.float32) / 127.5 - 1, persistent=False)
         self.noise_schedule, self.palette, self.training_info, self.evaluation = None, None, None, None
 
         channels = level_channels(n_feat, height)
@@ -327,22 +345,25 @@ class ContextUnet(
                 nn.init.zeros_(embed.model[-1].bias)
         self.out = nn.Sequential(
             nn.Conv2d(2 * n_feat, n_feat, 3, 1, 1), nn.GroupNorm(8, n_feat), nn.ReLU(),
-            nn.Conv2d(n_feat, in_channels, 3, 1, 1),
+            nn.Conv2d(n_feat, in_channels if output_palette is None else len(output_palette), 3, 1, 1),
         )
         # Built last, so a model without an expert draws the same initial weights from the same seed.
         self.expert = (ContextUnet(**dict(self.config_dict, expert_t=0.0))
                        if self.expert_t else None)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor,
-                guidance: float | torch.Tensor = 0.0) -> torch.Tensor:
-        """The noise in x, or v for a model trained to predict it (its NoiseSchedule.prediction). `guidance`
-        (a scale, or one per sprite (B,)) is an input of a network with distilled_guidance only;
-        forward_guided is what samplers call."""
-        return self._by_noise_level(ContextUnet._forward, x, t, c, guidance)
+                guidance: float | torch.Tensor = 0.0, logits: bool = False) -> torch.Tensor:
+        """The noise in x, or v or x0 for a model trained to predict it (its NoiseSchedule.prediction).
+        `guidance` (a scale, or one per sprite (B,)) is an input of a network with distilled_guidance
+        only; forward_guided is what samplers call. `logits`: a palette head's logits of each pixel's
+        colour (B, K, H, W) instead of their expected colour, what its cross-entropy loss trains."""
+        if logits and self.palette_colours is None:
+            raise ValueError("logits: this network has no palette head (output_palette)")
+        return self._by_noise_level(ContextUnet._forward, x, t, c, guidance, logits)
 
     def _forward(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor,
-                 guidance: float | torch.Tensor = 0.0) -> torch.Tensor:
-        return self.decode(self.encode(x, t), c, guidance)
+                 guidance: float | torch.Tensor = 0.0, logits: bool = False) -> torch.Tensor:
+        return self.decode(self.encode(x, t), c, guidance, logits)
 
     def _by_noise_level(self, method, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor, *rest):
         """method(network, x, t, c, *rest) of this network, or of the low-noise expert for the sprites
@@ -382,8 +403,10 @@ class ContextUnet(
         t_feat = self.time_features(t.to(x.dtype).reshape(-1, 1))
         return x, skips, h, t_feat
 
-    def decode(self, encoded: tuple, c: torch.Tensor, guidance: float | torch.Tensor = 0.0) -> torch.Tensor:
-        """The context-dependent rest of forward, from what encode() returned."""
+    def decode(self, encoded: tuple, c: torch.Tensor, guidance: float | torch.Tensor = 0.0,
+               logits: bool = False) -> torch.Tensor:
+        """The context-dependent rest of forward, from what encode() returned; with a palette head, the
+        logits of the colours (B, K, H, W) when `logits`, else their expected colour."""
         x, skips, h, t_feat = encoded
         c = c.to(x.dtype)
         if self.distilled_guidance:
@@ -399,7 +422,12 @@ class ContextUnet(
             h = self.ups[i](c_emb * h + t_emb, skips[i])
             if self.attention:
                 h = self.up_attention[i](h)
-        return self.out(torch.cat((h, x), 1))
+        out = self.out(torch.cat((h, x), 1))
+        return out if self.palette_colours is None or logits else self.expected_colour(out)
+
+    def expected_colour(self, logits: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) in fp32: each pixel's palette colours weighted by the softmax of its logits."""
+        return torch.einsum("bkhw,kc->bchw", logits.float().softmax(1), self.palette_colours)
 
     def conditional_and_unconditional(self, x: torch.Tensor, t: torch.Tensor,
                                       c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -440,7 +468,7 @@ class ContextUnet(
             in_channels=self.in_channels, n_feat=self.n_feat, n_classes=self.n_classes, height=self.height,
             class_names=self.class_names, norm=self.norm, time_embedding=self.time_embedding,
             dropout=self.dropout, attention=self.attention, distilled_guidance=self.distilled_guidance,
-            expert_t=self.expert_t,
+            expert_t=self.expert_t, output_palette=self.output_palette,
         )
 
     # --- the Hub mixin, on the folder format of ddpm.folder ------------------------------------------

@@ -1,6 +1,7 @@
 """Growing a trained ContextUnet into another network: widen it (the same function, more channels),
-narrow it (structured pruning, fewer channels) to keep training or distilling it at another size, or
-give it a low-noise expert that starts as its copy.
+narrow it (structured pruning, fewer channels) to keep training or distilling it at another size,
+give it a low-noise expert that starts as its copy, or give it a palette head in place of its output
+layer.
 
 Both know the network's layout: which layers' channels scale with n_feat and where the U-Net's
 concatenations join them (ddpm.model).
@@ -36,6 +37,19 @@ def with_low_noise_expert(model: ContextUnet, expert_t: float) -> ContextUnet:
     grown = _carrying_folder(model, ContextUnet(**dict(model.config_dict, expert_t=expert_t)))
     state = model.state_dict()
     grown.load_state_dict({**state, **{f"expert.{k}": v for k, v in state.items()}}, strict=True)
+    return grown
+
+
+def with_palette_head(model: ContextUnet, colours: list[list[int]]) -> ContextUnet:
+    """model with its last convolution replaced by a fresh one that gives logits over `colours` (a palette
+    head, ddpm.model), every other weight kept; the head's initial weights come from torch's global RNG.
+    Its schedule must then predict "sample", as the head gives x0."""
+    if model.output_palette is not None:
+        raise ValueError("the model has a palette head already")
+    grown = _carrying_folder(model, ContextUnet(**dict(model.config_dict, output_palette=colours)))
+    head = [k for k in grown.state_dict() if k.startswith("out.3.") or ".out.3." in k]
+    keys = grown.load_state_dict({k: v for k, v in model.state_dict().items() if k not in head}, strict=False)
+    assert sorted(keys.missing_keys) == sorted(head) and not keys.unexpected_keys, keys
     return grown
 
 

@@ -4,8 +4,9 @@ Time runs over integer steps t = 0..T as in the course: t = 0 is the clean image
 (alpha_bar[0] = 1) and t = T is (almost) pure noise. The network is fed t / T.
 
 What the network predicts is part of the schedule, as in diffusers' scheduler config: the noise eps
-("epsilon", as the course) or the velocity v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0 ("v_prediction",
-Salimans & Ho 2022). Samplers work with eps either way: eps_from_output converts.
+("epsilon", as the course), the velocity v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0 ("v_prediction",
+Salimans & Ho 2022) or the clean image x0 itself ("sample"; a network with a palette head gives it as
+its expected colour per pixel). Samplers work with eps in every case: eps_from_output converts.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import math
 import torch
 
 SCHEDULES = ("linear", "cosine")
-PREDICTIONS = ("epsilon", "v_prediction")  # diffusers' names for them
+PREDICTIONS = ("epsilon", "v_prediction", "sample")  # diffusers' names for them
 
 # The course counts time t = 1..T (t = 0 is the clean image); diffusers' schedulers count timesteps
 # 0..T-1 and treat "before timestep 0" as clean. Course time t is diffusers timestep t - 1: this
@@ -198,30 +199,39 @@ class NoiseSchedule:
 
     def eps_from_output(self, x_t: torch.Tensor, output: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
         """The noise in x_t that the network's output says: the output itself for "epsilon"; for
-        "v_prediction", eps = sqrt(1 - abar_t) x_t + sqrt(abar_t) v (x_t and v are a rotation of x0 and eps)."""
+        "v_prediction", eps = sqrt(1 - abar_t) x_t + sqrt(abar_t) v (x_t and v are a rotation of x0 and
+        eps); for "sample", eps = (x_t - sqrt(abar_t) x0) / sqrt(1 - abar_t) (eq. 4 of Ho et al. solved for eps)."""
         if self.prediction == "epsilon":
             return output
+        if self.prediction == "sample":
+            return self.predict_eps(x_t, output, t)
         abar = self._gather(self.alpha_bars, t, x_t)
         return (1 - abar).sqrt() * x_t + abar.sqrt() * output
 
     def target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
-        """What the network should output for x_t = add_noise(x0, noise, t): the noise, or v."""
+        """What the network should output for x_t = add_noise(x0, noise, t): the noise, v or x0."""
+        if self.prediction == "sample":
+            return x0
         return noise if self.prediction == "epsilon" else self.velocity(x0, noise, t)
 
     def noise_per_output(self, t: torch.Tensor | int, like: torch.Tensor) -> torch.Tensor:
-        """How much the implied noise moves per unit of output at fixed x_t (from eps_from_output):
-        1 for "epsilon", sqrt(abar_t) for "v_prediction". An output error times this is the noise's
-        error, computed without the cancellation of forming eps near t = T."""
+        """How much the implied noise moves per unit of output at fixed x_t (from eps_from_output), in
+        size: 1 for "epsilon", sqrt(abar_t) for "v_prediction", sqrt(abar_t / (1 - abar_t)) (the square
+        root of the SNR) for "sample". An output error times this is the noise's error, computed
+        without the cancellation of forming eps near t = T."""
+        abar = self._gather(self.alpha_bars, t, like)
         if self.prediction == "epsilon":
-            return torch.ones_like(self._gather(self.alpha_bars, t, like))
-        return self._gather(self.alpha_bars, t, like).sqrt()
+            return torch.ones_like(abar)
+        if self.prediction == "sample":
+            return (abar / (1 - abar)).sqrt()
+        return abar.sqrt()
 
     def prediction_loss_weights(self) -> torch.Tensor:
         """Weights over t = 0..T that turn the noise MSE into the MSE of what the network predicts.
 
         1 for "epsilon". For "v_prediction" the error in v is the error in eps divided by
         sqrt(abar_t) (noise_per_output), so its MSE weighs the noise MSE by 1 / abar_t: the
-        high-noise steps, where x0 is decided, weigh more.
+        high-noise steps, where x0 is decided, weigh more. For "sample", 1 / SNR (0 at t = 0).
         """
         return self.noise_per_output(torch.arange(self.T + 1), self.alpha_bars).pow(-2)
 

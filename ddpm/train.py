@@ -35,9 +35,9 @@ from .folder import CheckpointError
 from .history import TOTALS, stage_since, training_stages
 from .images import to_uint8
 from .losses import (LOW_T_MAX, class_balanced_weights, diffusion_loss, guidance_distillation_error, noise_error,
-                     training_batch)
+                     palette_cross_entropy, training_batch)
 from .model import DEFAULT_N_FEAT, NORMS, TIME_EMBEDDINGS, ContextUnet, inference_model
-from .resize import narrow, widen, with_low_noise_expert
+from .resize import narrow, widen, with_low_noise_expert, with_palette_head
 from .sampling import sample
 from .schedule import PREDICTIONS, SCHEDULES, NoiseSchedule
 
@@ -306,10 +306,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="with --distill-guidance and --init-from: distil this model (a local folder or a Hub repo "
                         "id) into the --init-from one, e.g. a wide teacher into a narrower, faster student")
     p.add_argument("--prediction", choices=PREDICTIONS, default=None,
-                   help="what the network predicts: the noise ('epsilon', as the course) or v = sqrt(abar) eps - "
-                        "sqrt(1 - abar) x0 ('v_prediction', Salimans & Ho 2022). Default epsilon for a new network, "
-                        "the model's own with --init-from or --resume; with --init-from, the other one retrains "
-                        "the model to predict it")
+                   help="what the network predicts: the noise ('epsilon', as the course), v = sqrt(abar) eps - "
+                        "sqrt(1 - abar) x0 ('v_prediction', Salimans & Ho 2022) or x0 ('sample'). Default epsilon for "
+                        "a new network, the model's own with --init-from or --resume; with --init-from, another one "
+                        "retrains the model to predict it")
+    p.add_argument("--palette-head", action="store_true",
+                   help="predict x0 as a distribution over the data's colours at each pixel, trained with their "
+                        "cross-entropy (prediction 'sample'); with --init-from, the model's output layer is "
+                        "replaced by one")
     p.add_argument("--schedule", choices=SCHEDULES, default="linear")
     p.add_argument("--T", type=int, default=500)
     p.add_argument("--precision", choices=["auto", *TRAINING_PRECISIONS], default="auto",
@@ -357,6 +361,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--distill-guidance needs a teacher: --init-from a trained model (or --resume a distillation)")
     if not (math.isfinite(args.min_snr) and args.min_snr >= 0):
         p.error("--min-snr must be 0 (off) or a positive number such as 5")
+    if args.palette_head and (args.prediction not in (None, "sample") or args.min_snr or args.distill_guidance):
+        p.error("--palette-head predicts x0 ('sample') and is trained with the colours' cross-entropy: leave out "
+                "--prediction, --min-snr and --distill-guidance")
     if args.low_noise_expert is not None:
         if not (args.init_from or args.resume):
             p.error("--low-noise-expert needs the model it is an expert of: --init-from a trained model")
@@ -370,6 +377,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 # --- building or restoring the model --------------------------------------------------------------
 CALIBRATION_SPRITES = 512  # the x_t on which narrowing judges each channel
+
+
+def data_palette(data: SpriteData) -> list[list[int]]:
+    """The data's colours, for --palette-head."""
+    colours = data.palette()
+    if colours is None:
+        raise TrainingError("--palette-head needs sprites drawn in a palette (at most 64 colours); this data has more")
+    return colours.tolist()
 
 
 def check_classes(model: ContextUnet, data: SpriteData) -> None:
@@ -425,6 +440,9 @@ def build_model(args: argparse.Namespace, data: SpriteData, checkpoint: tuple[di
         if args.attention and not model.attention:
             raise TrainingError("--attention with --resume: the checkpoint's network has none; start a stage "
                                 "with --init-from to add it")
+        if args.palette_head and model.output_palette is None:
+            raise TrainingError("--palette-head with --resume: the checkpoint's network has none; start a stage "
+                                "with --init-from to give it one")
         if args.prediction is not None and args.prediction != schedule.prediction:
             raise TrainingError(f"--prediction {args.prediction} with --resume: the checkpoint predicts "
                                 f"{schedule.prediction}; resume without --prediction, or start a stage with "
@@ -475,6 +493,9 @@ def build_model(args: argparse.Namespace, data: SpriteData, checkpoint: tuple[di
             assert not keys.unexpected_keys and all("attention" in k or k.startswith("guidance_embeds")
                                                     for k in keys.missing_keys), keys
             model = grown
+        if args.palette_head and model.output_palette is None:
+            model = with_palette_head(model, data_palette(data))
+            schedule = NoiseSchedule(**dict(schedule.config(), prediction="sample"))
         if args.low_noise_expert:
             try:
                 model = with_low_noise_expert(model, args.low_noise_expert / schedule.T)
@@ -482,8 +503,10 @@ def build_model(args: argparse.Namespace, data: SpriteData, checkpoint: tuple[di
                 raise TrainingError(f"--low-noise-expert: {e}") from None
     else:
         model = ContextUnet(3, args.n_feat or DEFAULT_N_FEAT, len(data.class_names), args.height,
-                            data.class_names, args.norm, args.time_embedding, args.dropout or 0.0, args.attention)
-        schedule = NoiseSchedule(args.T, args.schedule, prediction=args.prediction or "epsilon")
+                            data.class_names, args.norm, args.time_embedding, args.dropout or 0.0, args.attention,
+                            output_palette=data_palette(data) if args.palette_head else None)
+        prediction = "sample" if args.palette_head else args.prediction or "epsilon"
+        schedule = NoiseSchedule(args.T, args.schedule, prediction=prediction)
     args.prediction = schedule.prediction  # the recipe records what the stage trained
     check_classes(model, data)
     return model, schedule, history, teacher
@@ -633,10 +656,16 @@ class Trainer:
             guidance = torch.rand(batch, generator=self.generator).to(self.device) * self.ema.distilled_guidance
             per_sprite = guidance_distillation_error(self.model, self.teacher_net, self.schedule, x0, noise, t, context,
                                                      guidance, self.channels_last, acc.autocast)
+        elif self.ema.palette_colours is not None:
+            per_sprite = palette_cross_entropy(self.model, self.schedule, self.ema.palette_colours, x0, noise, t,
+                                               context, self.channels_last, acc.autocast)
         else:
             per_sprite = noise_error(self.model, self.schedule, x0, noise, t, context, self.channels_last,
                                      acc.autocast)
-        loss = diffusion_loss(per_sprite, t, self.schedule, args.min_snr)
+        if self.ema.palette_colours is not None:
+            loss = per_sprite.mean()  # uniform over t: see palette_cross_entropy
+        else:
+            loss = diffusion_loss(per_sprite, t, self.schedule, args.min_snr)
         # the mean over processes: what is logged is the whole batch's loss, and a NaN on any
         # process stops them all at the same step
         loss_value = acc.reduce(loss.detach(), "mean").item()

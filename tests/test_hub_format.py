@@ -94,7 +94,7 @@ def contradictions() -> dict[str, tuple[dict, str]]:
         "trained_betas too few": (dict(good, trained_betas=good["trained_betas"][:-1]), "trained_betas"),
         "trained_betas other values": (dict(good, trained_betas=[b * 1.01 for b in good["trained_betas"]]),
                                        "trained_betas contradict"),
-        "x0 prediction": (dict(good, prediction_type="sample"), "prediction_type"),
+        "unknown prediction": (dict(good, prediction_type="flow_prediction"), "prediction_type"),
         "clipped": (dict(good, clip_sample=True), "clip_sample"),
         "other scheduler": (dict(good, _class_name="EulerDiscreteScheduler"), "_class_name"),
         "other beta schedule": (dict(good, beta_schedule="scaled_linear", trained_betas=None), "beta_schedule"),

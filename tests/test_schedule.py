@@ -172,4 +172,4 @@ def test_prediction_is_part_of_the_config_and_checked():
     torch.testing.assert_close(s.prediction_loss_weights(), 1 / s.alpha_bars)
     assert torch.equal(NoiseSchedule(100).prediction_loss_weights(), torch.ones(101, dtype=torch.float64))
     with pytest.raises(ValueError, match="prediction"):
-        NoiseSchedule(prediction="sample")
+        NoiseSchedule(prediction="flow_prediction")
