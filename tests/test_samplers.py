@@ -566,14 +566,15 @@ def test_a_student_distilled_for_guidance_samples_in_one_pass_a_step(tiny_unet, 
     assert batches == [4] * 4
 
 
-# --- v-prediction ---------------------------------------------------------------------------------
+# --- v-prediction and x0 prediction --------------------------------------------------------------
+@pytest.mark.parametrize("prediction", ["v_prediction", "sample"])
 @pytest.mark.parametrize("name", ["ddpm", "ddim"])
-def test_sampling_a_v_prediction_matches_diffusers(name):
-    # diffusers' schedulers take v itself; ours take the noise eps_from_output gives for it
-    schedule = NoiseSchedule(T, prediction="v_prediction")
+def test_sampling_a_v_or_x0_prediction_matches_diffusers(name, prediction):
+    # diffusers' schedulers take v or x0 itself; ours take the noise eps_from_output gives for it
+    schedule = NoiseSchedule(T, prediction=prediction)
     cls = diffusers.DDPMScheduler if name == "ddpm" else diffusers.DDIMScheduler
     sched = cls.from_config(schedule.scheduler_config())
-    assert sched.config.prediction_type == "v_prediction"
+    assert sched.config.prediction_type == prediction
     steps = 25
     sched.set_timesteps(steps)
     ts = make_timesteps(T, steps)
