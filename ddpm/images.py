@@ -57,16 +57,23 @@ def sprite_sheet(rows: list[np.ndarray] | np.ndarray, scale: int = 1, pad: int =
     return upscale(sheet, scale)
 
 
+def nearest_colour(pixels: torch.Tensor | np.ndarray, palette: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """Index of the palette colour (K, C) nearest to each pixel (..., C) (Euclidean; the first on a tie),
+    shaped like pixels without their last axis. Distances are exact for 8-bit colours."""
+    pixels, palette = torch.as_tensor(pixels), torch.as_tensor(palette)
+    flat = pixels.reshape(-1, pixels.shape[-1]).double()
+    d2 = (flat[:, None, :] - palette.to(flat)[None, :, :]).pow(2).sum(-1)
+    return d2.argmin(1).reshape(pixels.shape[:-1])
+
+
 def snap_to_palette(sprites: np.ndarray, palette: np.ndarray) -> np.ndarray:
     """Replace every pixel of (..., 3) uint8 sprites by the nearest palette colour (Euclidean RGB).
 
     Pixel art uses a handful of colours (DawnLike: 18); a diffusion model's output is continuous,
     so near-palette colours show as speckle. Snapping removes it without moving any shape.
     """
-    palette = np.asarray(palette, dtype=np.int32).reshape(-1, 3)
-    flat = sprites.reshape(-1, 3).astype(np.int32)
-    d2 = ((flat[:, None, :] - palette[None, :, :]) ** 2).sum(-1)
-    return palette[d2.argmin(1)].astype(np.uint8).reshape(sprites.shape)
+    palette = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
+    return palette[nearest_colour(np.asarray(sprites), palette).numpy()]
 
 
 def gif_bytes(images: Sequence[Image.Image], ms: int = 90, hold_ms: int = 1500) -> bytes:

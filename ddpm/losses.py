@@ -21,6 +21,7 @@ from typing import Callable, ContextManager
 import torch
 import torch.nn.functional as F
 
+from .images import nearest_colour
 from .schedule import NoiseSchedule
 
 LOW_T_MAX = 150  # the highest time a low_t_share draws, unless low_t_max says otherwise
@@ -61,14 +62,7 @@ def palette_cross_entropy(model: torch.nn.Module, schedule: NoiseSchedule, colou
         x_t = x_t.contiguous(memory_format=torch.channels_last)
     with autocast():
         logits = model(x_t, (t.float() / schedule.T).to(x_t.device), context, logits=True)
-    return F.cross_entropy(logits.float(), nearest_colour(x0, colours), reduction="none").mean((1, 2))
-
-
-def nearest_colour(images: torch.Tensor, colours: torch.Tensor) -> torch.Tensor:
-    """(B, H, W) indices of the colour (K, C) nearest to each pixel of images (B, C, H, W)."""
-    b, c, h, w = images.shape
-    pixels = images.permute(0, 2, 3, 1).reshape(-1, c).float()
-    return torch.cdist(pixels, colours.to(pixels)).argmin(1).view(b, h, w)
+    return F.cross_entropy(logits.float(), nearest_colour(x0.permute(0, 2, 3, 1), colours).to(x0.device), reduction="none").mean((1, 2))
 
 
 def guidance_distillation_error(student: torch.nn.Module, teacher: torch.nn.Module, schedule: NoiseSchedule,

@@ -656,15 +656,13 @@ class Trainer:
             guidance = torch.rand(batch, generator=self.generator).to(self.device) * self.ema.distilled_guidance
             per_sprite = guidance_distillation_error(self.model, self.teacher_net, self.schedule, x0, noise, t, context,
                                                      guidance, self.channels_last, acc.autocast)
+            loss = diffusion_loss(per_sprite, t, self.schedule, args.min_snr)
         elif self.ema.palette_colours is not None:
-            per_sprite = palette_cross_entropy(self.model, self.schedule, self.ema.palette_colours, x0, noise, t,
-                                               context, self.channels_last, acc.autocast)
+            loss = palette_cross_entropy(self.model, self.schedule, self.ema.palette_colours, x0, noise, t, context,
+                                         self.channels_last, acc.autocast).mean()  # uniform over t: see there
         else:
             per_sprite = noise_error(self.model, self.schedule, x0, noise, t, context, self.channels_last,
                                      acc.autocast)
-        if self.ema.palette_colours is not None:
-            loss = per_sprite.mean()  # uniform over t: see palette_cross_entropy
-        else:
             loss = diffusion_loss(per_sprite, t, self.schedule, args.min_snr)
         # the mean over processes: what is logged is the whole batch's loss, and a NaN on any
         # process stops them all at the same step

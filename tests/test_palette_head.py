@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 import ddpm.train as train
 from ddpm.checkpoint import load_model, load_schedule, save_model
-from ddpm.losses import diffusion_loss, nearest_colour, noise_error, palette_cross_entropy
+from ddpm.images import nearest_colour
+from ddpm.losses import diffusion_loss, noise_error, palette_cross_entropy
 from ddpm.model import ContextUnet, inference_model
 from ddpm.resize import with_palette_head
 from ddpm.sampling import predict_noise, sample
@@ -103,7 +104,7 @@ def test_the_cross_entropy_is_that_of_each_pixels_nearest_colour():
     model, schedule = palette_unet(), NoiseSchedule(T, prediction="sample")
     x0, t, noise, c = inputs()
     colours = model.palette_colours
-    idx = nearest_colour(x0 + 0.05 * torch.randn_like(x0), colours)  # off-palette pixels snap to the nearest
+    idx = nearest_colour((x0 + 0.05 * torch.randn_like(x0)).permute(0, 2, 3, 1), colours)  # off-palette pixels snap to the nearest
     assert torch.equal(colours[idx].permute(0, 3, 1, 2), x0)
     with torch.no_grad():
         per_sprite = palette_cross_entropy(model, schedule, colours, x0, noise, t, c)
