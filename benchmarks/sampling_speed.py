@@ -4,6 +4,8 @@
     python benchmarks/sampling_speed.py                          # shipped weights/, bf16 and fp32, 2 threads
     python benchmarks/sampling_speed.py --precisions bf16 --rounds 5 --settings ddpm:50,ddpm:8::quadratic:57-320
     python benchmarks/sampling_speed.py --model weights runs/student/model   # a guidance-distilled student beside it
+    python benchmarks/sampling_speed.py --model weights/candidates/v-sinusoidal-64-stage2 \
+        --refiner weights/candidates/palette-64 --settings ddpm:10:1.25    # with and without a refiner
 
 A setting is written as for `python -m ddpm.evaluate --settings` (sampler:steps[:guidance[:spacing
 [:t_lo-t_hi]]], the last part a guidance interval), so the settings timed here can be measured for
@@ -31,16 +33,17 @@ from ddpm.conditioning import class_weights  # noqa: E402
 from ddpm.device import cpu_description  # noqa: E402
 from ddpm.evaluate import Setting, parse_settings  # noqa: E402
 from ddpm.limits import check_steps  # noqa: E402
-from ddpm.sampling import DEFAULT_GUIDANCE, sample, sample_steps  # noqa: E402
+from ddpm.sampling import (DEFAULT_GUIDANCE, DEFAULT_REFINER_T_MAX, Refiner, check_refiner, sample,  # noqa: E402
+                           sample_steps)
 
 SETTINGS = ("ddpm:500,ddpm:50,ddpm:25,ddpm:10,ddpm:8,ddpm:8::quadratic,ddpm:8::quadratic:57-320,"
             "ddpm:5::quadratic:57-320,dpm++sde:10,dpm++sde:8::logsnr:57-320,dpm++:10,ddim:10")
 
 
-def run_once(model, schedule, context, setting: Setting, precision: str) -> float:
+def run_once(model, schedule, context, setting: Setting, precision: str, refiner: Refiner | None = None) -> float:
     t0 = time.perf_counter()
     sample(model, schedule, context, sampler=setting.sampler, steps=setting.steps, guidance=setting.guidance,
-           seed=0, precision=precision, **setting.options)
+           seed=0, precision=precision, refiner=refiner, **setting.options)
     return time.perf_counter() - t0
 
 
@@ -65,11 +68,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
+    p.add_argument("--refiner", default=None, metavar="DIR",
+                   help="also time the first --model with this refiner taking its steps at t <= --refiner-t-max")
+    p.add_argument("--refiner-t-max", type=int, default=DEFAULT_REFINER_T_MAX, metavar="T")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    models = {name: (load_model(name), load_schedule(name)) for name in args.model}
-    model, schedule = next(iter(models.values()))
+    models = {name: (load_model(name), load_schedule(name), None) for name in args.model}
+    model, schedule, _ = next(iter(models.values()))
     try:
+        if args.refiner is not None:
+            refiner = check_refiner(Refiner(load_model(args.refiner), load_schedule(args.refiner),
+                                            args.refiner_t_max), model, schedule)
+            models[f"{args.model[0]} + refiner {args.refiner} (t <= {refiner.t_max})"] = (model, schedule, refiner)
         settings = parse_settings(args.settings, args.guidance)
         for setting in settings:
             check_steps(setting.steps, schedule.T)
@@ -81,18 +91,18 @@ def main(argv: list[str] | None = None) -> int:
           f"{cpu_description()}, "
           f"load average {os.getloadavg()[0]:.2f}, torch {torch.__version__}")
     best: dict[tuple[str, str, str], float] = {}
-    for model, schedule in models.values():
-        for precision in precisions:  # warm-up: the folded inference copy, autocast's caches
-            run_once(model, schedule, context, Setting("ddpm", 2, args.guidance), precision)
+    for model, schedule, refiner in models.values():
+        for precision in precisions:  # warm-up: the folded inference copies, autocast's caches
+            run_once(model, schedule, context, Setting("ddpm", 2, args.guidance), precision, refiner)
     for _ in range(args.rounds):
         for setting in settings:
-            for name, (model, schedule) in models.items():
+            for name, (model, schedule, refiner) in models.items():
                 for precision in precisions:
                     key = (name, setting.label, precision)
                     best[key] = min(best.get(key, float("inf")),
-                                    run_once(model, schedule, context, setting, precision))
-    steps_ms = {(name, pr): one_step(model, schedule, context, args.guidance, pr)
-                for name, (model, schedule) in models.items() for pr in precisions}
+                                    run_once(model, schedule, context, setting, precision, refiner))
+    steps_ms = {(name, pr): one_step(model, schedule, context, args.guidance, pr)  # the first step: no refiner's
+                for name, (model, schedule, refiner) in models.items() if refiner is None for pr in precisions}
     header = " | ".join(f"{pr} (s) | vs DDPM-500 | vs DDPM-50" for pr in precisions)
     print(f"\n| model | setting | {header} |\n|---|---|" + "---|---|---|" * len(precisions))
     for name in models:

@@ -47,7 +47,8 @@ from .data import DataError, SpriteData, load_data
 from .device import PRECISIONS
 from .images import from_uint8, snap_to_palette, to_uint8
 from .losses import noise_error
-from .sampling import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_SPACING, SAMPLER_ALIASES, SPACINGS, sample
+from .sampling import (DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_SPACING, SAMPLER_ALIASES, SPACINGS,
+                       DEFAULT_REFINER_T_MAX, Refiner, check_refiner, sample)
 
 CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ddpm-sprite-lab"
 # The classifiers for the DawnLike build, shipped so that every machine judges in the same feature
@@ -451,7 +452,8 @@ def parse_seeds(text: str) -> list[int]:
 
 @torch.no_grad()
 def sample_class(model, schedule, c: int, n: int, setting: Setting, seed: int, batch: int = 250,
-                 palette: "np.ndarray | None" = None, precision: str = "fp32") -> torch.Tensor:
+                 palette: "np.ndarray | None" = None, precision: str = "fp32",
+                 refiner: Refiner | None = None) -> torch.Tensor:
     """n sprites of class c as (n, 3, H, W) in [-1, 1], quantised as a saved PNG would be (and snapped
     to the palette as the app does). Class c's draw depends only on seed, c and the setting."""
     context = torch.zeros(n, model.n_classes)
@@ -460,7 +462,7 @@ def sample_class(model, schedule, c: int, n: int, setting: Setting, seed: int, b
     for i in range(0, n, batch):
         chunks.append(sample(model, schedule, context[i:i + batch], sampler=setting.sampler, steps=setting.steps,
                              guidance=setting.guidance, seed=seed + 7919 * c + i, precision=precision,
-                             **setting.options))
+                             refiner=refiner, **setting.options))
     fake = to_uint8(torch.cat(chunks))
     if palette is not None:
         fake = snap_to_palette(fake, palette)
@@ -485,12 +487,13 @@ class SettingResult:
 
 def measure(model, schedule, reference: Reference, setting: Setting, n_per_class: int, seeds: list[int],
             palette: "np.ndarray | None" = None, precision: str = "fp32", batch: int = 250,
-            model_name: str = "model") -> SettingResult:
-    """Sample n_per_class sprites of every class with each seed and measure them against the reference."""
+            model_name: str = "model", refiner: Refiner | None = None) -> SettingResult:
+    """Sample n_per_class sprites of every class with each seed and measure them against the reference
+    (with `refiner` taking the low-noise steps, if given)."""
     per_seed, seconds = [], []
     for seed in seeds:
         start = time.perf_counter()
-        fakes = [sample_class(model, schedule, c, n_per_class, setting, seed, batch, palette, precision)
+        fakes = [sample_class(model, schedule, c, n_per_class, setting, seed, batch, palette, precision, refiner)
                  for c in range(len(reference.class_names))]
         per_seed.append(reference.measure(fakes))
         seconds.append(time.perf_counter() - start)
@@ -698,6 +701,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="several settings measured on the same seeds, e.g. ddpm:50,ddim:10,ddpm:8::quadratic:57-320 "
                         "(instead of --sampler/--steps; guidance defaults to --guidance, spacing to trailing; "
                         "T_LO-T_HI applies guidance only for t in that range)")
+    p.add_argument("--refiner", default=None, metavar="DIR",
+                   help="a second model that predicts --model's low-noise steps, t <= --refiner-t-max (as SDXL's "
+                        "refiner); the --compare models sample alone")
+    p.add_argument("--refiner-t-max", type=int, default=DEFAULT_REFINER_T_MAX, metavar="T",
+                   help="the highest t the --refiner predicts")
     p.add_argument("--n", type=int, default=100, help="samples per class")
     p.add_argument("--seed", type=int, default=None, help="one sampling seed (as --seeds SEED)")
     p.add_argument("--seeds", default=None, help="comma-separated sampling seeds; default 0,1 unless --seed is given")
@@ -714,6 +722,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.noise_error and args.write_card:
         p.error("--write-card needs samples; leave out --noise-error")
+    if args.refiner is not None and (args.noise_error or args.write_card):
+        p.error("--refiner samples with two models; --noise-error and --write-card describe --model alone")
     if args.n < 2:
         p.error("--n must be at least 2 (a covariance needs two samples)")
     if args.threads is not None and args.threads < 1:
@@ -742,20 +752,26 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         # every model is measured in its own palette, as the app would draw it
         palette = None if args.no_palette else load_palette(args.model)
-        models = [(args.model, model, schedule, palette)]
+        refiner, name = None, args.model
+        if args.refiner is not None:
+            refiner = check_refiner(Refiner(load_model(args.refiner), load_schedule(args.refiner), args.refiner_t_max),
+                                    model, schedule)
+            name = f"{args.model} + refiner {args.refiner} (t <= {refiner.t_max})"
+        models = [(name, model, schedule, palette, refiner)]
         for folder in args.compare:
             other = load_model(folder)
             if other.class_names != model.class_names or other.height != model.height:
                 raise DataError(f"{folder}: its classes or size differ from {args.model}'s")
-            models.append((folder, other, load_schedule(folder), None if args.no_palette else load_palette(folder)))
+            models.append((folder, other, load_schedule(folder), None if args.no_palette else load_palette(folder),
+                           None))
         spaces = feature_spaces(data)
         start = time.time()
         reference = Reference(data, spaces, args.n)
         results = []
-        for name, m, s, own_palette in models:
+        for name, m, s, own_palette, own_refiner in models:
             for setting in settings:
                 results.append(measure(m, s, reference, setting, args.n, seeds, own_palette, args.precision,
-                                       model_name=name))
+                                       model_name=name, refiner=own_refiner))
                 print(f"measured {name} {setting.label} guidance {setting.guidance:g} on seeds "
                       f"{','.join(map(str, seeds))} ({sum(results[-1].seconds):.0f} s)", file=sys.stderr, flush=True)
     except (CheckpointError, DataError, ValueError) as e:
@@ -773,7 +789,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nwrote {args.json}")
     if args.write_card:
         command = reproducing_command(argv if argv is not None else sys.argv[1:])
-        before = models[1] if args.compare else None  # the card shows its sprites against the first compared model
+        before = models[1][:4] if args.compare else None  # the card shows its sprites against the first compared model
         written = write_card(Path(args.model), model, schedule, palette, first, args.seed, args.precision,
                              f"{summary}; classifier held-out accuracy {accuracies}. Measured with `{command}`."
                              f"\n\n{table}", before)

@@ -4,6 +4,8 @@
       --guidance 2 --seed 0 --out sheet.png
   python -m ddpm.sample --model weights --sampler dpm++sde --steps 10 --spacing logsnr \
       --guidance-interval 50,350 --out sheet.png
+  python -m ddpm.sample --model weights/candidates/v-sinusoidal-64-stage2 \
+      --refiner weights/candidates/palette-64 --refiner-t-max 150 --steps 10 --guidance 1.25 --out sheet.png
 
 FILE.png is a sprite sheet, one row per class (--scale for a crisp nearest-neighbour upscale);
 FILE.npz holds `images` (uint8, N x H x W x 3) and `labels` (class indices, N).
@@ -25,8 +27,8 @@ from .conditioning import class_weights
 from .device import PRECISIONS, pick_device, resolve_precision
 from .images import to_uint8
 from .limits import MAX_BATCH, MAX_GUIDANCE, check_batch, check_number, check_seed, check_steps
-from .sampling import (DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_SPACING, DEFAULT_STEPS, SAMPLER_ALIASES,
-                       SPACINGS, check_guidance_interval, sample_steps)
+from .sampling import (DEFAULT_GUIDANCE, DEFAULT_REFINER_T_MAX, DEFAULT_SAMPLER, DEFAULT_SPACING, DEFAULT_STEPS,
+                       SAMPLER_ALIASES, SPACINGS, Refiner, check_guidance_interval, check_refiner, sample_steps)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -42,6 +44,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
     p.add_argument("--guidance-interval", default=None, metavar="T_LO,T_HI",
                    help="guide only the steps whose t lies in T_LO..T_HI (default: every step)")
+    p.add_argument("--refiner", default=None, metavar="MODEL",
+                   help="a second model (directory or Hub repo id) that predicts the low-noise steps, "
+                        "t <= --refiner-t-max, as SDXL's refiner does")
+    p.add_argument("--refiner-t-max", type=int, default=DEFAULT_REFINER_T_MAX, metavar="T",
+                   help="the highest t the --refiner predicts")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scale", type=int, default=4, help="nearest-neighbour upscale factor for .png output")
     p.add_argument("--transparent", action="store_true", help="white background transparent in .png output")
@@ -79,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         precision = resolve_precision(args.precision, device)
         model = load_model(args.model, device=device)
         schedule = load_schedule(args.model)
+        refiner = None if args.refiner is None else check_refiner(
+            Refiner(load_model(args.refiner, device=device), load_schedule(args.refiner), args.refiner_t_max),
+            model, schedule)
         palette = None if args.no_palette else load_palette(args.model)
         names = model.class_names if args.classes == "all" else [c.strip() for c in args.classes.split(",") if c.strip()]
         if not names:
@@ -96,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
 
     last = None
     steps = sample_steps(model, schedule, context, args.sampler, args.steps, args.guidance, args.seed,
-                         precision=precision, spacing=args.spacing, guidance_interval=args.guidance_interval)
+                         precision=precision, spacing=args.spacing, guidance_interval=args.guidance_interval,
+                         refiner=refiner)
     for last in tqdm(steps, total=args.steps, desc=f"{args.sampler} x{len(context)}, {precision}", file=sys.stderr):
         pass
     images = to_uint8(last.x_prev)

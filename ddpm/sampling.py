@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .device import check_precision, precision_autocast
-from .limits import check_batch, check_guidance, check_seed, check_steps
+from .limits import check_batch, check_guidance, check_number, check_seed, check_steps
 from .model import ContextUnet, inference_model
 from .schedule import NoiseSchedule
 
@@ -340,6 +340,39 @@ def guidance_at(t: int, guidance: float, interval: tuple[int, int] | None) -> fl
     return 0.0
 
 
+# The refiner's steps by default: the low-noise ones, where each pixel's colour is decided.
+DEFAULT_REFINER_T_MAX = 150
+
+
+@dataclass(frozen=True)
+class Refiner:
+    """A second model that takes over the low-noise steps (t <= t_max) from the model that starts the
+    sampling, as SDXL's refiner takes the last steps from its base model (Podell et al. 2023) and as
+    eDiff-I gives each range of noise its own denoiser (Balaji et al. 2022). Each model predicts in its
+    own terms (noise, v or x0: its schedule's prediction); both schedules must give the same noise
+    levels, so the sampler's steps are the same whichever model predicted them."""
+
+    model: torch.nn.Module
+    schedule: NoiseSchedule
+    t_max: int
+
+
+def check_refiner(refiner: Refiner, model: torch.nn.Module, schedule: NoiseSchedule) -> Refiner:
+    """The refiner, if it can take over from `model`: the same noise levels, classes and sprite size,
+    and 1 <= t_max <= T; else ValueError saying what differs."""
+    r_schedule = refiner.schedule
+    if r_schedule.T != schedule.T or not torch.allclose(r_schedule.alpha_bars, schedule.alpha_bars,
+                                                         rtol=1e-6, atol=0):
+        raise ValueError("the refiner's noise schedule differs from the model's (T, schedule or betas): "
+                         "it would denoise other noise levels than the sampler steps through")
+    for attr in ("class_names", "height", "in_channels"):
+        if getattr(refiner.model, attr, None) != getattr(model, attr, None):
+            raise ValueError(f"the refiner's {attr} ({getattr(refiner.model, attr, None)!r}) differs from "
+                             f"the model's ({getattr(model, attr, None)!r})")
+    t_max = check_number(refiner.t_max, "the refiner's t_max", 1, schedule.T, integer=True)
+    return Refiner(refiner.model, r_schedule, t_max)
+
+
 def initial_noise(shape: Sequence[int], seed: int | None) -> tuple[torch.Tensor, torch.Generator]:
     """x_T ~ N(0, I) from a CPU generator seeded with `seed` (a random seed when None)."""
     g = torch.Generator("cpu")
@@ -365,6 +398,7 @@ def sample_steps(
     noise: torch.Tensor | None = None,
     spacing: str = DEFAULT_SPACING,
     guidance_interval: Sequence[int] | None = None,
+    refiner: Refiner | None = None,
 ) -> Iterator[Step]:
     """Run the reverse process one step at a time, yielding a Step for each.
 
@@ -375,7 +409,7 @@ def sample_steps(
     later steps' noise is the seed's either way, so noise=initial_noise(shape, seed)[0] changes nothing.
     spacing: how the steps are spread over t (see make_timesteps). guidance_interval (t_lo, t_hi):
     guide only the steps whose t lies in it, the others run the conditional pass alone (None: guide
-    every step).
+    every step). refiner: a second model that predicts the steps with t <= refiner.t_max (Refiner).
     """
     if context.ndim != 2:
         raise ValueError(f"context must be (B, classes), one row per sprite, got {tuple(context.shape)}")
@@ -390,6 +424,7 @@ def sample_steps(
         raise ValueError(f"the start time must lie in 1..{schedule.T}, got {t_start}")
     ts = make_timesteps(t_start, steps, spacing, schedule)
     interval = check_guidance_interval(guidance_interval, schedule.T)
+    refiner = None if refiner is None else check_refiner(refiner, model, schedule)
     device = next(model.parameters()).device
     b, h = context.shape[0], model.height
     drawn, generator = initial_noise((b, model.in_channels, h, h), seed)
@@ -407,10 +442,16 @@ def sample_steps(
         x = schedule.add_noise(x_start.float().cpu(), noise, t_start)
     x, context = x.to(device), context.to(device, torch.float32)
     model.eval()
-    net = inference_model(model)
+    nets = [(inference_model(model), schedule)]
+    if refiner is not None:
+        if next(refiner.model.parameters()).device != device:
+            raise ValueError(f"the refiner is on {next(refiner.model.parameters()).device}, the model on {device}")
+        refiner.model.eval()
+        nets.append((inference_model(refiner.model), refiner.schedule))
     for i, (t, t_prev) in enumerate(zip(ts[:-1], ts[1:])):
+        net, net_schedule = nets[1] if refiner is not None and t <= refiner.t_max else nets[0]
         with precision_autocast(precision, device.type):
-            eps = predict_noise(net, schedule, x, t, context, guidance_at(t, guidance, interval))
+            eps = predict_noise(net, net_schedule, x, t, context, guidance_at(t, guidance, interval))
         x_prev, x0 = sampler.step(eps, t, t_prev, x, generator)
         yield Step(i, len(ts) - 1, t, t_prev, x, x0, eps, x_prev)
         x = x_prev
