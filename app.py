@@ -37,7 +37,8 @@ from ddpm.conditioning import ALL_CLASSES, MIX, check_class, context_for
 from ddpm.data import DataError
 from ddpm.device import PRECISIONS, pick_device, resolve_precision
 from ddpm.images import png_bytes, sprite_sheet, upscale
-from ddpm.sampling import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS
+from ddpm.sampling import (DEFAULT_GUIDANCE, DEFAULT_REFINER_T_MAX, DEFAULT_SAMPLER, DEFAULT_STEPS, Refiner,
+                           check_refiner)
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_MODEL = str(HERE / "weights")
@@ -213,8 +214,12 @@ class SpriteLab:
     FORWARD_SEED, REMIX_SEED = 0, 1  # the model sprites the Forward and Remix tabs open with
 
     def __init__(self, model: torch.nn.Module, schedule, device: torch.device, source: str,
-                 palette: np.ndarray | None = None, precision: str = "fp32"):
+                 palette: np.ndarray | None = None, precision: str = "fp32", refiner: Refiner | None = None,
+                 refiner_source: str | None = None):
         self.model, self.schedule, self.device, self.source = model, schedule, device, source
+        # a second model for the low-noise steps (ddpm.sampling.Refiner), and where it was loaded from
+        self.refiner = None if refiner is None else check_refiner(refiner, model, schedule)
+        self.refiner_source = refiner_source
         self.precision = precision  # what the network runs in while sampling (ddpm.device.PRECISIONS)
         self.palette = palette  # the training data's colours (palette.json), or None
         self.classes = list(model.class_names)
@@ -231,7 +236,7 @@ class SpriteLab:
         cls = check_class(self.classes, cls)
         if (cls, seed) not in self._sprites:
             rows = ix.generate(self.model, self.schedule, self.classes, cls, 1, DEFAULT_SAMPLER, DEFAULT_STEPS,
-                               DEFAULT_GUIDANCE, seed, self.precision)
+                               DEFAULT_GUIDANCE, seed, self.precision, refiner=self.refiner)
             if len(self._sprites) > 1000:
                 self._sprites.clear()
             self._sprites[cls, seed] = ix.maybe_snap(rows[0][0], self.palette, True)
@@ -298,7 +303,8 @@ class SpriteLab:
         noise_seed = lim.check_seed(noise_seed, "noise seed")
         cls = check_class(self.classes, cls)
         context = context_for(self.classes, cls, 1) if show_model else None
-        v = ix.forward_view(self.schedule, sprite, t, noise_seed, self.model if show_model else None, context)
+        v = ix.forward_view(self.schedule, sprite, t, noise_seed, self.model if show_model else None, context,
+                            self.refiner)
         info = (f"t = {t} of {self.T} · signal kept ᾱₜ = {fmt(v.abar)} · "
                 f"noise level √(1−ᾱₜ) = {fmt(v.noise_level)} · SNR = {fmt(v.snr)}")
         eps = saved(v.eps_pred, f"predicted-noise-{cls}-t{t}.png", BIG) if v.eps_pred is not None else None
@@ -319,7 +325,7 @@ class SpriteLab:
     def _new_run(self, s: dict) -> ix.ReverseRun:
         context = context_for(self.classes, s["cls"], s["n"], s["mix"])
         return ix.start_reverse(self.model, self.schedule, context, s["sampler"], s["steps"], s["guidance"],
-                                s["seed"], self.precision, cls=s["cls"], mix=s["mix"], n=s["n"])
+                                s["seed"], self.precision, refiner=self.refiner, cls=s["cls"], mix=s["mix"], n=s["n"])
 
     def _run_for(self, run: ix.ReverseRun | None, cls, n, seed, sampler, steps, guidance,
                  mix) -> tuple[ix.ReverseRun, bool]:
@@ -406,7 +412,8 @@ class SpriteLab:
         what = "all" if cls == ALL_CLASSES else cls
         every = max(1, steps // 10)  # about ten progress pictures per run
         for done, total, rows in ix.generate_steps(self.model, self.schedule, self.classes, cls, n,
-                                                   sampler_key(sampler), steps, guidance, seed, self.precision):
+                                                   sampler_key(sampler), steps, guidance, seed, self.precision,
+                                                   refiner=self.refiner):
             if done < total:
                 if done % every == 0:
                     yield (saved(sprite_sheet(rows, scale=GRID, pad=1), f"sprites-{what}-step{done}.png"), None,
@@ -442,7 +449,7 @@ class SpriteLab:
         cls = check_class(self.classes, cls)
         source = self.sprite_in(sprite, self.REMIX_SEED)
         r = ix.remix(self.model, self.schedule, source, context_for(self.classes, cls, 1), strength,
-                     sampler_key(sampler), steps, guidance, seed, self.precision)
+                     sampler_key(sampler), steps, guidance, seed, self.precision, refiner=self.refiner)
         result = ix.maybe_snap(r.result, self.palette, bool(snap))
         # the trajectory: at most 8 evenly spaced frames from the noised start to the result
         keep = np.unique(np.linspace(0, len(r.frames) - 1, min(8, len(r.frames))).round().astype(int))
@@ -456,6 +463,13 @@ class SpriteLab:
                 saved(strip, f"remix-trajectory-as-{cls}.png"), info)
 
     # --- 5. model -------------------------------------------------------------------------------
+    def _refiner_line(self) -> str:
+        r = self.refiner
+        head = r.model.config_dict.get("output_palette")
+        return (f"- **Refiner:** `{self.refiner_source}` predicts the steps at t <= {r.t_max}: "
+                f"{sum(p.numel() for p in r.model.parameters()):,} parameters, n_feat {r.model.n_feat}, "
+                f"predicting `{r.schedule.prediction}`" + (f" through a palette head of {len(head)} colours" if head else ""))
+
     def model_info(self) -> str:
         try:
             folder = resolve(self.source, local_files_only=True)
@@ -470,6 +484,7 @@ class SpriteLab:
             f"- **Parameters:** {params:,}",
             f"- **Noise schedule:** `{json.dumps(self.schedule.config())}`",
             f"- **Network config:** `{json.dumps(self.model.config_dict)}`",
+            *([self._refiner_line()] if self.refiner else []),
             "- **Palette:** " + (f"{len(self.palette)} colours (palette.json); final sprites are snapped to them"
                                   if self.palette is not None else "none (raw colours)"),
             f"- **Defaults:** {SAMPLER_NAMES[DEFAULT_SAMPLER]}, {DEFAULT_STEPS} steps, guidance {DEFAULT_GUIDANCE:g}",
@@ -591,7 +606,7 @@ class CompareLab:
             return race
         lab = self.lab
         return cp.SamplerRace(lab.model, lab.schedule, context_for(self.classes, cls, 1), entries, guidance, seed,
-                              lab.precision, settings=settings)
+                              lab.precision, settings=settings, refiner=lab.refiner)
 
     def _race_outputs(self, race: cp.SamplerRace, note: str = ""):
         f, s = race.frames[-1], race.settings
@@ -657,7 +672,7 @@ class CompareLab:
         yield saved(cp.sweep_picture(cols, values, seeds, height=lab.height), name), \
             f"Sampling guidance {values[0]:g}… · {what}", None
         sweep = cp.guidance_sweep(lab.model, lab.schedule, context_for(self.classes, cls, 1), values, seeds,
-                                  sampler, steps, lab.precision)
+                                  sampler, steps, lab.precision, refiner=lab.refiner)
         for j, sprites in sweep:
             cols[j] = sprites
             if j + 1 < len(values):
@@ -674,7 +689,7 @@ class CompareLab:
         guidance = lim.check_guidance(guidance)
         lab = self.lab
         m = cp.morph(lab.model, lab.schedule, self.classes, class_a, class_b, seed_a, seed_b, frames, sampler, steps,
-                     guidance, lab.precision)
+                     guidance, lab.precision, refiner=lab.refiner)
         ends = f"{class_a} seed {int(seed_a)} → {class_b} seed {int(seed_b)}"
         stem = f"morph-{class_a}-{int(seed_a)}-to-{class_b}-{int(seed_b)}"
         strip = saved(cp.morph_picture(m), f"{stem}.png")
@@ -1016,21 +1031,30 @@ def build_demo(lab: SpriteLab) -> gr.Blocks:
     return demo
 
 
-def create_lab(source: str, device: str | None = None, precision: str = "fp32") -> SpriteLab:
-    """Load the model and schedule (CheckpointError / ValueError with a one-line message on failure).
+def create_lab(source: str, device: str | None = None, precision: str = "fp32", refiner: str | None = None,
+               refiner_t_max: int = DEFAULT_REFINER_T_MAX) -> SpriteLab:
+    """Load the model and schedule, and a refiner model if given (CheckpointError / ValueError with a
+    one-line message on failure).
 
     precision: fp32, bf16, or auto (bf16 where the device runs it fast, ddpm.device.resolve_precision).
     """
     dev = pick_device(device)
     precision = resolve_precision(precision, dev)
     model = load_model(source, device=dev)
-    return SpriteLab(model, load_schedule(source), dev, str(source), load_palette(source), precision)
+    low = None if not refiner else Refiner(load_model(refiner, device=dev), load_schedule(refiner), refiner_t_max)
+    return SpriteLab(model, load_schedule(source), dev, str(source), load_palette(source), precision, low,
+                     str(refiner) if refiner else None)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="DDPM Sprite Lab: the Gradio app.")
     p.add_argument("--model", default=os.environ.get("DDPM_MODEL", DEFAULT_MODEL),
                    help="model directory or Hugging Face Hub repo id (default: env DDPM_MODEL, else ./weights)")
+    p.add_argument("--refiner", default=os.environ.get("DDPM_REFINER") or None,
+                   help="a second model (directory or Hub repo id) that predicts the low-noise steps, "
+                        "t <= --refiner-t-max (default: env DDPM_REFINER, else none)")
+    p.add_argument("--refiner-t-max", type=int, default=DEFAULT_REFINER_T_MAX, metavar="T",
+                   help="the highest t the --refiner predicts")
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
     p.add_argument("--precision", default="auto", choices=["auto", *PRECISIONS],
                    help="what the network runs in while sampling; auto: bf16 on GPUs and on CPUs with "
@@ -1048,11 +1072,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(max(1, args.threads))
     try:
-        lab = create_lab(args.model, args.device, args.precision)
+        lab = create_lab(args.model, args.device, args.precision, args.refiner, args.refiner_t_max)
     except (CheckpointError, ValueError, RuntimeError) as e:
         print(f"error: cannot load the model from {args.model!r}: {e}", file=sys.stderr)
         return 2
-    print(f"DDPM Sprite Lab: model {lab.source} ({', '.join(lab.classes)}) on {lab.device}, {lab.precision}")
+    refined = f", refiner {lab.refiner_source} at t <= {lab.refiner.t_max}" if lab.refiner else ""
+    print(f"DDPM Sprite Lab: model {lab.source}{refined} ({', '.join(lab.classes)}) on {lab.device}, {lab.precision}")
     global demo
     demo = build_demo(lab)  # module-level, where `gradio app.py` (reload mode) looks for it
     demo.launch(server_name=args.host, server_port=args.port, **LAUNCH_KWARGS)
@@ -1063,7 +1088,8 @@ def __getattr__(name: str) -> Any:
     """`app.demo` for importers (Spaces, `gradio app.py`): the default model's app, built on first use."""
     if name == "demo":
         args = parse_args([])
-        globals()["demo"] = built = build_demo(create_lab(args.model, args.device, args.precision))
+        globals()["demo"] = built = build_demo(create_lab(args.model, args.device, args.precision, args.refiner,
+                                                          args.refiner_t_max))
         return built
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 

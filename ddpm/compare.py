@@ -22,7 +22,7 @@ from .conditioning import context_for
 from .images import gif_bytes, to_uint8
 from .interactive import MAX_FRAMES, thin
 from .limits import MAX_SEED, check_guidance, check_number, check_seed, check_steps
-from .sampling import SAMPLER_ALIASES, Step, initial_noise, make_sampler, sample_steps
+from .sampling import SAMPLER_ALIASES, Refiner, Step, initial_noise, make_sampler, sample_steps
 from .schedule import NoiseSchedule
 
 MIN_RACERS, MAX_RACERS = 2, 4            # columns of a race: fewer is no race, more no longer fits a phone
@@ -208,14 +208,15 @@ class SamplerRace:
 
     def __init__(self, model: torch.nn.Module, schedule: NoiseSchedule, context: torch.Tensor,
                  entries: Sequence[tuple[str, int]], guidance: float, seed: int, precision: str = "fp32",
-                 settings: dict | None = None):
+                 settings: dict | None = None, refiner: Refiner | None = None):
         entries = check_racers(entries, schedule.T)
         guidance = check_guidance(guidance)
         seed = check_seed(seed)
         self.settings = settings if settings is not None else dict(entries=entries, guidance=guidance, seed=seed)
         self.lock = threading.Lock()
         self.racers = [_Racer(sample_steps(model, schedule, context[:1], sampler=make_sampler(name, schedule),
-                                           steps=steps, guidance=guidance, seed=seed, precision=precision),
+                                           steps=steps, guidance=guidance, seed=seed, precision=precision,
+                                           refiner=refiner),
                               name, steps) for name, steps in entries]
         self.ticks, self.tick = max(s for _, s in entries), 0
         self.frames: list[RaceFrame] = [self.frame()]
@@ -244,9 +245,9 @@ class SamplerRace:
 
 def sampler_race(model: torch.nn.Module, schedule: NoiseSchedule, context: torch.Tensor,
                  entries: Sequence[tuple[str, int]], guidance: float, seed: int,
-                 precision: str = "fp32") -> Iterator[RaceFrame]:
+                 precision: str = "fp32", refiner: Refiner | None = None) -> Iterator[RaceFrame]:
     """Every frame of a race, from the shared pure noise (tick 0) to every column at t = 0."""
-    race = SamplerRace(model, schedule, context, entries, guidance, seed, precision)
+    race = SamplerRace(model, schedule, context, entries, guidance, seed, precision, refiner=refiner)
     yield race.frames[0]
     while not race.done:
         yield race.advance()
@@ -295,7 +296,7 @@ def seed_noise(seeds: Sequence[int], shape: Sequence[int]) -> torch.Tensor:
 
 def guidance_sweep(model: torch.nn.Module, schedule: NoiseSchedule, context: torch.Tensor,
                    guidances: Sequence[float], seeds: Sequence[int], sampler: str, steps: int,
-                   precision: str = "fp32") -> Iterator[tuple[int, np.ndarray]]:
+                   precision: str = "fp32", refiner: Refiner | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """(column, (rows, H, W, 3) uint8) for each guidance value in turn, as it finishes.
 
     One run per value, all with the same noise: rows are the seeds' x_T, and the generator of the
@@ -308,7 +309,7 @@ def guidance_sweep(model: torch.nn.Module, schedule: NoiseSchedule, context: tor
     for j, g in enumerate(guidances):
         last = None
         for last in sample_steps(model, schedule, ctx, sampler=sampler, steps=steps, guidance=g, seed=seeds[0],
-                                 noise=noise, precision=precision):
+                                 noise=noise, precision=precision, refiner=refiner):
             pass
         yield j, to_uint8(last.x_prev)
 
@@ -359,7 +360,7 @@ def morph_inputs(class_names: Sequence[str], class_a: str, class_b: str, seed_a:
 
 def morph(model: torch.nn.Module, schedule: NoiseSchedule, class_names: Sequence[str], class_a: str, class_b: str,
           seed_a: int, seed_b: int, n: int, sampler: str = "ddim", steps: int = 25, guidance: float = 1.5,
-          precision: str = "fp32") -> Morph:
+          precision: str = "fp32", refiner: Refiner | None = None) -> Morph:
     """n frames between (class_a, seed_a) and (class_b, seed_b), all sampled in one batch.
 
     The end frames are the sprites plain sampling gives for each end (the same noise, class and
@@ -377,7 +378,7 @@ def morph(model: torch.nn.Module, schedule: NoiseSchedule, class_names: Sequence
                                       (model.in_channels, model.height, model.height))
     last = None
     for last in sample_steps(model, schedule, context, sampler=key, steps=steps, guidance=guidance, seed=seed_a,
-                             noise=noise, precision=precision):
+                             noise=noise, precision=precision, refiner=refiner):
         pass
     what = [w for w, differs in (("seeds", seed_a != seed_b), ("classes", class_a != class_b)) if differs]
     return Morph(to_uint8(last.x_prev), fr, " and ".join(what) or "nothing")

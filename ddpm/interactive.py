@@ -25,7 +25,7 @@ from .conditioning import ALL_CLASSES, check_class, context_for
 from .images import from_uint8, gif_bytes, snap_to_palette, sprite_sheet, to_uint8
 from .limits import MAX_SPRITES, check_batch, check_guidance, check_number, check_seed, check_steps
 from .model import inference_model
-from .sampling import Step, predict_noise, sample_steps
+from .sampling import Refiner, Step, predict_noise, predictor_at, sample_steps
 from .schedule import NoiseSchedule
 
 MAX_FRAMES = 120        # frames kept per trajectory: 16 sprites x 3 images x 768 B x 120 ~ 4.4 MB per session
@@ -132,8 +132,10 @@ class ForwardView:
 
 @torch.inference_mode()
 def forward_view(schedule: NoiseSchedule, sprite: np.ndarray, t: int, noise_seed: int,
-                 model: torch.nn.Module | None = None, context: torch.Tensor | None = None) -> ForwardView:
-    """x_t for the sprite at time t; with a model, also its noise and x0 predictions (guidance 0)."""
+                 model: torch.nn.Module | None = None, context: torch.Tensor | None = None,
+                 refiner: Refiner | None = None) -> ForwardView:
+    """x_t for the sprite at time t; with a model, also its noise and x0 predictions (guidance 0), or the
+    refiner's where it predicts (t <= refiner.t_max)."""
     x0 = from_uint8(sprite)
     noise = forward_noise(x0.shape, noise_seed)
     x_t = schedule.add_noise(x0, noise, t)
@@ -143,8 +145,9 @@ def forward_view(schedule: NoiseSchedule, sprite: np.ndarray, t: int, noise_seed
     if model is not None and context is not None:
         device = next(model.parameters()).device
         x_in = x_t.to(device)
+        net, net_schedule = predictor_at(t, model, schedule, refiner)
         # inference_model: the library's cached BatchNorm-folded copy, as sample_steps uses
-        eps = predict_noise(inference_model(model), schedule, x_in, t, context.to(device, torch.float32),
+        eps = predict_noise(inference_model(net), net_schedule, x_in, t, context.to(device, torch.float32),
                             guidance=0.0)
         view.eps_pred = noise_to_uint8(eps)[0]
         view.x0_pred = to_uint8(schedule.predict_x0(x_in, eps, t))[0]
@@ -221,13 +224,15 @@ class ReverseRun:
 
 
 def start_reverse(model: torch.nn.Module, schedule: NoiseSchedule, context: torch.Tensor, sampler: str,
-                  steps: int, guidance: float, seed: int, precision: str = "fp32", **settings) -> ReverseRun:
-    """A ReverseRun at pure noise x_T (frame 0, with the model's first predictions), not yet stepped."""
+                  steps: int, guidance: float, seed: int, precision: str = "fp32", refiner: Refiner | None = None,
+                  **settings) -> ReverseRun:
+    """A ReverseRun at pure noise x_T (frame 0, with the model's first predictions), not yet stepped
+    (with `refiner` taking the low-noise steps, if given)."""
     steps = check_steps(steps, schedule.T)
     guidance = check_guidance(guidance)
     seed = check_seed(seed)
     it = sample_steps(model, schedule, context, sampler=sampler, steps=steps, guidance=guidance, seed=seed,
-                      precision=precision)
+                      precision=precision, refiner=refiner)
     run = ReverseRun(dict(settings, sampler=sampler, steps=steps, guidance=guidance, seed=seed), it, steps)
     run.pending = first = next(it)
     run.frames.append(Frame(0, first.t, to_uint8(first.x_t), to_uint8(first.x0), noise_to_uint8(first.eps)))
@@ -243,8 +248,8 @@ def trajectory_gif(frames: Sequence[Frame], scale: int = 4, ms: int = 90, hold_m
 
 # --- generating and remixing ---------------------------------------------------------------------
 def generate_steps(model: torch.nn.Module, schedule: NoiseSchedule, class_names: Sequence[str], choice: str,
-                   n: int, sampler: str, steps: int, guidance: float, seed: int,
-                   precision: str = "fp32") -> Iterator[tuple[int, int, list[np.ndarray]]]:
+                   n: int, sampler: str, steps: int, guidance: float, seed: int, precision: str = "fp32",
+                   refiner: Refiner | None = None) -> Iterator[tuple[int, int, list[np.ndarray]]]:
     """Generate with progress: (steps done, steps, rows) after every step, where rows are the model's
     current predictions of the final sprites, and the last item's rows are the sprites themselves.
 
@@ -263,17 +268,18 @@ def generate_steps(model: torch.nn.Module, schedule: NoiseSchedule, class_names:
 
     last = None
     for last in sample_steps(model, schedule, context, sampler=sampler, steps=steps, guidance=guidance, seed=seed,
-                             precision=precision):
+                             precision=precision, refiner=refiner):
         if last.index + 1 < last.steps:
             yield last.index + 1, last.steps, rows(last.x0)
     yield last.steps, last.steps, rows(last.x_prev)
 
 
 def generate(model: torch.nn.Module, schedule: NoiseSchedule, class_names: Sequence[str], choice: str, n: int,
-             sampler: str, steps: int, guidance: float, seed: int, precision: str = "fp32") -> list[np.ndarray]:
+             sampler: str, steps: int, guidance: float, seed: int, precision: str = "fp32",
+             refiner: Refiner | None = None) -> list[np.ndarray]:
     """Rows of (n, H, W, 3) uint8 sprites: one row, or one per class for ALL_CLASSES."""
     for *_, rows in generate_steps(model, schedule, class_names, choice, n, sampler, steps, guidance, seed,
-                                   precision):
+                                   precision, refiner):
         pass
     return rows
 
@@ -299,7 +305,8 @@ class Remix:
 
 
 def remix(model: torch.nn.Module, schedule: NoiseSchedule, sprite: np.ndarray, context: torch.Tensor,
-          strength: float, sampler: str, steps: int, guidance: float, seed: int, precision: str = "fp32") -> Remix:
+          strength: float, sampler: str, steps: int, guidance: float, seed: int, precision: str = "fp32",
+          refiner: Refiner | None = None) -> Remix:
     """SDEdit a sprite toward the context's class via sample_steps(x_start=..., t_start=...)."""
     steps = check_steps(steps, schedule.T)
     guidance = check_guidance(guidance)
@@ -309,7 +316,7 @@ def remix(model: torch.nn.Module, schedule: NoiseSchedule, sprite: np.ndarray, c
     x_start = from_uint8(sprite)
     frames, last = [], None
     for last in sample_steps(model, schedule, context[:1], sampler=sampler, steps=n_steps, guidance=guidance,
-                             seed=seed, x_start=x_start, t_start=t_start, precision=precision):
+                             seed=seed, x_start=x_start, t_start=t_start, precision=precision, refiner=refiner):
         frames.append(to_uint8(last.x_t)[0])
     result = to_uint8(last.x_prev)[0]
     return Remix(result, frames + [result], t_start, n_steps)

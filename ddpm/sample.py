@@ -5,7 +5,7 @@
   python -m ddpm.sample --model weights --sampler dpm++sde --steps 10 --spacing logsnr \
       --guidance-interval 50,350 --out sheet.png
   python -m ddpm.sample --model weights/candidates/v-sinusoidal-64-stage2 \
-      --refiner weights/candidates/palette-64 --refiner-t-max 150 --steps 10 --guidance 1.25 --out sheet.png
+      --refiner weights/candidates/palette-64-stage2 --refiner-t-max 150 --steps 10 --guidance 1.25 --out sheet.png
 
 FILE.png is a sprite sheet, one row per class (--scale for a crisp nearest-neighbour upscale);
 FILE.npz holds `images` (uint8, N x H x W x 3) and `labels` (class indices, N).

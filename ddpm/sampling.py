@@ -373,6 +373,14 @@ def check_refiner(refiner: Refiner, model: torch.nn.Module, schedule: NoiseSched
     return Refiner(refiner.model, r_schedule, t_max)
 
 
+def predictor_at(t: int, model: torch.nn.Module, schedule: NoiseSchedule,
+                 refiner: Refiner | None = None) -> tuple[torch.nn.Module, NoiseSchedule]:
+    """The model that predicts at time t, with its schedule: the refiner's at t <= refiner.t_max."""
+    if refiner is not None and t <= refiner.t_max:
+        return refiner.model, refiner.schedule
+    return model, schedule
+
+
 def initial_noise(shape: Sequence[int], seed: int | None) -> tuple[torch.Tensor, torch.Generator]:
     """x_T ~ N(0, I) from a CPU generator seeded with `seed` (a random seed when None)."""
     g = torch.Generator("cpu")
@@ -442,16 +450,14 @@ def sample_steps(
         x = schedule.add_noise(x_start.float().cpu(), noise, t_start)
     x, context = x.to(device), context.to(device, torch.float32)
     model.eval()
-    nets = [(inference_model(model), schedule)]
     if refiner is not None:
         if next(refiner.model.parameters()).device != device:
             raise ValueError(f"the refiner is on {next(refiner.model.parameters()).device}, the model on {device}")
         refiner.model.eval()
-        nets.append((inference_model(refiner.model), refiner.schedule))
     for i, (t, t_prev) in enumerate(zip(ts[:-1], ts[1:])):
-        net, net_schedule = nets[1] if refiner is not None and t <= refiner.t_max else nets[0]
+        net, net_schedule = predictor_at(t, model, schedule, refiner)
         with precision_autocast(precision, device.type):
-            eps = predict_noise(net, net_schedule, x, t, context, guidance_at(t, guidance, interval))
+            eps = predict_noise(inference_model(net), net_schedule, x, t, context, guidance_at(t, guidance, interval))
         x_prev, x0 = sampler.step(eps, t, t_prev, x, generator)
         yield Step(i, len(ts) - 1, t, t_prev, x, x0, eps, x_prev)
         x = x_prev

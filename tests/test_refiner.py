@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import numpy as np
+from PIL import Image
 import pytest
 import torch
 
 import ddpm.evaluate as ev
 import ddpm.sample as cli
+from ddpm.images import to_uint8
 from ddpm.sampling import Refiner, make_timesteps, sample, sample_steps
 from ddpm.schedule import NoiseSchedule
 
@@ -103,3 +105,66 @@ def test_evaluate_cli_with_a_refiner(tiny_model_dir, tmp_path, monkeypatch, caps
     with pytest.raises(SystemExit):
         ev.main(base + ["--refiner", str(tiny_model_dir), "--write-card"])
     assert "--refiner" in capsys.readouterr().err
+
+
+# --- the app's tabs with a refiner ------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def other_model_dir(tmp_path_factory):
+    """A second tiny saved model (other weights, x0 prediction through a palette head), to refine with."""
+    from ddpm.checkpoint import save_model
+
+    folder = tmp_path_factory.mktemp("refiner") / "model"
+    save_model(make_tiny_unet(seed=3, output_palette=[[0, 0, 0], [255, 255, 255], [255, 64, 128]]),
+               NoiseSchedule(prediction="sample"), folder)
+    return folder
+
+
+def test_interactive_and_compare_pass_the_refiner_on(tiny_unet):
+    from ddpm import compare as cp
+    from ddpm import interactive as ix
+
+    schedule, low = NoiseSchedule(T), Refiner(make_tiny_unet(4), NoiseSchedule(T), 200)
+    names = ["hero", "creature", "food", "spell", "item"]
+    args = ("hero", 2, "ddim", 5, 1.5, 3)
+    plain, refined = ix.generate(tiny_unet, schedule, names, *args), ix.generate(tiny_unet, schedule, names, *args,
+                                                                                   refiner=low)
+    expected = sample(tiny_unet, schedule, torch.eye(5)[[0, 0]], sampler="ddim", steps=5, guidance=1.5, seed=3,
+                      refiner=low)
+    assert (refined[0] == to_uint8(expected)).all()
+    assert not (plain[0] == refined[0]).all()
+    sprite = refined[0][0]
+    for t, same in ((300, True), (200, False)):  # the Forward tab's predictions: the refiner's at t <= 200
+        a = ix.forward_view(schedule, sprite, t, 0, tiny_unet, torch.eye(5)[:1])
+        b = ix.forward_view(schedule, sprite, t, 0, tiny_unet, torch.eye(5)[:1], low)
+        assert (a.eps_pred == b.eps_pred).all() == same
+    run, run_r = (ix.start_reverse(tiny_unet, schedule, torch.eye(5)[:1], "ddpm", 5, 1.5, 0, refiner=r) for r in (None, low))
+    while not run.done:
+        run.advance(), run_r.advance()
+    assert not (run.frames[-1].x_t == run_r.frames[-1].x_t).all()
+    m, m_r = (cp.morph(tiny_unet, schedule, names, "hero", "food", 1, 2, 8, steps=5, refiner=r) for r in (None, low))
+    assert not (m.frames == m_r.frames).all()
+    sweeps = [dict(cp.guidance_sweep(tiny_unet, schedule, torch.eye(5)[:1], [0.0, 2.0], [1], "ddim", 5, refiner=r))
+              for r in (None, low)]
+    assert all(not (sweeps[0][j] == sweeps[1][j]).all() for j in (0, 1))
+    races = [list(cp.sampler_race(tiny_unet, schedule, torch.eye(5)[:1], [("ddim", 5), ("ddpm", 5)], 1.5, 0, refiner=r))[-1]
+             for r in (None, low)]
+    assert not (races[0].columns[0].x_t == races[1].columns[0].x_t).all()
+
+
+def test_app_with_a_refiner(tiny_model_dir, other_model_dir, lab, monkeypatch):
+    import app
+
+    refined = app.create_lab(str(tiny_model_dir), "cpu", refiner=str(other_model_dir), refiner_t_max=300)
+    itself = app.create_lab(str(tiny_model_dir), "cpu", refiner=str(tiny_model_dir), refiner_t_max=300)
+    sheet = lambda lab_: np.asarray(Image.open(list(lab_.generate("food", 3, "ddim", 5, 1.5, 2, False))[-1][1]))  # noqa: E731
+    assert not (sheet(refined) == sheet(lab)).all(), "the refiner draws the low-noise steps"
+    assert (sheet(itself) == sheet(lab)).all(), "the model as its own refiner changes nothing"
+    info = refined.model_info()
+    assert f"**Refiner:** `{other_model_dir}` predicts the steps at t <= 300" in info
+    with pytest.raises(ValueError, match="t_max"):
+        app.create_lab(str(tiny_model_dir), "cpu", refiner=str(other_model_dir), refiner_t_max=501)
+    monkeypatch.setenv("DDPM_REFINER", str(other_model_dir))
+    assert app.parse_args([]).refiner == str(other_model_dir)
+    monkeypatch.delenv("DDPM_REFINER")
+    assert app.parse_args([]).refiner is None
+    assert app.main(["--refiner", str(other_model_dir / "missing"), "--model", str(tiny_model_dir)]) == 2
