@@ -454,10 +454,12 @@ def sample_steps(
         if next(refiner.model.parameters()).device != device:
             raise ValueError(f"the refiner is on {next(refiner.model.parameters()).device}, the model on {device}")
         refiner.model.eval()
+    # each network's inference copy, looked up once per run rather than once per step
+    folded = {id(net): inference_model(net) for net in (model, refiner.model if refiner else model)}
     for i, (t, t_prev) in enumerate(zip(ts[:-1], ts[1:])):
         net, net_schedule = predictor_at(t, model, schedule, refiner)
         with precision_autocast(precision, device.type):
-            eps = predict_noise(inference_model(net), net_schedule, x, t, context, guidance_at(t, guidance, interval))
+            eps = predict_noise(folded[id(net)], net_schedule, x, t, context, guidance_at(t, guidance, interval))
         x_prev, x0 = sampler.step(eps, t, t_prev, x, generator)
         yield Step(i, len(ts) - 1, t, t_prev, x, x0, eps, x_prev)
         x = x_prev
