@@ -32,7 +32,7 @@ from ddpm import limits as lim
 from ddpm.card import card_for_display
 from ddpm.chart import schedule_chart
 from ddpm.folder import CheckpointError, resolve
-from ddpm.checkpoint import load_model, load_palette, load_schedule
+from ddpm.checkpoint import load_model, load_palette, load_refiner, load_schedule
 from ddpm.conditioning import ALL_CLASSES, MIX, check_class, context_for
 from ddpm.data import DataError
 from ddpm.device import PRECISIONS, pick_device, resolve_precision
@@ -1032,7 +1032,7 @@ def build_demo(lab: SpriteLab) -> gr.Blocks:
 
 
 def create_lab(source: str, device: str | None = None, precision: str = "fp32", refiner: str | None = None,
-               refiner_t_max: int = DEFAULT_REFINER_T_MAX) -> SpriteLab:
+               refiner_t_max: int | None = None) -> SpriteLab:
     """Load the model and schedule, and a refiner model if given (CheckpointError / ValueError with a
     one-line message on failure).
 
@@ -1040,9 +1040,9 @@ def create_lab(source: str, device: str | None = None, precision: str = "fp32", 
     """
     dev = pick_device(device)
     precision = resolve_precision(precision, dev)
-    model = load_model(source, device=dev)
-    low = None if not refiner else Refiner(load_model(refiner, device=dev), load_schedule(refiner), refiner_t_max)
-    return SpriteLab(model, load_schedule(source), dev, str(source), load_palette(source), precision, low,
+    model, schedule = load_model(source, device=dev), load_schedule(source)
+    low = load_refiner(refiner, model, schedule, refiner_t_max, dev, "--refiner-t-max") if refiner else None
+    return SpriteLab(model, schedule, dev, str(source), load_palette(source), precision, low,
                      str(refiner) if refiner else None)
 
 
@@ -1053,8 +1053,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--refiner", default=os.environ.get("DDPM_REFINER") or None,
                    help="a second model (directory or Hub repo id) that predicts the low-noise steps, "
                         "t <= --refiner-t-max (default: env DDPM_REFINER, else none)")
-    p.add_argument("--refiner-t-max", type=int, default=DEFAULT_REFINER_T_MAX, metavar="T",
-                   help="the highest t the --refiner predicts")
+    p.add_argument("--refiner-t-max", type=int, default=_env_int("DDPM_REFINER_T_MAX"), metavar="T",
+                   help=f"the highest t the --refiner predicts (default: env DDPM_REFINER_T_MAX, else "
+                        f"{DEFAULT_REFINER_T_MAX})")
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
     p.add_argument("--precision", default="auto", choices=["auto", *PRECISIONS],
                    help="what the network runs in while sampling; auto: bf16 on GPUs and on CPUs with "
@@ -1064,7 +1065,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's choice; use the number of idle cores on a shared machine)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.refiner_t_max is not None and not args.refiner:
+        p.error("--refiner-t-max (or DDPM_REFINER_T_MAX) needs --refiner (or DDPM_REFINER)")
+    return args
+
+
+def _env_int(name: str) -> int | None:
+    """An integer from the environment, None when unset (a bad value is refused when it is checked)."""
+    value = os.environ.get(name)
+    try:
+        return None if not value else int(value)
+    except ValueError:
+        raise SystemExit(f"error: {name} must be a whole number, got {value!r}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1074,7 +1087,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         lab = create_lab(args.model, args.device, args.precision, args.refiner, args.refiner_t_max)
     except (CheckpointError, ValueError, RuntimeError) as e:
-        print(f"error: cannot load the model from {args.model!r}: {e}", file=sys.stderr)
+        print(f"error: cannot load the model from {args.model!r}: {e}", file=sys.stderr)  # a refiner's error names it
         return 2
     refined = f", refiner {lab.refiner_source} at t <= {lab.refiner.t_max}" if lab.refiner else ""
     print(f"DDPM Sprite Lab: model {lab.source}{refined} ({', '.join(lab.classes)}) on {lab.device}, {lab.precision}")

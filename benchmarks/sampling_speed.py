@@ -5,7 +5,7 @@
     python benchmarks/sampling_speed.py --precisions bf16 --rounds 5 --settings ddpm:50,ddpm:8::quadratic:57-320
     python benchmarks/sampling_speed.py --model weights runs/student/model   # a guidance-distilled student beside it
     python benchmarks/sampling_speed.py --model weights/candidates/v-sinusoidal-64-stage2 \
-        --refiner weights/candidates/palette-64 --settings ddpm:10:1.25    # with and without a refiner
+        --refiner weights/candidates/palette-64-stage2 --settings ddpm:10:1.25    # with and without a refiner
 
 A setting is written as for `python -m ddpm.evaluate --settings` (sampler:steps[:guidance[:spacing
 [:t_lo-t_hi]]], the last part a guidance interval), so the settings timed here can be measured for
@@ -28,13 +28,13 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from ddpm.checkpoint import load_model, load_schedule  # noqa: E402
+from ddpm.checkpoint import load_model, load_refiner, load_schedule  # noqa: E402
+from ddpm.folder import CheckpointError  # noqa: E402
 from ddpm.conditioning import class_weights  # noqa: E402
 from ddpm.device import cpu_description  # noqa: E402
 from ddpm.evaluate import Setting, parse_settings  # noqa: E402
 from ddpm.limits import check_steps  # noqa: E402
-from ddpm.sampling import (DEFAULT_GUIDANCE, DEFAULT_REFINER_T_MAX, Refiner, check_refiner, sample,  # noqa: E402
-                           sample_steps)
+from ddpm.sampling import DEFAULT_GUIDANCE, DEFAULT_REFINER_T_MAX, Refiner, sample, sample_steps  # noqa: E402
 
 SETTINGS = ("ddpm:500,ddpm:50,ddpm:25,ddpm:10,ddpm:8,ddpm:8::quadratic,ddpm:8::quadratic:57-320,"
             "ddpm:5::quadratic:57-320,dpm++sde:10,dpm++sde:8::logsnr:57-320,dpm++:10,ddim:10")
@@ -70,20 +70,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
     p.add_argument("--refiner", default=None, metavar="DIR",
                    help="also time the first --model with this refiner taking its steps at t <= --refiner-t-max")
-    p.add_argument("--refiner-t-max", type=int, default=DEFAULT_REFINER_T_MAX, metavar="T")
+    p.add_argument("--refiner-t-max", type=int, default=None, metavar="T",
+                   help=f"the highest t the --refiner predicts (default {DEFAULT_REFINER_T_MAX})")
     args = p.parse_args(argv)
+    if args.refiner_t_max is not None and args.refiner is None:
+        p.error("--refiner-t-max needs --refiner")
     torch.set_num_threads(args.threads)
     models = {name: (load_model(name), load_schedule(name), None) for name in args.model}
     model, schedule, _ = next(iter(models.values()))
     try:
         if args.refiner is not None:
-            refiner = check_refiner(Refiner(load_model(args.refiner), load_schedule(args.refiner),
-                                            args.refiner_t_max), model, schedule)
+            refiner = load_refiner(args.refiner, model, schedule, args.refiner_t_max, t_max_name="--refiner-t-max")
             models[f"{args.model[0]} + refiner {args.refiner} (t <= {refiner.t_max})"] = (model, schedule, refiner)
         settings = parse_settings(args.settings, args.guidance)
         for setting in settings:
             check_steps(setting.steps, schedule.T)
-    except ValueError as e:
+    except (CheckpointError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
     precisions = [s.strip() for s in args.precisions.split(",") if s.strip()]
     context = torch.stack([class_weights(model.class_names, 0)] * 16)

@@ -13,8 +13,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .folder import read_palette, read_schedule, read_training_info, resolve
+from .folder import CheckpointError, read_palette, read_schedule, read_training_info, resolve
+from .limits import check_number
 from .model import ContextUnet
+from .sampling import DEFAULT_REFINER_T_MAX, Refiner, check_refiner
 from .schedule import NoiseSchedule
 
 __all__ = ["load_model", "load_schedule", "load_palette", "load_training_info", "save_model"]
@@ -31,6 +33,22 @@ def load_model(source: str | os.PathLike, device: str | torch.device = "cpu", lo
 def load_schedule(source: str | os.PathLike) -> NoiseSchedule:
     """The noise schedule the model was trained with; a folder without scheduler_config.json is an error."""
     return read_schedule(resolve(source))
+
+
+def load_refiner(source: str | os.PathLike, model: ContextUnet, schedule: NoiseSchedule, t_max: int | None = None,
+                 device: str | torch.device = "cpu", t_max_name: str = "the refiner's t_max") -> Refiner:
+    """The model at `source` as the refiner of `model` for the steps at t <= t_max (DEFAULT_REFINER_T_MAX when
+    None), checked against it (check_refiner). t_max_name: what a bad t_max is called in the message (a
+    command line's flag). CheckpointError or ValueError naming the refiner on failure."""
+    t_max = DEFAULT_REFINER_T_MAX if t_max is None else check_number(t_max, t_max_name, 1, schedule.T, integer=True)
+    try:
+        refiner = Refiner(load_model(source, device=device), load_schedule(source), t_max)
+    except CheckpointError as e:
+        raise CheckpointError(f"the refiner {str(source)!r}: {e}") from None
+    try:
+        return check_refiner(refiner, model, schedule)
+    except ValueError as e:
+        raise ValueError(f"the refiner {str(source)!r}: {e}") from None
 
 
 def load_palette(source: str | os.PathLike) -> np.ndarray | None:

@@ -41,14 +41,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import load_model, load_palette, load_schedule
+from .checkpoint import load_model, load_palette, load_refiner, load_schedule
 from .folder import CheckpointError
 from .data import DataError, SpriteData, load_data
 from .device import PRECISIONS
 from .images import from_uint8, snap_to_palette, to_uint8
 from .losses import noise_error
 from .sampling import (DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_SPACING, SAMPLER_ALIASES, SPACINGS,
-                       DEFAULT_REFINER_T_MAX, Refiner, check_refiner, sample)
+                       DEFAULT_REFINER_T_MAX, Refiner, sample)
 
 CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ddpm-sprite-lab"
 # The classifiers for the DawnLike build, shipped so that every machine judges in the same feature
@@ -704,8 +704,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--refiner", default=None, metavar="DIR",
                    help="a second model that predicts --model's low-noise steps, t <= --refiner-t-max (as SDXL's "
                         "refiner); the --compare models sample alone")
-    p.add_argument("--refiner-t-max", type=int, default=DEFAULT_REFINER_T_MAX, metavar="T",
-                   help="the highest t the --refiner predicts")
+    p.add_argument("--refiner-t-max", type=int, default=None, metavar="T",
+                   help=f"the highest t the --refiner predicts (default {DEFAULT_REFINER_T_MAX})")
     p.add_argument("--n", type=int, default=100, help="samples per class")
     p.add_argument("--seed", type=int, default=None, help="one sampling seed (as --seeds SEED)")
     p.add_argument("--seeds", default=None, help="comma-separated sampling seeds; default 0,1 unless --seed is given")
@@ -722,6 +722,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.noise_error and args.write_card:
         p.error("--write-card needs samples; leave out --noise-error")
+    if args.refiner_t_max is not None and args.refiner is None:
+        p.error("--refiner-t-max needs --refiner")
     if args.refiner is not None and (args.noise_error or args.write_card):
         p.error("--refiner samples with two models; --noise-error and --write-card describe --model alone")
     if args.n < 2:
@@ -754,8 +756,7 @@ def main(argv: list[str] | None = None) -> int:
         palette = None if args.no_palette else load_palette(args.model)
         refiner, name = None, args.model
         if args.refiner is not None:
-            refiner = check_refiner(Refiner(load_model(args.refiner), load_schedule(args.refiner), args.refiner_t_max),
-                                    model, schedule)
+            refiner = load_refiner(args.refiner, model, schedule, args.refiner_t_max, t_max_name="--refiner-t-max")
             name = f"{args.model} + refiner {args.refiner} (t <= {refiner.t_max})"
         models = [(name, model, schedule, palette, refiner)]
         for folder in args.compare:

@@ -25,7 +25,7 @@ from .conditioning import ALL_CLASSES, check_class, context_for
 from .images import from_uint8, gif_bytes, snap_to_palette, sprite_sheet, to_uint8
 from .limits import MAX_SPRITES, check_batch, check_guidance, check_number, check_seed, check_steps
 from .model import inference_model
-from .sampling import Refiner, Step, predict_noise, predictor_at, sample_steps
+from .sampling import Refiner, Step, check_refiner, predict_noise, predictor_at, sample_steps
 from .schedule import NoiseSchedule
 
 MAX_FRAMES = 120        # frames kept per trajectory: 16 sprites x 3 images x 768 B x 120 ~ 4.4 MB per session
@@ -145,6 +145,7 @@ def forward_view(schedule: NoiseSchedule, sprite: np.ndarray, t: int, noise_seed
     if model is not None and context is not None:
         device = next(model.parameters()).device
         x_in = x_t.to(device)
+        refiner = None if refiner is None else check_refiner(refiner, model, schedule)
         net, net_schedule = predictor_at(t, model, schedule, refiner)
         # inference_model: the library's cached BatchNorm-folded copy, as sample_steps uses
         eps = predict_noise(inference_model(net), net_schedule, x_in, t, context.to(device, torch.float32),

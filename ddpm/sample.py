@@ -22,13 +22,13 @@ import torch
 
 from .folder import CheckpointError
 
-from .checkpoint import load_model, load_palette, load_schedule
+from .checkpoint import load_model, load_palette, load_refiner, load_schedule
 from .conditioning import class_weights
 from .device import PRECISIONS, pick_device, resolve_precision
 from .images import to_uint8
 from .limits import MAX_BATCH, MAX_GUIDANCE, check_batch, check_number, check_seed, check_steps
 from .sampling import (DEFAULT_GUIDANCE, DEFAULT_REFINER_T_MAX, DEFAULT_SAMPLER, DEFAULT_SPACING, DEFAULT_STEPS,
-                       SAMPLER_ALIASES, SPACINGS, Refiner, check_guidance_interval, check_refiner, sample_steps)
+                       SAMPLER_ALIASES, SPACINGS, check_guidance_interval, sample_steps)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -47,8 +47,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--refiner", default=None, metavar="MODEL",
                    help="a second model (directory or Hub repo id) that predicts the low-noise steps, "
                         "t <= --refiner-t-max, as SDXL's refiner does")
-    p.add_argument("--refiner-t-max", type=int, default=DEFAULT_REFINER_T_MAX, metavar="T",
-                   help="the highest t the --refiner predicts")
+    p.add_argument("--refiner-t-max", type=int, default=None, metavar="T",
+                   help=f"the highest t the --refiner predicts (default {DEFAULT_REFINER_T_MAX})")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scale", type=int, default=4, help="nearest-neighbour upscale factor for .png output")
     p.add_argument("--transparent", action="store_true", help="white background transparent in .png output")
@@ -68,6 +68,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         check_seed(args.seed, "--seed")
     except ValueError as e:
         p.error(str(e))
+    if args.refiner_t_max is not None and args.refiner is None:
+        p.error("--refiner-t-max needs --refiner")
     if not 1 <= args.scale <= 64:
         p.error("--scale must be from 1 to 64")
     if args.guidance_interval is not None:
@@ -86,9 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         precision = resolve_precision(args.precision, device)
         model = load_model(args.model, device=device)
         schedule = load_schedule(args.model)
-        refiner = None if args.refiner is None else check_refiner(
-            Refiner(load_model(args.refiner, device=device), load_schedule(args.refiner), args.refiner_t_max),
-            model, schedule)
+        refiner = None if args.refiner is None else load_refiner(args.refiner, model, schedule, args.refiner_t_max,
+                                                                 device, "--refiner-t-max")
         palette = None if args.no_palette else load_palette(args.model)
         names = model.class_names if args.classes == "all" else [c.strip() for c in args.classes.split(",") if c.strip()]
         if not names:

@@ -86,9 +86,13 @@ def test_sample_cli_with_a_refiner(tiny_model_dir, tmp_path, capsys):
     assert cli.main(args + ["--refiner", str(tiny_model_dir), "--refiner-t-max", "300"]) == 0
     assert (np.load(out)["images"] == alone).all(), "the same model as its own refiner"
     assert cli.main(args + ["--refiner", str(tmp_path / "missing")]) == 2
-    assert "no such directory" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"the refiner {str(tmp_path / 'missing')!r}" in err and "no such directory" in err
     assert cli.main(args + ["--refiner", str(tiny_model_dir), "--refiner-t-max", "0"]) == 2
-    assert "t_max" in capsys.readouterr().err
+    assert "--refiner-t-max must lie between 1 and 500, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(args + ["--refiner-t-max", "100"])
+    assert "--refiner-t-max needs --refiner" in capsys.readouterr().err
 
 
 def test_evaluate_cli_with_a_refiner(tiny_model_dir, tmp_path, monkeypatch, capsys):
@@ -105,6 +109,11 @@ def test_evaluate_cli_with_a_refiner(tiny_model_dir, tmp_path, monkeypatch, caps
     with pytest.raises(SystemExit):
         ev.main(base + ["--refiner", str(tiny_model_dir), "--write-card"])
     assert "--refiner" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        ev.main(base + ["--refiner-t-max", "100"])
+    assert "--refiner-t-max needs --refiner" in capsys.readouterr().err
+    assert ev.main(base + ["--refiner", str(tiny_model_dir), "--refiner-t-max", "501"]) == 2
+    assert "--refiner-t-max must lie between 1 and 500, got 501" in capsys.readouterr().err
 
 
 # --- the app's tabs with a refiner ------------------------------------------------------------------
@@ -151,7 +160,7 @@ def test_interactive_and_compare_pass_the_refiner_on(tiny_unet):
     assert not (races[0].columns[0].x_t == races[1].columns[0].x_t).all()
 
 
-def test_app_with_a_refiner(tiny_model_dir, other_model_dir, lab, monkeypatch):
+def test_app_with_a_refiner(tiny_model_dir, other_model_dir, lab, monkeypatch, capsys):
     import app
 
     refined = app.create_lab(str(tiny_model_dir), "cpu", refiner=str(other_model_dir), refiner_t_max=300)
@@ -161,10 +170,15 @@ def test_app_with_a_refiner(tiny_model_dir, other_model_dir, lab, monkeypatch):
     assert (sheet(itself) == sheet(lab)).all(), "the model as its own refiner changes nothing"
     info = refined.model_info()
     assert f"**Refiner:** `{other_model_dir}` predicts the steps at t <= 300" in info
-    with pytest.raises(ValueError, match="t_max"):
+    with pytest.raises(ValueError, match="--refiner-t-max must lie between 1 and 500, got 501"):
         app.create_lab(str(tiny_model_dir), "cpu", refiner=str(other_model_dir), refiner_t_max=501)
     monkeypatch.setenv("DDPM_REFINER", str(other_model_dir))
-    assert app.parse_args([]).refiner == str(other_model_dir)
+    monkeypatch.setenv("DDPM_REFINER_T_MAX", "120")
+    assert (app.parse_args([]).refiner, app.parse_args([]).refiner_t_max) == (str(other_model_dir), 120)
     monkeypatch.delenv("DDPM_REFINER")
+    with pytest.raises(SystemExit):
+        app.parse_args([])  # a t_max with no refiner
+    monkeypatch.delenv("DDPM_REFINER_T_MAX")
     assert app.parse_args([]).refiner is None
     assert app.main(["--refiner", str(other_model_dir / "missing"), "--model", str(tiny_model_dir)]) == 2
+    assert f"the refiner {str(other_model_dir / 'missing')!r}" in capsys.readouterr().err
