@@ -37,8 +37,7 @@ from ddpm.conditioning import ALL_CLASSES, MIX, check_class, context_for
 from ddpm.data import DataError
 from ddpm.device import PRECISIONS, pick_device, resolve_precision
 from ddpm.images import png_bytes, sprite_sheet, upscale
-from ddpm.sampling import (DEFAULT_GUIDANCE, DEFAULT_REFINER_T_MAX, DEFAULT_SAMPLER, DEFAULT_STEPS, Refiner,
-                           check_refiner)
+from ddpm.sampling import DEFAULT_GUIDANCE, DEFAULT_REFINER_T_MAX, DEFAULT_SAMPLER, DEFAULT_STEPS, Refiner
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_MODEL = str(HERE / "weights")
@@ -217,9 +216,9 @@ class SpriteLab:
                  palette: np.ndarray | None = None, precision: str = "fp32", refiner: Refiner | None = None,
                  refiner_source: str | None = None):
         self.model, self.schedule, self.device, self.source = model, schedule, device, source
-        # a second model for the low-noise steps (ddpm.sampling.Refiner), and where it was loaded from
-        self.refiner = None if refiner is None else check_refiner(refiner, model, schedule)
-        self.refiner_source = refiner_source
+        # a second model for the low-noise steps (ddpm.sampling.Refiner; sample_steps checks it against the
+        # model), and where it was loaded from
+        self.refiner, self.refiner_source = refiner, refiner_source
         self.precision = precision  # what the network runs in while sampling (ddpm.device.PRECISIONS)
         self.palette = palette  # the training data's colours (palette.json), or None
         self.classes = list(model.class_names)

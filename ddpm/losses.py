@@ -27,20 +27,27 @@ from .schedule import NoiseSchedule
 LOW_T_MAX = 150  # the highest time a low_t_share draws, unless low_t_max says otherwise
 
 
+def noised_input(schedule: NoiseSchedule, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
+                 channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """What every loss feeds the network: x_t = add_noise(x0, noise, t) (in channels-last memory format
+    when asked: faster convolutions on the CPU) and the time t/T on x_t's device."""
+    x_t = schedule.add_noise(x0, noise, t)
+    if channels_last:
+        x_t = x_t.contiguous(memory_format=torch.channels_last)
+    return x_t, (t.float() / schedule.T).to(x_t.device)
+
+
 def noise_error(model: torch.nn.Module, schedule: NoiseSchedule, x0: torch.Tensor, noise: torch.Tensor,
                 t: torch.Tensor, context: torch.Tensor, channels_last: bool = False,
                 autocast: Callable[[], ContextManager] = contextlib.nullcontext) -> torch.Tensor:
     """The squared error of the predicted noise, one mean per sprite (B,), in fp32.
 
     x0 (B, C, H, W) in [-1, 1], noise like x0, t (B,) integer times in 1..T, context (B, n_classes).
-    `autocast` is the context the network runs in (mixed precision); channels_last feeds it x_t in
-    that memory format (faster convolutions on the CPU).
+    `autocast` is the context the network runs in (mixed precision); channels_last: see noised_input.
     """
-    x_t = schedule.add_noise(x0, noise, t)
-    if channels_last:
-        x_t = x_t.contiguous(memory_format=torch.channels_last)
+    x_t, time = noised_input(schedule, x0, noise, t, channels_last)
     with autocast():
-        output = model(x_t, (t.float() / schedule.T).to(x_t.device), context)
+        output = model(x_t, time, context)
     error = schedule.noise_per_output(t, x_t) * (output.float() - schedule.target(x0, noise, t))
     return error.pow(2).mean((1, 2, 3))
 
@@ -57,11 +64,9 @@ def palette_cross_entropy(model: torch.nn.Module, schedule: NoiseSchedule, colou
     is the best x0 in squared error, so no weighting over t is needed to make forward's x0 right
     (Dieleman et al. 2022 train categorical data the same way).
     """
-    x_t = schedule.add_noise(x0, noise, t)
-    if channels_last:
-        x_t = x_t.contiguous(memory_format=torch.channels_last)
+    x_t, time = noised_input(schedule, x0, noise, t, channels_last)
     with autocast():
-        logits = model(x_t, (t.float() / schedule.T).to(x_t.device), context, logits=True)
+        logits = model(x_t, time, context, logits=True)
     return F.cross_entropy(logits.float(), nearest_colour(x0.permute(0, 2, 3, 1), colours).to(x0.device), reduction="none").mean((1, 2))
 
 
@@ -76,10 +81,7 @@ def guidance_distillation_error(student: torch.nn.Module, teacher: torch.nn.Modu
     training sprites as in noise_error, w (B,) one guidance scale per sprite; the teacher (in eval
     mode, not trained) computes eps_c + w (eps_c - eps_0) with its two passes.
     """
-    x_t = schedule.add_noise(x0, noise, t)
-    if channels_last:
-        x_t = x_t.contiguous(memory_format=torch.channels_last)
-    time = (t.float() / schedule.T).to(x_t.device)
+    x_t, time = noised_input(schedule, x0, noise, t, channels_last)
     with autocast():
         with torch.no_grad():
             target = teacher.forward_guided(x_t, time, context, guidance)
